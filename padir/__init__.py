@@ -1,0 +1,7 @@
+"""padir: generative masked language models and PaDIR parallel decoding in JAX/Flax.
+
+Submodules are imported on demand; importing ``padir`` itself is cheap and never imports
+TensorFlow (only ``padir.data``'s seqio modules do).
+"""
+
+__version__ = '0.1.0'

@@ -1,0 +1,53 @@
+"""Installs padir: generative masked language models and PaDIR in JAX/Flax."""
+
+import setuptools
+
+with open('README.md', encoding='utf-8') as f:
+  _LONG_DESCRIPTION = f.read()
+
+setuptools.setup(
+    name='padir',
+    version='0.1.0',
+    description=('Generative masked language models and PaDIR parallel decoding '
+                 '(T5X-style, JAX/Flax).'),
+    long_description=_LONG_DESCRIPTION,
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=setuptools.find_packages(include=['padir', 'padir.*']),
+    package_data={
+        'padir': ['gin/**/*.gin', 'data/assets/*', 'data/assets/**/*'],
+    },
+    include_package_data=True,
+    install_requires=[
+        'jax>=0.7,<0.11',
+        'flax>=0.11,<0.13',
+        'optax>=0.2.4,<0.3',
+        'orbax-checkpoint>=0.11,<0.13',
+        'gin-config>=0.5,<0.6',
+        'numpy>=1.26,<3',
+        'sentencepiece>=0.2,<0.3',
+        'sacrebleu>=2.4,<3',
+        'matplotlib>=3.8,<4',
+        'tqdm>=4.66,<5',
+        'seqio>=0.0.19,<0.1',
+        'tensorflow>=2.18,<2.22',
+        'tensorflow-text>=2.18,<2.22',
+        'tensorflow-datasets>=4.9.7,<5',
+    ],
+    extras_require={
+        'test': [
+            'pytest>=8,<10',
+            'torch==2.13.0',
+            'transformers>=4.50,<6',
+            'safetensors>=0.4,<1',
+        ],
+    },
+    entry_points={
+        'console_scripts': ['padir=padir.cli:main'],
+    },
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Artificial Intelligence',
+    ],
+)
