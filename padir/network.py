@@ -198,7 +198,8 @@ class DecoderLayer(nn.Module):
         cache_kind=kind, name=name)
     norm = lambda name: layers.RMSNorm(cfg.layer_norm_epsilon, dt, name=name)
     y = norm('pre_self_attention_layer_norm')(x)
-    y = attn('self_attention', 'self')(y, y, self_mask, bias, enable_dropout=enable_dropout,
+    self_cache = 'self' if cfg.decoder_mode == 'causal' else None
+    y = attn('self_attention', self_cache)(y, y, self_mask, bias, enable_dropout=enable_dropout,
                                        decode=decode, cache_index=cache_index)
     x = x + layers.dropout(cfg.dropout_rate, y, enable_dropout)
     if positions is not None:
@@ -268,18 +269,14 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoded: Array, encoder_tokens: Array, tokens: Array,
-               enable_dropout: bool, decode: bool) -> Array:
+               enable_dropout: bool, decode: bool,
+               logits_positions: Array | None = None) -> Array:
     cfg = self.config
     causal = cfg.decoder_mode == 'causal'
     batch, length = tokens.shape
-    if decode and not causal:
-      raise ValueError('decode=True (KV cache) needs decoder_mode="causal"; the PaDIR decoder '
-                       'recomputes the whole canvas each iteration.')
-    # Incremental decoding: the first call creates the cache (its length is the maximum
-    # decode length) and leaves the index at 0; later calls start at the stored index.
     cache_index = jnp.zeros((), jnp.int32)
     stepping = False
-    if decode:
+    if decode and causal:
       stepping = self.has_variable('cache', 'index')
       index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
       if stepping:
@@ -321,6 +318,8 @@ class Decoder(nn.Module):
         x = stack(cfg, name=f'layers_{i}')(x, *args)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, name='decoder_norm')(x)
     x = layers.dropout(cfg.dropout_rate, x, enable_dropout)
+    if logits_positions is not None:  # project only the requested rows: [B, K, E]
+      x = jnp.take_along_axis(x, logits_positions[..., None].astype(jnp.int32), axis=1)
     if cfg.logits_via_embedding:
       logits = self.shared_embedding.attend(x) / jnp.sqrt(jnp.float32(cfg.emb_dim))
     else:
@@ -378,20 +377,27 @@ class Transformer(nn.Module):
     return out[:, 1:], length_logits
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
-             enable_dropout: bool = True, decode: bool = False) -> Array:
-    """Runs the decoder: logits [B, L, V] float32.
+             enable_dropout: bool = True, decode: bool = False,
+             logits_positions: Array | None = None) -> Array:
+    """Runs the decoder: logits [B, L, V] float32 (or [B, K, V] at ``logits_positions``).
 
     Args:
       encoded: [B, L_in, E] from `encode`.
       encoder_input_tokens: [B, L_in] (for the cross-attention padding mask).
       decoder_input_tokens: [B, L]: shifted targets (causal) or the canvas (bidirectional).
       enable_dropout: apply dropout.
-      decode: incremental decoding with the KV cache (causal only; pass mutable=['cache']).
-        The first call creates the cache with length L and computes the cross-attention
-        keys/values once; each later call appends its tokens at the cache index.
+      decode: use the 'cache' collection (pass mutable=['cache'] on the first call). The first
+        call computes the cross-attention keys/values once and stores them; later calls reuse
+        them. For the causal decoder the first call also creates the self-attention KV cache
+        with length L, and each later call appends its tokens at the cache index. For the
+        bidirectional decoder only the cross-attention keys/values are cached (every
+        refinement iteration re-reads them; the canvas changes, so self-attention does not).
+      logits_positions: optional [B, K] int positions; only those rows of the final decoder
+        states are projected to the vocabulary (the refinement decoder asks only for positions
+        that can still change).
     """
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, enable_dropout,
-                        decode)
+                        decode, logits_positions)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array | None = None, enable_dropout: bool = True,

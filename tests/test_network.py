@@ -243,3 +243,33 @@ def test_check_tokens_reports_bad_input():
     network.check_tokens('encoder_input_tokens', np.ones((2, 3), np.float32), V)
   with pytest.raises(ValueError, match='outside'):
     network.check_tokens('decoder_input_tokens', np.full((2, 3), V), V)
+
+
+def test_bidirectional_cross_cache_and_logits_positions():
+  rng = np.random.default_rng(8)
+  enc = _tokens(rng, 2, 5).at[1, 3:].set(0)
+  canvas = _tokens(rng, 2, 6)
+  cfg = _cfg(decoder_mode='bidirectional', length_id=V - 3, max_target_length=8)
+  model, variables = _init(cfg, enc, canvas)
+  params = nn.unbox(variables['params'])
+  encoded, _ = model.apply({'params': params}, enc, enable_dropout=False,
+                           method=Transformer.encode)
+  full = model.apply({'params': params}, encoded, enc, canvas, enable_dropout=False,
+                     method=Transformer.decode)
+  first, mut = model.apply({'params': params}, encoded, enc, canvas, enable_dropout=False,
+                           decode=True, mutable=['cache'], method=Transformer.decode)
+  np.testing.assert_allclose(first, full, atol=1e-6)
+  assert 'index' not in mut['cache']['decoder']  # no self-attention cache for PaDIR
+  # A later iteration on a new canvas reads the cached cross-attention keys/values only.
+  canvas2 = _tokens(rng, 2, 6)
+  poisoned = jnp.zeros_like(encoded)  # would change the output if keys/values were recomputed
+  again = model.apply({'params': params, 'cache': mut['cache']}, poisoned, enc, canvas2,
+                      enable_dropout=False, decode=True, method=Transformer.decode)
+  ref = model.apply({'params': params}, encoded, enc, canvas2, enable_dropout=False,
+                    method=Transformer.decode)
+  np.testing.assert_allclose(again, ref, atol=1e-5)
+  positions = jnp.array([[0, 5], [2, 3]], jnp.int32)
+  some = model.apply({'params': params}, encoded, enc, canvas2, enable_dropout=False,
+                     logits_positions=positions, method=Transformer.decode)
+  assert some.shape == (2, 2, V)
+  np.testing.assert_allclose(some, jnp.take_along_axis(ref, positions[..., None], 1), atol=1e-6)
