@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'distill': ('padir.distill', 'decode a training set with a teacher into a distilled task'),
     'bench': ('padir.bench', 'speed benchmarks (decode, train, data)'),
     'launch': ('padir.launch.__main__', 'run training on a TPU pod, SLURM cluster or local processes'),
-    'analyze': ('padir.analyze', 'error modes of a set of decodes'),
+    'analyze': ('padir.analysis', 'error modes of a set of decodes'),
     'quickstart': ('padir.quickstart', 'AR teacher -> distillation -> PaDIR student report'),
 }
 
