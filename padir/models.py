@@ -1,0 +1,497 @@
+"""Models in the T5X contract: the autoregressive baseline and the PaDIR GMLM.
+
+A model wraps a `padir.network.Transformer` and turns feature batches (dicts of int32 arrays)
+into losses and scores. It holds no optimizer (that belongs to the trainer) and no parameters:
+every method takes ``params`` explicitly and is pure and jittable.
+
+* `EncoderDecoderModel` (causal decoder, teacher forcing). Features:
+  ``encoder_input_tokens`` [B, L_in], ``decoder_target_tokens`` [B, L],
+  ``decoder_input_tokens`` [B, L] (the targets shifted right with 0 first; derived from the
+  targets when absent), ``decoder_loss_weights`` [B, L] (optional; non-pad targets otherwise).
+* `PadirModel` (bidirectional decoder). Features: ``encoder_input_tokens``,
+  ``decoder_target_tokens``, ``decoder_loss_weights`` (optional). ``loss_fn`` corrupts the targets
+  on device (`padir.objectives`), runs ``num_train_stages`` unrolled refinement stages (stage
+  s + 1 reads stage s's argmax after the decoder's remasking rule, `padir.remasking`), and adds
+  the length-head loss.
+
+Both expose ``get_initial_variables``, ``get_logical_axes``, ``loss_fn``, ``eval_fn`` and
+``score_batch``; ``predict_batch_with_aux`` is provided with `padir.decoding`.
+
+Gin names: ``padir.models.EncoderDecoderModel`` and ``padir.models.PadirModel``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from padir import losses
+from padir import objectives
+from padir import remasking
+from padir.network import T5Config, Transformer
+from padir.special_ids import SpecialIds
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+Params = Any
+
+DEFAULT_LOSS_NORMALIZING_FACTOR = 'NUM_REAL_TARGET_TOKENS'
+
+
+class InitialVariables(NamedTuple):
+  """What `get_initial_variables` returns.
+
+  Attributes:
+    params: the unboxed parameter tree (plain arrays).
+    logical_axes: the same tree with a logical ``PartitionSpec`` per parameter (names such as
+      'embed', 'mlp', 'heads', 'vocab'), from ``flax.linen.get_partition_spec``.
+  """
+  params: Params
+  logical_axes: Any
+
+
+def shift_right(targets: Array) -> Array:
+  """Teacher-forcing decoder inputs: [B, L] targets -> [0, y_0, ..., y_{L-2}] (T5X)."""
+  shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  return jnp.where(shifted < 0, 0, shifted).astype(jnp.int32)
+
+
+def _require(batch: Batch, names: tuple[str, ...], model: str) -> None:
+  missing = [n for n in names if n not in batch]
+  if missing:
+    raise ValueError(f'{model} needs the batch features {names}; missing {missing} (got '
+                     f'{sorted(batch)}). Use the feature converter of this model.')
+
+
+def _dropout_args(rng: Array | None) -> dict[str, Any]:
+  if rng is None:
+    return dict(enable_dropout=False)
+  return dict(enable_dropout=True, rngs={'dropout': rng})
+
+
+class _BaseModel:
+  """Shared T5X-contract plumbing: network, initialisation, loss knobs."""
+
+  _DECODER_MODE = ''
+  _NAME = ''
+
+  def __init__(self, network_config: T5Config, special_ids: SpecialIds | None,
+               label_smoothing: float, z_loss: float, loss_normalizing_factor: Any):
+    if network_config.decoder_mode != self._DECODER_MODE:
+      raise ValueError(
+          f'{self._NAME} needs T5Config.decoder_mode={self._DECODER_MODE!r}, got '
+          f'{network_config.decoder_mode!r}.')
+    losses.check_loss_options(label_smoothing, z_loss, loss_normalizing_factor,
+                              owner=f'padir.models.{self._NAME}')
+    if special_ids is not None and special_ids.model_vocab_size > network_config.vocab_size:
+      raise ValueError(
+          f'The vocabulary needs {special_ids.model_vocab_size} embedding rows but '
+          f'T5Config.vocab_size={network_config.vocab_size}; raise T5Config.vocab_size.')
+    self.network_config = network_config
+    self.special_ids = special_ids
+    self.label_smoothing = float(label_smoothing)
+    self.z_loss = float(z_loss)
+    self.loss_normalizing_factor = loss_normalizing_factor
+    self.module = Transformer(network_config)
+
+  # ------------------------------------------------------------------ initialisation
+
+  def _init_inputs(self, input_shapes: Mapping[str, tuple[int, ...]]) -> tuple[Array, Array]:
+    if 'encoder_input_tokens' not in input_shapes:
+      raise ValueError(f'input_shapes needs encoder_input_tokens, got {sorted(input_shapes)}.')
+    dec_key = next((k for k in ('decoder_input_tokens', 'decoder_target_tokens')
+                    if k in input_shapes), None)
+    if dec_key is None:
+      raise ValueError('input_shapes needs decoder_input_tokens or decoder_target_tokens, got '
+                       f'{sorted(input_shapes)}.')
+    enc = jnp.ones(tuple(input_shapes['encoder_input_tokens']), jnp.int32)
+    dec = jnp.ones(tuple(input_shapes[dec_key]), jnp.int32)
+    return enc, dec
+
+  def _boxed_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]):
+    enc, dec = self._init_inputs(input_shapes)
+    params_rng, dropout_rng = jax.random.split(rng)
+    return self.module.init({'params': params_rng, 'dropout': dropout_rng}, enc, dec,
+                            enable_dropout=False)
+
+  def get_initial_variables(self, rng: Array,
+                            input_shapes: Mapping[str, tuple[int, ...]]) -> InitialVariables:
+    """Initialises the parameters.
+
+    Args:
+      rng: PRNG key.
+      input_shapes: feature name -> shape; needs ``encoder_input_tokens`` and
+        ``decoder_input_tokens`` or ``decoder_target_tokens``.
+
+    Returns:
+      `InitialVariables` (unboxed params, logical PartitionSpecs of the same structure).
+    """
+    boxed = self._boxed_variables(rng, input_shapes)['params']
+    return InitialVariables(nn.unbox(boxed), nn.get_partition_spec(boxed))
+
+  def get_logical_axes(self, input_shapes: Mapping[str, tuple[int, ...]]) -> Any:
+    """Logical PartitionSpecs of the params, computed abstractly (nothing is allocated)."""
+    boxed = jax.eval_shape(lambda r: self._boxed_variables(r, input_shapes),
+                           jax.random.key(0))['params']
+    return nn.get_partition_spec(boxed)
+
+  # ------------------------------------------------------------------ helpers
+
+  def _token_loss(self, logits: Array, targets: Array, weights: Array,
+                  normalizing_weights: Array | None = None) -> tuple[Array, Array, Array]:
+    return losses.weighted_cross_entropy(
+        logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+        loss_normalizing_factor=self.loss_normalizing_factor,
+        normalizing_weights=normalizing_weights)
+
+  def eval_fn(self, params: Params, batch: Batch,
+              rng: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """``loss_fn`` without dropout (PaDIR: corruption from ``rng`` or a fixed key)."""
+    return self._loss(params, batch, rng, enable_dropout=False)
+
+  def loss_fn(self, params: Params, batch: Batch,
+              rng: Array | None) -> tuple[Array, dict[str, Array]]:
+    """Training loss and metrics.
+
+    Args:
+      params: the parameter tree.
+      batch: feature dict (see the class docstring).
+      rng: PRNG key for dropout (and, for PaDIR, the corruption); None disables dropout.
+
+    Returns:
+      (scalar loss, dict of scalar float32 metrics; see the class docstring).
+    """
+    return self._loss(params, batch, rng, enable_dropout=rng is not None)
+
+  def _loss(self, params, batch, rng, enable_dropout):
+    raise NotImplementedError
+
+
+@objectives.gin_configurable
+class EncoderDecoderModel(_BaseModel):
+  """Autoregressive encoder-decoder (the baseline and the distillation teacher).
+
+  Metrics of ``loss_fn``: ``loss``, ``token_loss``, ``z_loss``, ``accuracy`` (teacher-forced
+  argmax accuracy on positions with weight > 0), ``weight_sum``, ``num_tokens`` (non-pad
+  targets), ``num_examples``.
+  """
+
+  _DECODER_MODE = 'causal'
+  _NAME = 'EncoderDecoderModel'
+  TRAIN_FEATURES = ('encoder_input_tokens', 'decoder_target_tokens')
+
+  def __init__(self, network_config: T5Config, special_ids: SpecialIds | None = None,
+               label_smoothing: float = 0.0, z_loss: float = 0.0,
+               loss_normalizing_factor: Any = DEFAULT_LOSS_NORMALIZING_FACTOR):
+    """Builds the model.
+
+    Args:
+      network_config: T5Config with ``decoder_mode='causal'``.
+      special_ids: the vocabulary's special ids (used by decoding; optional for training).
+      label_smoothing: see `padir.losses`.
+      z_loss: see `padir.losses`.
+      loss_normalizing_factor: None, a number or a T5X special name (see `padir.losses`).
+    """
+    super().__init__(network_config, special_ids, label_smoothing, z_loss,
+                     loss_normalizing_factor)
+
+  def _features(self, batch: Batch) -> tuple[Array, Array, Array, Array]:
+    _require(batch, self.TRAIN_FEATURES, self._NAME)
+    targets = batch['decoder_target_tokens'].astype(jnp.int32)
+    inputs = batch.get('decoder_input_tokens')
+    inputs = shift_right(targets) if inputs is None else inputs.astype(jnp.int32)
+    weights = batch.get('decoder_loss_weights')
+    weights = (targets > 0) if weights is None else weights
+    return batch['encoder_input_tokens'].astype(jnp.int32), inputs, targets, \
+        weights.astype(jnp.float32)
+
+  def _loss(self, params, batch, rng, enable_dropout):
+    enc, dec_in, targets, weights = self._features(batch)
+    logits = self.module.apply({'params': params}, enc, dec_in,
+                               **_dropout_args(rng if enable_dropout else None))  # [B, L, V]
+    loss, z_part, weight_sum = self._token_loss(logits, targets, weights)
+    correct, counted = losses.weighted_accuracy(logits, targets, weights)
+    metrics = {
+        'loss': loss,
+        'token_loss': loss,
+        'z_loss': z_part,
+        'accuracy': correct / jnp.maximum(counted, 1.0),
+        'weight_sum': weight_sum,
+        'num_tokens': jnp.sum(targets > 0).astype(jnp.float32),
+        'num_examples': jnp.float32(targets.shape[0]),
+    }
+    return loss, metrics
+
+  def score_batch(self, params: Params, batch: Batch,
+                  return_intermediates: bool = False) -> Array | tuple[Array, dict[str, Array]]:
+    """Log-likelihood of the targets under teacher forcing: [B] float32.
+
+    Sums ``log p(y_i | y_<i, x)`` over positions with ``decoder_loss_weights`` > 0 (non-pad
+    targets when absent), EOS included. With ``return_intermediates`` also returns
+    ``{'token_scores': [B, L]}``.
+    """
+    enc, dec_in, targets, weights = self._features(batch)
+    logits = self.module.apply({'params': params}, enc, dec_in, enable_dropout=False)
+    token_scores = losses.token_log_probs(logits, targets) * (weights > 0)
+    scores = jnp.sum(token_scores, axis=-1)
+    if return_intermediates:
+      return scores, {'token_scores': token_scores}
+    return scores
+
+  # Inference: predict_batch_with_aux(params, batch, rng=None, **decode_kwargs) ->
+  # (tokens, aux) is provided with padir/decoding.py (AR decoding with the KV cache).
+
+
+class StageOutputs(NamedTuple):
+  """Forward pass of the unrolled PaDIR training stages.
+
+  Attributes:
+    canvases: [S, B, L] int32 decoder inputs of each stage (stage 0 = the corrupted targets).
+    logits: [S, B, L, V] float32 decoder logits of each stage.
+    length_logits: [B, max_target_length] float32, or None without a length head.
+    corruption: the `padir.objectives.Corruption` of stage 0.
+  """
+  canvases: Array
+  logits: Array
+  length_logits: Array | None
+  corruption: objectives.Corruption
+
+
+@objectives.gin_configurable
+class PadirModel(_BaseModel):
+  """PaDIR: a GMLM with a bidirectional decoder trained to denoise corrupted targets.
+
+  ``loss_fn`` = sum over stages s of the token loss of stage s (stage 0 weighted by the
+  corruption's ``loss_weighting``, later stages on every non-pad target, as in the reference)
+  + ``length_loss_weight`` * the length-head cross-entropy (per-example mean).
+
+  Metrics: ``loss``, ``token_loss`` (all stages), ``z_loss``, ``accuracy`` (stage 0, on
+  weighted positions), ``loss_stage_{s}`` / ``accuracy_stage_{s}`` for every stage,
+  ``length_loss`` / ``length_accuracy`` (with a length head), ``noise_ratio`` (mean per-example
+  ratio), ``masked_fraction`` (masked share of non-pad targets), ``weight_sum``, ``num_tokens``,
+  ``num_examples``.
+  """
+
+  _DECODER_MODE = 'bidirectional'
+  _NAME = 'PadirModel'
+  TRAIN_FEATURES = ('encoder_input_tokens', 'decoder_target_tokens')
+
+  def __init__(self, network_config: T5Config, special_ids: SpecialIds,
+               corruption: objectives.CorruptionConfig | None = None,
+               remask: remasking.RemaskConfig | None = None,
+               num_train_stages: int = 1,
+               length_loss_weight: float = 0.1,
+               label_smoothing: float = 0.0, z_loss: float = 0.0,
+               loss_normalizing_factor: Any = DEFAULT_LOSS_NORMALIZING_FACTOR):
+    """Builds the model.
+
+    Args:
+      network_config: T5Config with ``decoder_mode='bidirectional'``.
+      special_ids: the vocabulary's special ids ([MASK], [LENGTH], random-token range).
+      corruption: target corruption knobs (default `CorruptionConfig()`).
+      remask: the decoder's remasking rule used between unrolled stages (default
+        `RemaskConfig()`: keep every prediction).
+      num_train_stages: unrolled refinement stages per step (PaDIR; 1 = plain denoising).
+      length_loss_weight: weight of the length loss (fairseq CMLM uses 0.1).
+      label_smoothing: see `padir.losses`.
+      z_loss: see `padir.losses`.
+      loss_normalizing_factor: None, a number or a T5X special name (see `padir.losses`).
+    """
+    if special_ids is None:
+      raise ValueError('padir.models.PadirModel.special_ids is required (build it with '
+                       'padir.special_ids.special_ids(...)).')
+    super().__init__(network_config, special_ids, label_smoothing, z_loss,
+                     loss_normalizing_factor)
+    if not isinstance(num_train_stages, int) or num_train_stages < 1:
+      raise ValueError(f'padir.models.PadirModel.num_train_stages={num_train_stages!r} must be '
+                       'an integer >= 1.')
+    if not isinstance(length_loss_weight, (int, float)) or length_loss_weight < 0:
+      raise ValueError(f'padir.models.PadirModel.length_loss_weight={length_loss_weight!r} must '
+                       'be >= 0.')
+    if network_config.use_length_head and network_config.length_id != special_ids.length:
+      raise ValueError(
+          f'T5Config.length_id={network_config.length_id} is not the [LENGTH] id '
+          f'{special_ids.length} of the vocabulary; pass length_id=special_ids.length.')
+    self.corruption = corruption if corruption is not None else objectives.CorruptionConfig()
+    self.remask = remask if remask is not None else remasking.RemaskConfig()
+    self.num_train_stages = num_train_stages
+    self.length_loss_weight = float(length_loss_weight)
+
+  def _boxed_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]):
+    enc, dec = self._init_inputs(input_shapes)
+    self.corruption.check_special_ids(self.special_ids, dec.shape[1])
+    return super()._boxed_variables(rng, input_shapes)
+
+  def _features(self, batch: Batch) -> tuple[Array, Array, Array]:
+    _require(batch, self.TRAIN_FEATURES, self._NAME)
+    targets = batch['decoder_target_tokens'].astype(jnp.int32)
+    if self.network_config.use_length_head and \
+        targets.shape[1] > self.network_config.max_target_length:
+      raise ValueError(
+          f'decoder_target_tokens has length {targets.shape[1]} but the length head has '
+          f'T5Config.max_target_length={self.network_config.max_target_length} classes; set '
+          'max_target_length to the target feature length.')
+    weights = batch.get('decoder_loss_weights')
+    weights = (targets > 0) if weights is None else weights
+    return batch['encoder_input_tokens'].astype(jnp.int32), targets, weights.astype(jnp.float32)
+
+  # ------------------------------------------------------------------ unrolled stages
+
+  def _next_canvas(self, logits: Array, canvas: Array, confidence: Array, open_: Array,
+                   initial: Array, valid: Array, stage: int, logits_sum: Array | None,
+                   rng: Array) -> tuple[Array, Array, Array]:
+    """Stage ``stage``'s argmax through the decoder's remasking rule (no gradient)."""
+    logits = jax.lax.stop_gradient(logits)
+    proposed = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    new_conf = remasking.token_confidence(logits, proposed)
+    proposed = jnp.where(open_, proposed, canvas)
+    new_conf = jnp.where(open_, new_conf, confidence)
+    update = self.remask.effective_update
+    eligible = open_ if update == 'commit' else None
+    tokens, rejected = remasking.remask(
+        self.remask, proposed, new_conf, canvas, initial, valid, stage + 1,
+        self.num_train_stages, eligible=eligible, logits_sum=logits_sum, rng=rng)
+    if update == 'masked':
+      next_open = rejected
+    elif update == 'commit':
+      next_open = open_ & rejected
+    else:
+      next_open = valid
+    tokens = jnp.where(valid, tokens, 0)  # padding re-zeroed
+    return jax.lax.stop_gradient(tokens), new_conf, next_open
+
+  def compute_stage_logits(self, params: Params, batch: Batch, rng: Array | None,
+                           enable_dropout: bool) -> StageOutputs:
+    """Corrupts the targets and runs the unrolled refinement stages.
+
+    The encoder (and length head) runs once; each stage runs the decoder with a fresh dropout
+    key. Stage s + 1's canvas is stage s's argmax after `padir.remasking.remask` (iteration
+    s + 1 of ``num_train_stages``, replacement ``initial`` = the corrupted canvas), with padding
+    set back to 0 and no gradient through the tokens.
+
+    Args:
+      params: the parameter tree.
+      batch: features (see the class docstring).
+      rng: PRNG key (None: a fixed key for the corruption).
+      enable_dropout: apply dropout (needs ``rng``).
+
+    Returns:
+      `StageOutputs`.
+    """
+    enc, targets, _ = self._features(batch)
+    if rng is None:
+      if enable_dropout:
+        raise ValueError('enable_dropout=True needs an rng key.')
+      rng = jax.random.key(0)
+    k_corrupt, k_encoder, k_stages, k_remask = jax.random.split(rng, 4)
+    corruption = objectives.corrupt_targets(self.corruption, self.special_ids, k_corrupt,
+                                            targets)
+    drop = lambda key: _dropout_args(key if enable_dropout else None)
+    encoded, length_logits = self.module.apply({'params': params}, enc, method=Transformer.encode,
+                                               **drop(k_encoder))
+    valid = targets > 0
+    initial = corruption.decoder_input_tokens
+    canvas, confidence, open_ = initial, jnp.zeros(targets.shape, jnp.float32), valid
+    need_sum = self.remask.replacement == 'logits_sum'
+    logits_sum = None
+    canvases, all_logits = [], []
+    for stage in range(self.num_train_stages):
+      logits = self.module.apply({'params': params}, encoded, enc, canvas,
+                                 method=Transformer.decode,
+                                 **drop(jax.random.fold_in(k_stages, stage)))  # [B, L, V]
+      canvases.append(canvas)
+      all_logits.append(logits)
+      if stage + 1 < self.num_train_stages:
+        if need_sum:
+          step_logits = jax.lax.stop_gradient(logits)
+          logits_sum = step_logits if logits_sum is None else logits_sum + step_logits
+        canvas, confidence, open_ = self._next_canvas(
+            logits, canvas, confidence, open_, initial, valid, stage, logits_sum,
+            jax.random.fold_in(k_remask, stage))
+    return StageOutputs(jnp.stack(canvases), jnp.stack(all_logits), length_logits, corruption)
+
+  def _loss(self, params, batch, rng, enable_dropout):
+    _, targets, batch_weights = self._features(batch)
+    out = self.compute_stage_logits(params, batch, rng, enable_dropout)
+    c = out.corruption
+    nonpad = (targets > 0).astype(jnp.float32)
+    metrics: dict[str, Array] = {}
+    total = jnp.float32(0.0)
+    token_total = jnp.float32(0.0)
+    z_total = jnp.float32(0.0)
+    for stage in range(self.num_train_stages):
+      if stage == 0:
+        weights = c.loss_weights * batch_weights
+        norm_weights = c.normalizing_weights * batch_weights
+      else:
+        weights = norm_weights = nonpad * batch_weights
+      loss, z_part, weight_sum = self._token_loss(out.logits[stage], targets, weights,
+                                                  norm_weights)
+      correct, counted = losses.weighted_accuracy(out.logits[stage], targets, weights)
+      accuracy = correct / jnp.maximum(counted, 1.0)
+      metrics[f'loss_stage_{stage}'] = loss
+      metrics[f'accuracy_stage_{stage}'] = accuracy
+      if stage == 0:
+        metrics['accuracy'] = accuracy
+        metrics['weight_sum'] = weight_sum
+      token_total = token_total + loss
+      z_total = z_total + z_part
+    total = token_total
+    if out.length_logits is not None:
+      length_loss, length_accuracy = losses.length_loss(out.length_logits,
+                                                        losses.target_lengths(targets))
+      metrics['length_loss'] = length_loss
+      metrics['length_accuracy'] = length_accuracy
+      total = total + self.length_loss_weight * length_loss
+    metrics.update({
+        'loss': total,
+        'token_loss': token_total,
+        'z_loss': z_total,
+        'noise_ratio': jnp.mean(c.noise_ratios),
+        'masked_fraction': jnp.sum(c.masked) / jnp.maximum(jnp.sum(nonpad), 1.0),
+        'num_tokens': jnp.sum(nonpad),
+        'num_examples': jnp.float32(targets.shape[0]),
+    })
+    return total, metrics
+
+  def score_batch(self, params: Params, batch: Batch, rng: Array | None = None,
+                  return_intermediates: bool = False) -> Array | tuple[Array, dict[str, Array]]:
+    """Pseudo-log-likelihood of the targets from a fully masked canvas: [B] float32.
+
+    The decoder reads a canvas of the gold length where every non-pad, non-EOS position holds
+    the mask fill of ``corruption.decoder_input_scheme`` (EOS in place; `masked_canvas`), and
+    the score is ``sum_i log p(y_i | x, canvas)`` over positions with ``decoder_loss_weights``
+    > 0 (non-pad targets when absent), EOS included. It is a one-pass product of per-position
+    marginals, not the sequence likelihood (a bidirectional decoder has none), and it leaves
+    out the length head. With ``return_intermediates`` also returns ``{'token_scores': [B, L],
+    'length_log_prob': [B]}`` (``log p(len(y) | x)`` from the length head; zeros without one).
+
+    Args:
+      params: the parameter tree.
+      batch: ``encoder_input_tokens``, ``decoder_target_tokens`` (+ ``decoder_loss_weights``).
+      rng: key for the ``random`` canvas scheme (None: a fixed key).
+      return_intermediates: also return per-token scores and the length log-probability.
+    """
+    enc, targets, weights = self._features(batch)
+    rng = jax.random.key(0) if rng is None else rng
+    canvas = objectives.masked_canvas(self.corruption.decoder_input_scheme, self.special_ids,
+                                      rng, targets)
+    logits, length_logits = self.module.apply({'params': params}, enc, canvas,
+                                              enable_dropout=False,
+                                              method=Transformer.encode_and_decode)
+    token_scores = losses.token_log_probs(logits, targets) * (weights > 0)
+    scores = jnp.sum(token_scores, axis=-1)
+    if not return_intermediates:
+      return scores
+    if length_logits is None:
+      length_log_prob = jnp.zeros(scores.shape, jnp.float32)
+    else:
+      classes = jnp.clip(losses.target_lengths(targets) - 1, 0, length_logits.shape[-1] - 1)
+      length_log_prob = losses.token_log_probs(length_logits, classes)
+    return scores, {'token_scores': token_scores, 'length_log_prob': length_log_prob}
+
+  # Inference: predict_batch_with_aux(params, batch, rng=None, **decode_kwargs) ->
+  # (tokens, aux) is provided with padir/decoding.py (iterative refinement decoding).
