@@ -283,6 +283,7 @@ class PadirModel(_BaseModel):
                corruption: objectives.CorruptionConfig | None = None,
                remask: remasking.RemaskConfig | None = None,
                num_train_stages: int = 1,
+               clamp_eos: bool = True,
                length_loss_weight: float = 0.1,
                label_smoothing: float = 0.0, z_loss: float = 0.0,
                loss_normalizing_factor: Any = DEFAULT_LOSS_NORMALIZING_FACTOR):
@@ -295,6 +296,9 @@ class PadirModel(_BaseModel):
       remask: the decoder's remasking rule used between unrolled stages (default
         `RemaskConfig()`: keep every prediction).
       num_train_stages: unrolled refinement stages per step (PaDIR; 1 = plain denoising).
+      clamp_eos: between stages keep the gold EOS fixed and leave it out of the rule's counts,
+        as the refinement decoder does with ``RefineConfig.clamp_eos`` (its default); False
+        lets the argmax overwrite it (the reference).
       length_loss_weight: weight of the length loss (fairseq CMLM uses 0.1).
       label_smoothing: see `padir.losses`.
       z_loss: see `padir.losses`.
@@ -318,6 +322,7 @@ class PadirModel(_BaseModel):
     self.corruption = corruption if corruption is not None else objectives.CorruptionConfig()
     self.remask = remask if remask is not None else remasking.RemaskConfig()
     self.num_train_stages = num_train_stages
+    self.clamp_eos = bool(clamp_eos)
     self.length_loss_weight = float(length_loss_weight)
 
   def _boxed_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]):
@@ -340,37 +345,68 @@ class PadirModel(_BaseModel):
 
   # ------------------------------------------------------------------ unrolled stages
 
+  def _proposal_logits(self, logits: Array) -> Array:
+    """Stage logits restricted to real pieces and EOS (the decoder's real_pieces_only)."""
+    lo, hi = self.special_ids.random_token_range
+    vocab = jnp.arange(logits.shape[-1])
+    allowed = ((vocab >= lo) & (vocab < hi)) | (vocab == self.special_ids.eos)
+    return jnp.where(allowed, jax.lax.stop_gradient(logits).astype(jnp.float32), -1e9)
+
   def _next_canvas(self, logits: Array, canvas: Array, confidence: Array, open_: Array,
-                   initial: Array, valid: Array, stage: int, logits_sum: Array | None,
+                   initial: Array, editable: Array, stage: int, logits_sum: Array | None,
                    rng: Array) -> tuple[Array, Array, Array]:
-    """Stage ``stage``'s argmax through the decoder's remasking rule (no gradient)."""
-    logits = jax.lax.stop_gradient(logits)
-    proposed = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    new_conf = remasking.token_confidence(logits, proposed)
-    proposed = jnp.where(open_, proposed, canvas)
-    new_conf = jnp.where(open_, new_conf, confidence)
+    """Stage ``stage``'s argmax through the decoder's remasking rule (no gradient).
+
+    Mirrors one iteration of `padir.refine_decoding`: proposals at the positions predicted in
+    this update mode, `padir.remasking.remask` over the editable positions, confidences kept
+    as the log-probability a token had when proposed.
+
+    Args:
+      logits: [B, L, V] restricted stage logits (`_proposal_logits`).
+      canvas: [B, L] this stage's decoder input.
+      confidence: [B, L] float32 carried confidences.
+      open_: [B, L] bool positions still open (update modes 'masked' / 'commit').
+      initial: [B, L] stage-0 canvas (replacement 'initial').
+      editable: [B, L] bool positions a rule may touch (non-pad; without EOS if clamped).
+      stage: 0-based stage index (iteration ``stage + 1`` of ``num_train_stages``).
+      logits_sum: [B, L, V] summed restricted logits, for replacement 'logits_sum'.
+      rng: key for annealed choice noise.
+
+    Returns:
+      (next canvas [B, L] int32, confidences [B, L], open positions [B, L]).
+    """
     update = self.remask.effective_update
-    eligible = open_ if update == 'commit' else None
+    argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    new_lp = remasking.token_confidence(logits, argmax)
+    predicted = editable if update == 'all' else open_
+    proposed = jnp.where(predicted, argmax, canvas)
+    conf_in = jnp.where(predicted, new_lp, confidence)
+    eligible = open_ if update == 'commit' else editable
     tokens, rejected = remasking.remask(
-        self.remask, proposed, new_conf, canvas, initial, valid, stage + 1,
-        self.num_train_stages, eligible=eligible, logits_sum=logits_sum, rng=rng)
+        self.remask, proposed, conf_in, canvas, initial, editable, stage + 1,
+        self.num_train_stages, eligible=eligible, logits_sum=logits_sum,
+        rng=rng if self.remask.needs_rng else None)
+    lp_now = remasking.token_confidence(logits, tokens)
+    confidence = jnp.where(predicted & ~rejected, new_lp,
+                           jnp.where(predicted & rejected, lp_now, confidence))
     if update == 'masked':
-      next_open = rejected
+      next_open = rejected & editable
     elif update == 'commit':
       next_open = open_ & rejected
     else:
-      next_open = valid
-    tokens = jnp.where(valid, tokens, 0)  # padding re-zeroed
-    return jax.lax.stop_gradient(tokens), new_conf, next_open
+      next_open = editable
+    tokens = jnp.where(canvas > 0, tokens, 0)  # padding re-zeroed
+    return jax.lax.stop_gradient(tokens), confidence, next_open
 
   def compute_stage_logits(self, params: Params, batch: Batch, rng: Array | None,
                            enable_dropout: bool) -> StageOutputs:
     """Corrupts the targets and runs the unrolled refinement stages.
 
     The encoder (and length head) runs once; each stage runs the decoder with a fresh dropout
-    key. Stage s + 1's canvas is stage s's argmax after `padir.remasking.remask` (iteration
-    s + 1 of ``num_train_stages``, replacement ``initial`` = the corrupted canvas), with padding
-    set back to 0 and no gradient through the tokens.
+    key. Stage s + 1's canvas is stage s's argmax over real pieces and EOS after
+    `padir.remasking.remask` (iteration s + 1 of ``num_train_stages``; replacement ``initial`` =
+    the corrupted canvas; the gold EOS is fixed when ``clamp_eos``), with padding set back to 0
+    and no gradient through the tokens.
 
     Args:
       params: the parameter tree.
@@ -392,9 +428,11 @@ class PadirModel(_BaseModel):
     drop = lambda key: _dropout_args(key if enable_dropout else None)
     encoded, length_logits = self.module.apply({'params': params}, enc, method=Transformer.encode,
                                                **drop(k_encoder))
-    valid = targets > 0
+    editable = targets > 0
+    if self.clamp_eos:
+      editable = editable & (targets != self.special_ids.eos)
     initial = corruption.decoder_input_tokens
-    canvas, confidence, open_ = initial, jnp.zeros(targets.shape, jnp.float32), valid
+    canvas, confidence, open_ = initial, jnp.zeros(targets.shape, jnp.float32), editable
     need_sum = self.remask.replacement == 'logits_sum'
     logits_sum = None
     canvases, all_logits = [], []
@@ -405,11 +443,11 @@ class PadirModel(_BaseModel):
       canvases.append(canvas)
       all_logits.append(logits)
       if stage + 1 < self.num_train_stages:
+        proposal_logits = self._proposal_logits(logits)
         if need_sum:
-          step_logits = jax.lax.stop_gradient(logits)
-          logits_sum = step_logits if logits_sum is None else logits_sum + step_logits
+          logits_sum = proposal_logits if logits_sum is None else logits_sum + proposal_logits
         canvas, confidence, open_ = self._next_canvas(
-            logits, canvas, confidence, open_, initial, valid, stage, logits_sum,
+            proposal_logits, canvas, confidence, open_, initial, editable, stage, logits_sum,
             jax.random.fold_in(k_remask, stage))
     return StageOutputs(jnp.stack(canvases), jnp.stack(all_logits), length_logits, corruption)
 

@@ -114,15 +114,39 @@ def test_unrolled_stages(padir2):
   assert out.length_logits.shape == (4, L)
   np.testing.assert_array_equal(out.canvases[0], out.corruption.decoder_input_tokens)
   assert (np.asarray(out.canvases)[:, targets == 0] == 0).all()  # padding re-zeroed
-  # Stage 1 = stage 0's argmax through the decoder's rule (iteration 1 of 2).
-  proposed = jnp.argmax(out.logits[0], -1)
-  conf = remasking.token_confidence(out.logits[0], proposed)
+  # Stage 1 = stage 0's argmax over real pieces + EOS through the decoder's rule (iteration 1
+  # of 2), the gold EOS clamped as in refinement decoding.
+  lo, hi = IDS.random_token_range
+  vocab = np.arange(IDS.model_vocab_size)
+  allowed = ((vocab >= lo) & (vocab < hi)) | (vocab == IDS.eos)
+  restricted = jnp.where(allowed, out.logits[0], -1e9)
+  proposed = jnp.argmax(restricted, -1)
+  conf = remasking.token_confidence(restricted, proposed)
+  editable = (targets > 0) & (targets != IDS.eos)
   expected, rejected = remasking.remask(model.remask, proposed, conf, out.canvases[0],
-                                        out.canvases[0], targets > 0, 1, 2)
+                                        out.canvases[0], editable, 1, 2)
   np.testing.assert_array_equal(out.canvases[1], np.where(targets > 0, expected, 0))
-  assert np.asarray(rejected).sum() > 0  # mask_predict rejects floor(n / 2) at t = 1
-  np.testing.assert_array_equal(np.asarray(out.canvases[1])[np.asarray(rejected)],
-                                np.asarray(out.canvases[0])[np.asarray(rejected)])
+  rejected = np.asarray(rejected)
+  assert rejected.sum() > 0  # mask_predict rejects floor(n / 2) at t = 1
+  np.testing.assert_array_equal(np.asarray(out.canvases[1])[rejected],
+                                np.asarray(out.canvases[0])[rejected])
+  assert (np.asarray(out.canvases)[:, targets == IDS.eos] == IDS.eos).all()
+
+
+def test_commit_mode_keeps_committed_positions():
+  # MaskGIT cosine rule (update 'commit') over 3 stages with a pure [MASK] corruption: a masked
+  # position that took a real piece at stage 1 is committed and must not change at stage 2.
+  model = models.PadirModel(_padir_config(), IDS, num_train_stages=3,
+                            remask=remasking.RemaskConfig(rule='cosine', replacement='initial'),
+                            corruption=objectives.CorruptionConfig(
+                                noise_ratio_schedule='fixed', noise_ratio=1.0))
+  params = model.get_initial_variables(jax.random.key(0), _shapes(BATCH)).params
+  out = jax.jit(lambda p: model.compute_stage_logits(p, BATCH, jax.random.key(4), False))(params)
+  c0, c1, c2 = (np.asarray(c) for c in out.canvases)
+  masked = c0 == IDS.mask
+  committed = masked & (c1 != IDS.mask)
+  assert committed.any() and (masked & ~committed).any()  # cosine keeps some masked at t=1
+  np.testing.assert_array_equal(c2[committed], c1[committed])
 
 
 def test_stop_gradient_between_stages(padir2):
