@@ -7,7 +7,8 @@ token instead (its initial canvas token, its previous token, or the argmax of th
 over the iterations so far). Everything here is a pure, jittable function of arrays; the step
 index may be a traced scalar.
 
-Notation (per row): ``n`` = number of valid positions (the row's length, EOS included),
+Notation (per row): ``n`` = number of valid positions (those a rule may touch: the row's
+length with its EOS, or without it when the decoder keeps the EOS fixed),
 ``t`` = 1-based iteration index, ``T`` = number of iterations, ``m`` = number of eligible
 positions (valid and open), ``c_i`` = confidence (log-probability) of the proposal at ``i``.
 A *ranking* rule rejects the ``k`` eligible positions of lowest confidence; ties are broken by
@@ -233,6 +234,17 @@ def _ascending_ranks(keys: jax.Array, eligible: jax.Array) -> jax.Array:
   return jnp.argsort(order, axis=-1, stable=True)
 
 
+def _choice_noise(rng: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """Gumbel noise [B, L] from one key, or from one key per row (noise independent of the batch)."""
+  typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  per_row = rng.ndim == (1 if typed else 2)
+  if per_row:
+    if rng.shape[0] != shape[0]:
+      raise ValueError(f'rng holds {rng.shape[0]} row keys for {shape[0]} rows.')
+    return jax.vmap(lambda k: jax.random.gumbel(k, shape[1:], jnp.float32))(rng)
+  return jax.random.gumbel(rng, shape, jnp.float32)
+
+
 def rejection_mask(config: RemaskConfig,
                    tokens: jax.Array,
                    confidence: jax.Array,
@@ -253,7 +265,8 @@ def rejection_mask(config: RemaskConfig,
     num_steps: number of iterations ``T``.
     eligible: [B, L] bool, positions that may be rejected (defaults to ``valid``; the decoder
       passes the uncommitted positions in ``commit`` mode).
-    rng: PRNG key, needed when ``config.choice_temperature > 0``.
+    rng: PRNG key, or [B] keys (one per row, so a row's noise does not depend on the
+      batch), needed when ``config.choice_temperature > 0``.
 
   Returns:
     [B, L] bool, True where the proposal is rejected.
@@ -272,7 +285,7 @@ def rejection_mask(config: RemaskConfig,
       if rng is None:
         raise ValueError('RemaskConfig.choice_temperature > 0 needs an rng key.')
       anneal = 1.0 - t.astype(jnp.float32) / jnp.maximum(big_t, 1).astype(jnp.float32)
-      noise = jax.random.gumbel(rng, confidence.shape, jnp.float32)
+      noise = _choice_noise(rng, confidence.shape)
       keys = keys + config.choice_temperature * jnp.maximum(anneal, 0.0) * noise
     lengths = jnp.sum(valid, axis=-1, dtype=jnp.int32)
     k = num_to_reject(config, lengths, t, big_t, num_eligible)
@@ -348,7 +361,7 @@ def remask(config: RemaskConfig,
     num_steps: number of iterations ``T``.
     eligible: [B, L] bool or None (all valid positions).
     logits_sum: [B, L, V] float, for ``replacement='logits_sum'``.
-    rng: PRNG key for annealed choice noise.
+    rng: PRNG key (or [B] row keys) for annealed choice noise.
 
   Returns:
     (tokens [B, L] int32, rejected [B, L] bool).

@@ -1,0 +1,600 @@
+"""Refinement decoding (PaDIR, Mask-Predict, MaskGIT, confidence threshold) in one jitted loop.
+
+`refine_decode` runs the encoder once, builds the candidate canvases (top-k predicted lengths
+x an odd length beam x parallel restarts, flattened into the batch), refines every candidate
+in a ``lax.while_loop`` and returns the best candidate per source with an aux dict. The
+rejection rules and replacement tokens come from `padir.remasking`.
+
+One iteration: a decoder pass over the canvas gives logits; tokens are chosen by argmax or by
+precision-safe sampling (`padir.sampling`); the remasking rule rejects some proposals, which
+take their replacement. A row stops when it reaches a fixed point (update mode ``all``: the
+canvas did not change and nothing was rejected) or has no position left to predict (modes
+``masked``/``commit``), or after ``num_iterations``; the loop ends when every row has stopped.
+Stopped rows are frozen.
+
+Speed: the encoder output is tiled to the candidates once; in ``masked``/``commit`` modes the
+output projection runs only on the positions that can still change after the first iteration
+(a static bound per rule, see `sparse_width`); the cross-attention keys/values are computed
+once and reused by every iteration (`TransformerFns`); with ``canvas_buckets`` the canvas is cut
+to the smallest bucket that holds the longest candidate (``lax.switch``, one compiled loop per
+bucket); no [B, L, V] buffer survives an iteration unless ``replacement='logits_sum'``.
+
+Output: tokens up to and including the first EOS, pad after. With a [MASK] or [MASK_i] canvas,
+positions still holding their mask token (unresolved or rejected after the last iteration) are
+dropped and the rest closes up. Randomness (random canvases, sampling, choice noise) is keyed
+by each source's tokens, the candidate index, the iteration and the position, so a source
+gives the same output alone or inside any batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from padir import remasking
+from padir import sampling
+from padir.remasking import RemaskConfig
+from padir.special_ids import SpecialIds
+
+Array = jax.Array
+CANVAS_INITS = ('mask', 'random', 'mask_range')
+SCORINGS = ('mean', 'sum')
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class RefineConfig:
+  """Knobs of refinement decoding. Validated on construction.
+
+  Attributes:
+    num_iterations: maximum number of decoder passes ``T``.
+    top_k_lengths: decode the k most likely predicted lengths.
+    length_beam: odd number of lengths around each predicted one (offsets -b//2..b//2).
+    restarts: parallel restarts per length (different random canvases / samples).
+    canvas_init: 'mask' ([MASK] everywhere), 'random' (random real pieces) or 'mask_range'
+      ([MASK_i] at position i; needs SpecialIds with mask_range_length >= the canvas width).
+    remask: the rejection rule, replacement and update mode (`padir.remasking.RemaskConfig`).
+    temperature: 0 = argmax; > 0 samples (precision-safe Gumbel-max).
+    top_k: sample among the k most likely tokens (0 = all).
+    top_p: nucleus sampling mass (1 = off).
+    scoring: 'mean' (mean log-probability) or 'sum' (sum divided by the brevity penalty
+      ((5 + len) / 6) ** brevity_alpha).
+    brevity_alpha: exponent of the brevity penalty for 'sum' scoring (0 = raw sum).
+    clamp_eos: keep the placed EOS fixed (it is never re-predicted); the model may still emit
+      an earlier EOS, which ends the output.
+    early_stop: stop a row at a fixed point / when nothing is left to predict.
+    return_history: aux gets the canvas and confidences after every iteration.
+    return_all_candidates: aux gets every candidate's tokens.
+    canvas_buckets: canvas widths to compile; each call uses the smallest one that holds its
+      longest candidate (the full width is always added). Empty = always the full width.
+    sparse_logits: compute the output projection only where positions can change.
+    reuse_cross_kv: compute the cross-attention keys/values once for all iterations.
+    real_pieces_only: outputs hold only real pieces and EOS (never pad, [MASK], [LENGTH],
+      [BOS], [MASK_i], other extra ids or the embedding's padding rows).
+  """
+
+  num_iterations: int = 4
+  top_k_lengths: int = 1
+  length_beam: int = 1
+  restarts: int = 1
+  canvas_init: str = 'random'
+  remask: RemaskConfig = RemaskConfig()
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  scoring: str = 'mean'
+  brevity_alpha: float = 0.0
+  clamp_eos: bool = True
+  early_stop: bool = True
+  return_history: bool = False
+  return_all_candidates: bool = False
+  canvas_buckets: tuple[int, ...] = ()
+  sparse_logits: bool = True
+  reuse_cross_kv: bool = True
+  real_pieces_only: bool = True
+
+  def __post_init__(self):
+    if isinstance(self.canvas_buckets, list):
+      object.__setattr__(self, 'canvas_buckets', tuple(self.canvas_buckets))
+    for name in ('num_iterations', 'top_k_lengths', 'length_beam', 'restarts'):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f'RefineConfig.{name}={value!r} must be an integer >= 1.')
+    if self.length_beam % 2 == 0:
+      raise ValueError(f'RefineConfig.length_beam={self.length_beam} must be odd (offsets '
+                       '-b//2..b//2 around each predicted length).')
+    if self.canvas_init not in CANVAS_INITS:
+      raise ValueError(f'RefineConfig.canvas_init={self.canvas_init!r} is not one of '
+                       f'{CANVAS_INITS}.')
+    if self.scoring not in SCORINGS:
+      raise ValueError(f'RefineConfig.scoring={self.scoring!r} is not one of {SCORINGS}.')
+    if self.brevity_alpha < 0:
+      raise ValueError(f'RefineConfig.brevity_alpha={self.brevity_alpha} must be >= 0.')
+    if not isinstance(self.remask, RemaskConfig):
+      raise ValueError('RefineConfig.remask must be a padir.remasking.RemaskConfig.')
+    sampling.check_sampling_args(self.temperature, self.top_k, self.top_p)
+    if self.restarts > 1 and not (self.canvas_init == 'random' or self.temperature > 0 or
+                                  self.remask.choice_temperature > 0):
+      raise ValueError(
+          f'RefineConfig.restarts={self.restarts} would decode identical copies: restarts '
+          "need canvas_init='random', temperature > 0 or remask.choice_temperature > 0.")
+    if any(not isinstance(b, int) or b < 1 for b in self.canvas_buckets):
+      raise ValueError(f'RefineConfig.canvas_buckets={self.canvas_buckets} must hold '
+                       'positive integers.')
+
+  @property
+  def num_candidates(self) -> int:
+    """Candidates per source: top_k_lengths * length_beam * restarts."""
+    return self.top_k_lengths * self.length_beam * self.restarts
+
+  def check_width(self, max_length: int, ids: SpecialIds) -> None:
+    """Host-side checks that depend on the canvas width and the vocabulary."""
+    if max_length < 1:
+      raise ValueError(f'max_length={max_length} must be >= 1.')
+    if self.canvas_init == 'mask_range' and ids.mask_range_size < max_length:
+      raise ValueError(
+          f"canvas_init='mask_range' needs {max_length} [MASK_i] ids but the vocabulary "
+          f'reserves {ids.mask_range_size}; build SpecialIds with '
+          f'special_ids(..., mask_range_length={max_length}).')
+
+
+# ----------------------------------------------------------------------------------------
+# The network adapter.
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerFns:
+  """Encoder and decoder entry points of a bidirectional `padir.network.Transformer`.
+
+  ``logits(params, encoded, encoder_tokens, canvas, positions=None, cross_kv=None)`` returns
+  [N, K, V] logits at ``positions`` [N, K] (all positions when None). The final decoder norm
+  output is gathered before the output projection, so only K rows are projected.
+  ``cross_kv(params, encoded, encoder_tokens)`` returns the cross-attention keys/values of
+  every decoder layer; passing them to ``logits`` skips recomputing them.
+  """
+
+  model: nn.Module
+
+  def encode(self, params, encoder_tokens: Array) -> tuple[Array, Array | None]:
+    from padir.network import Transformer  # pylint: disable=g-import-not-at-top
+    return self.model.apply({'params': params}, encoder_tokens, enable_dropout=False,
+                            method=Transformer.encode)
+
+  def _decode(self, params, encoded, encoder_tokens, canvas):
+    from padir.network import Transformer  # pylint: disable=g-import-not-at-top
+    return self.model.apply({'params': params}, encoded, encoder_tokens, canvas,
+                            enable_dropout=False, method=Transformer.decode)
+
+  def cross_kv(self, params, encoded: Array, encoder_tokens: Array) -> dict[tuple, Array]:
+    captured = {}
+
+    def capture(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      path = context.module.path
+      if (context.method_name == '__call__' and len(path) >= 2 and
+          path[-2] == 'encoder_decoder_attention' and path[-1] in ('key', 'value')):
+        captured[path] = out
+      return out
+
+    with nn.intercept_methods(capture):
+      self._decode(params, encoded, encoder_tokens,
+                   jnp.ones((encoded.shape[0], 1), jnp.int32))
+    if not captured:
+      raise RuntimeError('No cross-attention key/value projections were found in the '
+                         'decoder; set RefineConfig.reuse_cross_kv=False.')
+    return captured
+
+  def logits(self, params, encoded: Array, encoder_tokens: Array, canvas: Array,
+             positions: Array | None = None,
+             cross_kv: dict[tuple, Array] | None = None) -> Array:
+    fired = []
+
+    def intercept(next_fun, args, kwargs, context):
+      path = context.module.path
+      if context.method_name == '__call__':
+        if cross_kv is not None and path in cross_kv:
+          return cross_kv[path]
+        if positions is not None and path and path[-1] == 'decoder_norm':
+          out = next_fun(*args, **kwargs)  # [N, W, E]
+          fired.append(path)
+          return jnp.take_along_axis(out, positions[..., None], axis=1)  # [N, K, E]
+      return next_fun(*args, **kwargs)
+
+    if positions is None and cross_kv is None:
+      return self._decode(params, encoded, encoder_tokens, canvas)
+    with nn.intercept_methods(intercept):
+      out = self._decode(params, encoded, encoder_tokens, canvas)
+    if positions is not None and not fired:
+      raise RuntimeError('The decoder has no final norm named decoder_norm to gather '
+                         'positions from; set RefineConfig.sparse_logits=False.')
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers.
+
+
+def _position_keys(row_keys: Array, positions: Array) -> Array:
+  """[N, 2] row keys and [N, K] positions -> [N, K, 2] keys."""
+  return sampling.fold_keys(jnp.broadcast_to(row_keys[:, None, :], positions.shape + (2,)), positions)
+
+
+def candidate_lengths(lengths: Array, config: RefineConfig, max_length: int) -> Array:
+  """[B, k] predicted lengths -> [B, N] candidate lengths in (k, beam, restart) order."""
+  b = config.length_beam
+  offsets = jnp.arange(b, dtype=jnp.int32) - b // 2
+  cand = lengths[:, :, None] + offsets[None, None, :]  # [B, k, b]
+  cand = jnp.clip(cand, 1, max_length)
+  cand = jnp.repeat(cand[..., None], config.restarts, axis=-1)  # [B, k, b, p]
+  return cand.reshape(lengths.shape[0], -1).astype(jnp.int32)
+
+
+def initial_canvas(lengths: Array, keys: Array, width: int, config: RefineConfig,
+                   ids: SpecialIds) -> Array:
+  """Initial canvases [N, width] for candidate lengths [N] (EOS at length - 1, pad after)."""
+  pos = jnp.arange(width, dtype=jnp.int32)[None, :]
+  if config.canvas_init == 'mask':
+    fill = jnp.full((1, width), ids.mask, jnp.int32)
+  elif config.canvas_init == 'mask_range':
+    fill = (ids.mask_range_start + pos).astype(jnp.int32)
+  else:
+    lo, hi = ids.random_token_range
+    pkeys = _position_keys(sampling.fold_keys(keys, 0x5eed), jnp.broadcast_to(pos, (keys.shape[0], width)))
+    fill = jax.vmap(jax.vmap(lambda k: jax.random.randint(k, (), lo, hi, jnp.int32)))(pkeys)
+  canvas = jnp.where(pos < lengths[:, None] - 1, fill, ids.pad)
+  return jnp.where(pos == lengths[:, None] - 1, ids.eos, canvas).astype(jnp.int32)
+
+
+def sparse_width(config: RefineConfig, width: int) -> int:
+  """Static bound on the positions a ``masked``/``commit`` iteration after the first predicts.
+
+  ``mask_predict``: floor(W (T-1) / T); ``cosine``: floor(W cos(pi / 2T)) (+1e-4);
+  ``constant``: the count or floor(fraction W); otherwise (threshold, keep_all, or when
+  stutter rejections may add to the rule's) W.
+  """
+  rm = config.remask
+  t = config.num_iterations
+  if rm.effective_update == 'all' or rm.rejects_stutter or t == 1:
+    return width
+  if rm.rule == 'mask_predict':
+    bound = (width * (t - 1)) // t
+  elif rm.rule == 'cosine':
+    bound = math.floor(width * math.cos(0.5 * math.pi / t) + 1e-4)
+  elif rm.rule == 'constant':
+    bound = rm.count if rm.count is not None else math.floor(rm.fraction * width + 1e-6)
+  else:
+    bound = width
+  return int(max(1, min(width, bound)))
+
+
+def _gather(x: Array, idx: Array) -> Array:
+  return jnp.take_along_axis(x, idx, axis=1)
+
+
+def _scatter(base: Array, idx: Array, values: Array) -> Array:
+  rows = jnp.arange(base.shape[0])[:, None]
+  return base.at[rows, idx].set(values)
+
+
+def _compact(tokens: Array, conf: Array, keep: Array) -> tuple[Array, Array]:
+  """Moves kept positions to the front (stable); the rest becomes pad / 0."""
+  order = jnp.argsort(~keep, axis=1, stable=True)
+  count = jnp.sum(keep, axis=1, keepdims=True)
+  front = jnp.arange(tokens.shape[1])[None, :] < count
+  return (jnp.where(front, _gather(tokens, order), 0),
+          jnp.where(front, _gather(conf, order), 0.0))
+
+
+# ----------------------------------------------------------------------------------------
+# The loop.
+
+
+def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys, width: int,
+                  config: RefineConfig, ids: SpecialIds) -> dict[str, Array]:
+  """Refines N canvases of static ``width``; returns per-candidate results of that width."""
+  rm = config.remask
+  mode = rm.effective_update
+  big_t = config.num_iterations
+  n_rows = lengths.shape[0]
+  pos = jnp.arange(width, dtype=jnp.int32)[None, :]
+  valid = pos < lengths[:, None]  # [N, W]
+  editable = valid & (pos < lengths[:, None] - 1) if config.clamp_eos else valid
+  x0 = initial_canvas(lengths, keys, width, config, ids)
+  keep_sum = rm.replacement == 'logits_sum'
+
+  state = dict(
+      t=jnp.zeros((), jnp.int32),
+      canvas=x0,
+      conf=jnp.zeros((n_rows, width), jnp.float32),
+      open=editable,
+      committed=~editable,
+      done=jnp.zeros((n_rows,), bool),
+      iterations=jnp.zeros((n_rows,), jnp.int32),
+  )
+  if keep_sum:
+    state['logits_sum'] = jnp.zeros((n_rows, width, fns_vocab(fns, params)), jnp.float32)
+  if config.return_history:
+    state['hist_tokens'] = jnp.zeros((big_t, n_rows, width), jnp.int32)
+    state['hist_conf'] = jnp.zeros((big_t, n_rows, width), jnp.float32)
+
+  def body(k_width: int, s: dict[str, Array]) -> dict[str, Array]:
+    t1 = s['t'] + 1
+    canvas, conf, open_ = s['canvas'], s['conf'], s['open']
+    if k_width < width:
+      idx = jnp.argsort(~open_, axis=1, stable=True)[:, :k_width]  # open positions first
+    else:
+      idx = jnp.broadcast_to(pos, (n_rows, width))
+    logits = fns.logits(params, encoded, encoder_tokens, canvas,
+                        None if k_width == width else idx, cross_kv)  # [N, K, V]
+    logits = logits.astype(jnp.float32)
+    if config.real_pieces_only:
+      logits = logits + output_bias(ids, logits.shape[-1])
+    step_keys = sampling.fold_keys(keys, t1)
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    log_z = top[..., 0] + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))  # [N, K]
+    if config.temperature > 0:
+      vocab = logits.shape[-1]
+      noise_keys = _position_keys(step_keys, idx)  # [N, K, 2]
+      noise = jax.vmap(jax.vmap(lambda k: sampling.gumbel_noise(k, (vocab,))))(noise_keys)
+      filtered = sampling.filter_logits(logits, config.top_k, config.top_p)
+      new_k = sampling.argmax(filtered.astype(noise.dtype) / config.temperature + noise)
+    else:
+      new_k = sampling.argmax(logits)
+    lp_k = _gather_last(logits, new_k) - log_z  # [N, K]
+    new_tok = _scatter(canvas, idx, new_k)
+    new_lp = _scatter(conf, idx, lp_k)
+    predicted = editable if mode == 'all' else open_
+    proposed = jnp.where(predicted, new_tok, canvas)
+    conf_in = jnp.where(predicted, new_lp, conf)
+    eligible = open_ if mode == 'commit' else editable
+    logits_sum = s['logits_sum'] + logits if keep_sum else None
+    choice_keys = sampling.fold_keys(step_keys, 0xc401ce) if rm.needs_rng else None
+    # The rules count n over the positions they may touch (a clamped EOS is not one).
+    new_canvas, rejected = remasking.remask(rm, proposed, conf_in, canvas, x0, editable, t1,
+                                            big_t, eligible=eligible, logits_sum=logits_sum,
+                                            rng=choice_keys)
+    # Confidence of each token: the log-probability it had when proposed. A replaced
+    # position that was predicted gets the current log-probability of its replacement; the
+    # fixed slots (EOS) are scored at the first iteration (every iteration in mode 'all').
+    lp_cur = _scatter(jnp.zeros_like(conf),
+                      idx, _gather_last(logits, _gather(new_canvas, idx)) - log_z)
+    fixed = valid & ~editable
+    if mode != 'all':
+      fixed = fixed & (t1 == 1)
+    changed = new_canvas != canvas
+    new_conf = jnp.where(
+        predicted & ~rejected, new_lp,
+        jnp.where((predicted & rejected) | fixed, lp_cur,
+                  jnp.where(rejected & changed, 0.0, conf)))
+    if mode == 'all':
+      new_open = editable
+      new_committed = s['committed']
+      converged = ~jnp.any(changed, axis=1) & ~jnp.any(rejected, axis=1)
+    elif mode == 'masked':
+      new_open = rejected & editable
+      new_committed = s['committed']
+      converged = ~jnp.any(new_open, axis=1)
+    else:
+      new_committed = s['committed'] | (eligible & ~rejected)
+      new_open = editable & ~new_committed
+      converged = ~jnp.any(new_open, axis=1)
+    done = s['done']
+    frozen = done[:, None]
+    out = dict(
+        t=t1,
+        canvas=jnp.where(frozen, canvas, new_canvas),
+        conf=jnp.where(frozen, conf, new_conf),
+        open=jnp.where(frozen, open_, new_open),
+        committed=jnp.where(frozen, s['committed'], new_committed),
+        iterations=s['iterations'] + (~done).astype(jnp.int32),
+        done=done | (t1 >= big_t) | (config.early_stop & converged),
+    )
+    if keep_sum:
+      out['logits_sum'] = logits_sum
+    if config.return_history:
+      out['hist_tokens'] = s['hist_tokens'].at[t1 - 1].set(out['canvas'])
+      out['hist_conf'] = s['hist_conf'].at[t1 - 1].set(out['conf'])
+    return out
+
+  def cond(s):
+    return (s['t'] < big_t) & ~jnp.all(s['done'])
+
+  k_sparse = sparse_width(config, width) if (config.sparse_logits and not keep_sum) else width
+  if k_sparse < width:
+    state = body(width, state)  # the first iteration predicts every position
+    state = jax.lax.while_loop(cond, lambda s: body(k_sparse, s), state)
+  else:
+    state = jax.lax.while_loop(cond, lambda s: body(width, s), state)
+  if config.return_history:
+    # Iterations a row did not run repeat its final canvas.
+    ran = jnp.arange(big_t)[:, None] < state['t']
+    state['hist_tokens'] = jnp.where(ran[..., None], state['hist_tokens'], state['canvas'][None])
+    state['hist_conf'] = jnp.where(ran[..., None], state['hist_conf'], state['conf'][None])
+  return _finalize(state, x0, valid, config, ids)
+
+
+def output_bias(ids: SpecialIds, vocab_size: int) -> np.ndarray:
+  """[V] float32: 0 for real pieces and EOS, -1e9 for every other id."""
+  bias = np.full((vocab_size,), -1e9, np.float32)
+  lo, hi = ids.random_token_range
+  bias[lo:min(hi, vocab_size)] = 0.0
+  bias[ids.eos] = 0.0
+  return bias
+
+
+def _gather_last(x: Array, idx: Array) -> Array:
+  return jnp.take_along_axis(x, idx[..., None], axis=-1)[..., 0]
+
+
+def fns_vocab(fns, params) -> int:
+  """Output vocabulary size of the decoder (for the logits-sum buffer)."""
+  if hasattr(fns, 'vocab_size'):
+    return int(fns.vocab_size)
+  return int(fns.model.config.vocab_size)
+
+
+def _finalize(state, x0, valid, config: RefineConfig, ids: SpecialIds) -> dict[str, Array]:
+  canvas, conf = state['canvas'], state['conf']
+  width = canvas.shape[1]
+  pos = jnp.arange(width, dtype=jnp.int32)[None, :]
+  is_eos = (canvas == ids.eos) & valid
+  first_eos = jnp.min(jnp.where(is_eos, pos, width), axis=1, keepdims=True)
+  keep = valid & (pos <= first_eos) & (canvas != ids.pad)
+  if config.canvas_init in ('mask', 'mask_range'):
+    # Unresolved [MASK]/[MASK_i] holes are dropped (the placed EOS is no hole).
+    keep = keep & ~((canvas == x0) & (x0 != ids.eos))
+  tokens, tok_conf = _compact(canvas, conf, keep)
+  result = dict(tokens=tokens, log_prob=jnp.sum(tok_conf, axis=1),
+                length=jnp.sum(keep, axis=1).astype(jnp.int32),
+                iterations=state['iterations'])
+  if config.return_history:
+    result['hist_tokens'] = jnp.moveaxis(state['hist_tokens'], 0, 1)  # [N, T, W]
+    result['hist_conf'] = jnp.moveaxis(state['hist_conf'], 0, 1)
+  return result
+
+
+def _pad_width(x: Array, width: int, axis: int) -> Array:
+  extra = width - x.shape[axis]
+  if extra == 0:
+    return x
+  cfg = [(0, 0)] * x.ndim
+  cfg[axis] = (0, extra)
+  return jnp.pad(x, cfg)
+
+
+def normalized_score(log_prob: Array, length: Array, config: RefineConfig) -> Array:
+  """Candidate score: mean log-prob, or sum / ((5 + len) / 6) ** alpha."""
+  n = jnp.maximum(length, 1).astype(jnp.float32)
+  if config.scoring == 'mean':
+    return log_prob / n
+  if config.brevity_alpha == 0:
+    return log_prob
+  return log_prob / ((5.0 + n) / 6.0)**config.brevity_alpha
+
+
+def refine_decode(fns: Any,
+                  params: Any,
+                  encoder_tokens: Array,
+                  *,
+                  config: RefineConfig,
+                  ids: SpecialIds,
+                  max_length: int,
+                  rng: Array | None = None,
+                  lengths: Array | None = None,
+                  reranker: Callable[..., Array] | None = None,
+                  reranker_params: Any = None) -> tuple[Array, dict[str, Array]]:
+  """Decodes a batch by iterative refinement (jittable; config, ids, max_length static).
+
+  Args:
+    fns: the network entry points: `TransformerFns(model)` or any object with
+      ``encode(params, encoder_tokens) -> (encoded [B, S, E], length_logits [B, C] | None)``
+      and ``logits(params, encoded, encoder_tokens, canvas [N, W], positions [N, K] | None,
+      cross_kv) -> [N, K, V]`` (and ``cross_kv(...)`` when ``config.reuse_cross_kv``).
+    params: network parameters.
+    encoder_tokens: [B, S] int32 source tokens, 0 = pad.
+    config: decoding knobs.
+    ids: special ids of the vocabulary.
+    max_length: canvas width L (longest output, EOS included).
+    rng: PRNG key for random canvases and sampling (default PRNGKey(0)).
+    lengths: [B] or [B, k] target lengths (EOS included) to use instead of the length head.
+    reranker: optional ``reranker(reranker_params, encoder_tokens [N, S], tokens [N, L]) ->
+      [N]`` log-likelihoods (e.g. `padir.ar_decoding.sequence_log_prob` of an AR model),
+      used instead of the candidates' own log-probabilities (CMLM's external re-ranker).
+    reranker_params: parameters passed to the reranker.
+
+  Returns:
+    tokens [B, L] int32 (best candidate: tokens up to the first EOS, pad after) and aux:
+    ``scores`` [B], ``candidate_scores`` [B, N], ``iterations`` [B] (passes used by the best
+    candidate), ``candidate_iterations`` [B, N], ``candidate_lengths`` [B, N] (canvas lengths),
+    ``best_candidate`` [B]; optionally ``candidates`` [B, N, L], ``history_tokens`` and
+    ``history_confidence`` [B, N, T, L].
+  """
+  config.check_width(max_length, ids)
+  batch = encoder_tokens.shape[0]
+  n_cand = config.num_candidates
+  rng = sampling.raw_key(rng)
+  encoded, length_logits = fns.encode(params, encoder_tokens)
+  if lengths is None:
+    if length_logits is None:
+      raise ValueError('The network has no length head: pass lengths=[B] target lengths or '
+                       'build the model with use_length_head=True.')
+    if config.top_k_lengths > length_logits.shape[-1]:
+      raise ValueError(f'top_k_lengths={config.top_k_lengths} exceeds the '
+                       f'{length_logits.shape[-1]} length classes.')
+    _, classes = jax.lax.top_k(length_logits, config.top_k_lengths)
+    lengths = classes + 1
+  else:
+    lengths = jnp.asarray(lengths, jnp.int32)
+    if lengths.ndim == 1:
+      lengths = lengths[:, None]
+    if lengths.shape != (batch, config.top_k_lengths):
+      raise ValueError(f'lengths must have shape [{batch}] or [{batch}, '
+                       f'{config.top_k_lengths}] (top_k_lengths), got {lengths.shape}.')
+  cand_len = candidate_lengths(lengths.astype(jnp.int32), config, max_length)  # [B, N]
+  row_keys = sampling.source_keys(rng, encoder_tokens)  # [B, 2]
+  cand_keys = sampling.fold_keys(jnp.repeat(row_keys[:, None], n_cand, axis=1),
+                    jnp.arange(n_cand)[None, :])  # [B, N, 2]
+
+  enc_rep = jnp.repeat(encoder_tokens, n_cand, axis=0) if n_cand > 1 else encoder_tokens
+  encoded_rep = jnp.repeat(encoded, n_cand, axis=0) if n_cand > 1 else encoded
+  cross_kv = None
+  if config.reuse_cross_kv and hasattr(fns, 'cross_kv'):
+    cross_kv = fns.cross_kv(params, encoded, encoder_tokens)
+    if n_cand > 1:
+      cross_kv = {k: jnp.repeat(v, n_cand, axis=0) for k, v in cross_kv.items()}
+  flat_len = cand_len.reshape(-1)
+  flat_keys = cand_keys.reshape(-1, 2)
+
+  def run(width: int) -> dict[str, Array]:
+    res = _refine_width(fns, params, encoded_rep, enc_rep, cross_kv, flat_len, flat_keys,
+                        width, config, ids)
+    for name in ('tokens',):
+      res[name] = _pad_width(res[name], max_length, 1)
+    for name in ('hist_tokens', 'hist_conf'):
+      if name in res:
+        res[name] = _pad_width(res[name], max_length, 2)
+    return res
+
+  buckets = sorted({b for b in config.canvas_buckets if b < max_length} | {max_length})
+  if len(buckets) == 1:
+    res = run(max_length)
+  else:
+    longest = jnp.max(flat_len)
+    index = jnp.sum(jnp.asarray(buckets, jnp.int32) < longest).astype(jnp.int32)
+    res = jax.lax.switch(index, [lambda w=w: run(w) for w in buckets])
+
+  log_prob = res['log_prob']
+  if reranker is not None:
+    log_prob = reranker(reranker_params, enc_rep, res['tokens']).astype(jnp.float32)
+  scores = normalized_score(log_prob, res['length'], config).reshape(batch, n_cand)
+  best = jnp.argmax(scores, axis=1)  # first best on ties
+  cands = res['tokens'].reshape(batch, n_cand, max_length)
+  tokens = jnp.take_along_axis(cands, best[:, None, None], axis=1)[:, 0]
+  iters = res['iterations'].reshape(batch, n_cand)
+  aux = dict(
+      scores=jnp.take_along_axis(scores, best[:, None], axis=1)[:, 0],
+      candidate_scores=scores,
+      iterations=jnp.take_along_axis(iters, best[:, None], axis=1)[:, 0],
+      candidate_iterations=iters,
+      candidate_lengths=cand_len,
+      best_candidate=best.astype(jnp.int32),
+  )
+  if config.return_all_candidates:
+    aux['candidates'] = cands
+  if config.return_history:
+    t = config.num_iterations
+    aux['history_tokens'] = res['hist_tokens'].reshape(batch, n_cand, t, max_length)
+    aux['history_confidence'] = res['hist_conf'].reshape(batch, n_cand, t, max_length)
+  return tokens, aux
+
+
+def num_candidate_rows(batch: int, config: RefineConfig) -> int:
+  """Rows the decoder processes per call: batch * num_candidates."""
+  return int(np.int64(batch) * config.num_candidates)

@@ -1,0 +1,154 @@
+"""Tests for padir.ar_decoding: KV-cache greedy, beam search, sampling, EOS and mixed lengths."""
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from padir import ar_decoding as ad
+from padir.network import T5Config, Transformer
+
+L = 10
+VOCAB = 64
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  cfg = T5Config.preset('tiny', vocab_size=VOCAB, decoder_mode='causal', dropout_rate=0.0)
+  model = Transformer(cfg)
+  rng = np.random.RandomState(0)
+  sources = rng.randint(3, VOCAB, (4, 9)).astype(np.int32)
+  for r, n in enumerate([9, 4, 6, 2]):  # a batch of mixed source lengths
+    sources[r, n:] = 0
+  params = jax.jit(lambda k: nn.unbox(model.init(
+      {'params': k}, jnp.ones((1, 9), jnp.int32), jnp.ones((1, L), jnp.int32),
+      enable_dropout=False)['params']))(jax.random.PRNGKey(0))
+  return ad.ARFns(model), params, jnp.asarray(sources)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(fns, config):
+  return jax.jit(lambda p, e, r: ad.ar_decode(fns, p, e, max_length=L, config=config, rng=r))
+
+
+def _run(fns, params, sources, config, rng=None):
+  return _jitted(fns, config)(params, sources,
+                              rng if rng is not None else jax.random.PRNGKey(0))
+
+
+_seq_log_prob = jax.jit(ad.sequence_log_prob, static_argnums=0)
+
+
+def test_cache_greedy_equals_full_forward_greedy_and_beam_one(tiny):
+  fns, params, sources = tiny
+  greedy, aux = _run(fns, params, sources, ad.ARConfig())
+
+  @jax.jit
+  def full_forward_greedy(p, e):
+    def body(i, out):
+      logits = fns.full_logits(p, e, jnp.pad(out[:, :-1], ((0, 0), (1, 0))))
+      return out.at[:, i].set(jnp.argmax(logits[:, i], -1).astype(jnp.int32))
+    out = jax.lax.fori_loop(0, L, body, jnp.zeros((e.shape[0], L), jnp.int32))
+    return ad._finish(out, 1)
+
+  np.testing.assert_array_equal(greedy, full_forward_greedy(params, sources))
+  np.testing.assert_allclose(aux['scores'], _seq_log_prob(fns, params, sources, greedy),
+                             rtol=1e-4)
+  beam1, baux = _run(fns, params, sources,
+                     ad.ARConfig(method='beam', beam_size=1, length_penalty=0.0))
+  np.testing.assert_array_equal(beam1, greedy)
+  np.testing.assert_allclose(baux['scores'], aux['scores'], rtol=1e-4)
+  # Low-temperature sampling is greedy; a fixed rng repeats itself.
+  cold, _ = _run(fns, params, sources, ad.ARConfig(method='sample', temperature=1e-4))
+  np.testing.assert_array_equal(cold, greedy)
+  warm = ad.ARConfig(method='sample', temperature=1.5, top_p=0.95)
+  s1, _ = _run(fns, params, sources, warm, jax.random.PRNGKey(5))
+  s2, _ = _run(fns, params, sources, warm, jax.random.PRNGKey(5))
+  s3, _ = _run(fns, params, sources, warm, jax.random.PRNGKey(6))
+  np.testing.assert_array_equal(s1, s2)
+  assert not bool(jnp.array_equal(s1, s3))
+
+
+def test_beam_search_scores_are_consistent(tiny):
+  fns, params, sources = tiny
+  alpha = 0.6
+  tokens, aux = _run(fns, params, sources, ad.ARConfig(method='beam', beam_size=4,
+                                                       length_penalty=alpha))
+  scores = np.asarray(aux['beam_scores'])
+  assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+  beams = np.asarray(aux['beam_tokens'])
+  for b in range(beams.shape[1]):
+    lp = _seq_log_prob(fns, params, sources, jnp.asarray(beams[:, b]))
+    n = (beams[:, b] > 0).sum(-1)
+    has_eos = (beams[:, b] == 1).any(-1)
+    penalty = ((5.0 + np.where(has_eos, n, L)) / 6.0)**alpha
+    np.testing.assert_allclose(np.asarray(lp) / penalty, scores[:, b], rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(tokens, beams[:, 0])
+
+
+@dataclasses.dataclass(frozen=True)
+class ScriptedFns:
+  """An AR 'network' whose step logits spell a fixed reference per source (its first token)."""
+  refs: np.ndarray  # [R, L], row r is the reference of sources starting with token r
+
+  def encode(self, params, encoder_tokens):
+    return encoder_tokens[..., None].astype(jnp.float32)
+
+  def init_cache(self, params, encoded, encoder_tokens, max_length):
+    return {'index': jnp.zeros((), jnp.int32), 'row': encoder_tokens[:, 0]}
+
+  def step(self, params, cache, encoded, encoder_tokens, tokens):
+    ref = jnp.asarray(self.refs)[cache['row'], cache['index']]  # [B]
+    logits = 8.0 * jax.nn.one_hot(ref, VOCAB) + 0.01 * jax.nn.one_hot(7, VOCAB)
+    return logits, {'index': cache['index'] + 1, 'row': cache['row']}
+
+
+def test_eos_handling_with_mixed_lengths():
+  refs = np.zeros((4, L), np.int32)
+  refs[1, :3] = [20, 21, 1]
+  refs[2, :7] = [30, 31, 32, 33, 34, 35, 1]
+  refs[3, :] = 40  # never ends: stops at max_length
+  fns = ScriptedFns(refs)
+  sources = jnp.array([[1, 5, 0], [2, 0, 0], [3, 9, 9]])
+  expected = np.stack([refs[1], refs[2], refs[3]])
+  for config in (ad.ARConfig(), ad.ARConfig(method='beam', beam_size=3)):
+    tokens, aux = ad.ar_decode(fns, None, sources, max_length=L, config=config)
+    np.testing.assert_array_equal(tokens, expected)
+    np.testing.assert_array_equal(aux['lengths'], [3, 7, L])
+  short = jnp.array([[1, 5], [2, 0]])
+  tokens, aux = ad.ar_decode(fns, None, short, max_length=L)
+  assert int(aux['steps']) == 7  # the loop stops once every row has its EOS
+
+
+def test_reorder_cache_handles_scanned_layers_and_scalars():
+  cache = {'decoder': {
+      'index': jnp.array(3),
+      'layers_0': {'self_attention': {'cached_key': jnp.arange(4)[:, None] * jnp.ones((4, 2))},
+                   'encoder_decoder_attention': {'cached_key': jnp.arange(4.0)[:, None]}},
+      'layers': {'self_attention': {'cached_key': jnp.arange(4.0)[None, :, None] *
+                                    jnp.ones((2, 4, 3))}},
+  }}
+  out = ad.reorder_cache(cache, jnp.array([1, 1, 0, 3]))
+  dec = out['decoder']
+  assert int(dec['index']) == 3
+  np.testing.assert_array_equal(dec['layers_0']['self_attention']['cached_key'][:, 0],
+                                [1, 1, 0, 3])
+  np.testing.assert_array_equal(dec['layers_0']['encoder_decoder_attention']['cached_key'][:, 0],
+                                [0, 1, 2, 3])
+  np.testing.assert_array_equal(dec['layers']['self_attention']['cached_key'][0, :, 0],
+                                [1, 1, 0, 3])
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(method='topk'), 'method'),
+    (dict(beam_size=0), 'beam_size'),
+    (dict(method='sample', temperature=0.0), 'temperature'),
+    (dict(length_penalty=-1.0), 'length_penalty'),
+])
+def test_config_validation(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    ad.ARConfig(**kwargs)

@@ -1,0 +1,273 @@
+"""Tests for padir.refine_decoding with an oracle network and a tiny Transformer."""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from padir import refine_decoding as rd
+from padir.network import T5Config, Transformer
+from padir.remasking import RemaskConfig
+from padir.special_ids import special_ids
+
+IDS = special_ids(40, 40, 96, mask_range_length=12)
+L = 12
+VOCAB = 96
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyOracle:
+  """A network that 'knows' the reference: the source tokens followed by EOS.
+
+  Logits at canvas position i are ``scale(i) * one_hot(reference[i])``; ``scale`` decreasing
+  with i gives every position a distinct confidence (lower at the end), and a small scale
+  keeps every confidence below a threshold.
+  """
+  base: float = 12.0
+  slope: float = 0.5
+  vocab_size: int = VOCAB
+
+  def encode(self, params, encoder_tokens):
+    del params
+    n = jnp.sum(encoder_tokens > 0, axis=1)
+    length_logits = 5.0 * jax.nn.one_hot(n, L)  # class n = length n + 1 (EOS included)
+    return encoder_tokens[..., None].astype(jnp.float32), length_logits
+
+  def logits(self, params, encoded, encoder_tokens, canvas, positions=None, cross_kv=None):
+    del params, encoded, cross_kv
+    n_rows, width = canvas.shape
+    src = jnp.pad(encoder_tokens, ((0, 0), (0, max(0, width - encoder_tokens.shape[1]))))
+    src = src[:, :width]
+    n = jnp.sum(encoder_tokens > 0, axis=1, keepdims=True)
+    pos = jnp.arange(width)[None, :]
+    ref = jnp.where(pos < n, src, jnp.where(pos == n, IDS.eos, IDS.pad))
+    scale = self.base - self.slope * pos.astype(jnp.float32)
+    out = scale[..., None] * jax.nn.one_hot(ref, self.vocab_size)  # [N, W, V]
+    if positions is not None:
+      out = jnp.take_along_axis(out, positions[..., None], axis=1)
+    return out
+
+
+SOURCES = np.array([
+    [5, 6, 7, 8, 9, 10, 11, 0, 0, 0],
+    [12, 13, 14, 0, 0, 0, 0, 0, 0, 0],
+    [15, 16, 17, 18, 19, 20, 21, 22, 23, 24],
+], np.int32)
+
+
+def _reference(sources=SOURCES):
+  out = np.zeros((len(sources), L), np.int32)
+  for r, row in enumerate(sources):
+    toks = [t for t in row if t > 0]
+    out[r, :len(toks)] = toks
+    out[r, len(toks)] = IDS.eos
+  return out
+
+
+def _decode(fns, config, sources=SOURCES, params=None, **kw):
+  fn = jax.jit(lambda p, e: rd.refine_decode(fns, p, e, config=config, ids=IDS, max_length=L,
+                                             **kw))
+  return fn(params, jnp.asarray(sources))
+
+
+@pytest.mark.parametrize('canvas_init', ['mask', 'random'])
+def test_oracle_recovers_reference_in_one_iteration(canvas_init):
+  config = rd.RefineConfig(num_iterations=1, canvas_init=canvas_init, length_beam=3,
+                           return_all_candidates=True)
+  tokens, aux = _decode(CopyOracle(), config)
+  np.testing.assert_array_equal(tokens, _reference())
+  np.testing.assert_array_equal(aux['iterations'], [1, 1, 1])
+  assert aux['candidates'].shape == (3, 3, L)
+  # With more iterations allowed, a fixed point is detected one pass later.
+  config = dataclasses.replace(config, num_iterations=5, return_history=True)
+  tokens, aux = _decode(CopyOracle(), config)
+  np.testing.assert_array_equal(tokens, _reference())
+  np.testing.assert_array_equal(aux['iterations'], [2, 2, 2])
+  np.testing.assert_array_equal(aux['history_tokens'][:, 1, 0], _reference())
+  assert aux['history_confidence'].shape == (3, 3, 5, L)
+
+
+def _mask_counts(aux, n_rows):
+  best = np.asarray(aux['best_candidate'])
+  hist = np.asarray(aux['history_tokens'])[np.arange(n_rows), best]  # [B, T, L]
+  return (hist == IDS.mask).sum(-1)  # [B, T]
+
+
+def _mask_predict_counts(n, big_t):
+  return [(n * (big_t - t)) // big_t for t in range(1, big_t + 1)]
+
+
+def _cosine_counts(n, big_t):
+  # floor(n cos(pi t / 2T)), at most m - 1 where m positions are still uncommitted.
+  counts, uncommitted = [], n
+  for t in range(1, big_t + 1):
+    k = 0 if t >= big_t else math.floor(n * math.cos(math.pi / 2 * t / big_t) + 1e-9)
+    k = max(0, min(k, uncommitted - 1))
+    counts.append(k)
+    uncommitted = k
+  return counts
+
+
+@pytest.mark.parametrize('remask, expected', [
+    (RemaskConfig(rule='mask_predict', replacement='initial'), _mask_predict_counts),
+    (RemaskConfig(rule='cosine', replacement='initial'), _cosine_counts),
+])
+def test_mask_counts_per_iteration_follow_schedule(remask, expected):
+  big_t = 4
+  config = rd.RefineConfig(num_iterations=big_t, canvas_init='mask', remask=remask,
+                           return_history=True)
+  tokens, aux = _decode(CopyOracle(), config)
+  counts = _mask_counts(aux, len(SOURCES))
+  for r, row in enumerate(SOURCES):
+    n = int((row > 0).sum())  # editable positions: the EOS slot is fixed
+    np.testing.assert_array_equal(counts[r], expected(n, big_t), err_msg=f'row {r}')
+  np.testing.assert_array_equal(tokens, _reference())
+
+
+def test_threshold_commits_one_per_iteration_and_terminates():
+  # Scale 2 over 96 ids: confidence ~7% < tau, so exactly one commit per iteration.
+  oracle = CopyOracle(base=2.0, slope=0.01)
+  config = rd.RefineConfig(num_iterations=L, canvas_init='mask',
+                           remask=RemaskConfig(rule='threshold', threshold=0.9),
+                           return_history=True)
+  tokens, aux = _decode(oracle, config)
+  n_edit = (SOURCES > 0).sum(1)
+  np.testing.assert_array_equal(aux['iterations'], n_edit)
+  assert int(aux['iterations'].max()) <= L
+  np.testing.assert_array_equal(tokens, _reference())
+  counts = _mask_counts(aux, len(SOURCES))
+  for r, n in enumerate(n_edit):
+    np.testing.assert_array_equal(counts[r, :n], n - 1 - np.arange(n))
+
+
+def test_reranker_and_sum_scoring_pick_candidates():
+  config = rd.RefineConfig(num_iterations=1, canvas_init='mask', length_beam=3,
+                           scoring='sum', clamp_eos=False, return_all_candidates=True)
+
+  def prefer_short(params, enc, tokens):
+    del params, enc
+    return -jnp.sum(tokens > 0, axis=1).astype(jnp.float32)
+
+  _, aux = _decode(CopyOracle(), config, reranker=prefer_short)
+  lengths = (np.asarray(aux['candidates']) > 0).sum(-1)
+  best = np.asarray(aux['best_candidate'])
+  np.testing.assert_array_equal(lengths[np.arange(3), best], lengths.min(1))
+  np.testing.assert_allclose(aux['scores'], -lengths.min(1))
+
+
+def test_given_lengths_and_errors():
+  config = rd.RefineConfig(num_iterations=1, canvas_init='mask')
+  tokens, aux = _decode(CopyOracle(), config, lengths=jnp.array([3, 3, 3]))
+  np.testing.assert_array_equal(aux['candidate_lengths'][:, 0], [3, 3, 3])
+  assert tokens[0, 2] == IDS.eos and tokens[0, 3] == 0
+  with pytest.raises(ValueError, match='lengths must have shape'):
+    _decode(CopyOracle(), config, lengths=jnp.ones((3, 2), jnp.int32))
+  few = special_ids(40, 40, 96)
+  with pytest.raises(ValueError, match='mask_range_length'):
+    rd.RefineConfig(canvas_init='mask_range').check_width(L, few)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(length_beam=2), 'odd'),
+    (dict(num_iterations=0), 'num_iterations'),
+    (dict(canvas_init='zeros'), 'canvas_init'),
+    (dict(restarts=2, canvas_init='mask'), 'restarts'),
+    (dict(temperature=-1.0), 'temperature'),
+    (dict(scoring='max'), 'scoring'),
+    (dict(canvas_buckets=(0, 4)), 'canvas_buckets'),
+])
+def test_config_validation(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    rd.RefineConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# A tiny Transformer: batch invariance, determinism, the speed paths change nothing.
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  cfg = T5Config.preset('tiny', vocab_size=VOCAB, decoder_mode='bidirectional',
+                        length_id=IDS.length, max_target_length=L, dropout_rate=0.0)
+  model = Transformer(cfg)
+  enc = jnp.ones((1, 10), jnp.int32)
+  params = nn.unbox(model.init({'params': jax.random.PRNGKey(0)}, enc,
+                               jnp.ones((1, L), jnp.int32), enable_dropout=False)['params'])
+  rng = np.random.RandomState(0)
+  sources = rng.randint(3, 40, (8, 10)).astype(np.int32)
+  for r, n in enumerate([10, 3, 7, 1, 9, 5, 10, 2]):
+    sources[r, n:] = 0
+  return rd.TransformerFns(model), params, jnp.asarray(sources)
+
+
+def test_transformer_fns_sparse_logits_and_cross_kv_match_full(tiny):
+  fns, params, sources = tiny
+  encoded, _ = fns.encode(params, sources)
+  canvas = jax.random.randint(jax.random.PRNGKey(1), (8, L), 3, 40)
+  full = fns.logits(params, encoded, sources, canvas)
+  positions = jnp.tile(jnp.array([[5, 0, 11]]), (8, 1))
+  part = fns.logits(params, encoded, sources, canvas, positions,
+                    fns.cross_kv(params, encoded, sources))
+  np.testing.assert_allclose(part, jnp.take_along_axis(full, positions[..., None], 1),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_batch_invariance_determinism_and_speed_paths(tiny):
+  fns, params, sources = tiny
+  config = rd.RefineConfig(num_iterations=3, canvas_init='random', length_beam=3, restarts=2,
+                           temperature=0.8, top_k=20,
+                           remask=RemaskConfig(rule='mask_predict', update='all'))
+  fn = jax.jit(lambda p, e, r: rd.refine_decode(fns, p, e, config=config, ids=IDS,
+                                                max_length=L, rng=r))
+  tokens, aux = fn(params, sources, jax.random.PRNGKey(7))
+  again, _ = fn(params, sources, jax.random.PRNGKey(7))
+  np.testing.assert_array_equal(tokens, again)
+  other, _ = fn(params, sources, jax.random.PRNGKey(8))
+  assert not bool(jnp.array_equal(tokens, other))
+  alone, alone_aux = fn(params, sources[3:4], jax.random.PRNGKey(7))
+  np.testing.assert_array_equal(alone[0], tokens[3])
+  np.testing.assert_allclose(alone_aux['candidate_scores'][0], aux['candidate_scores'][3],
+                             rtol=1e-5, atol=1e-6)
+  # Well-formed output: nothing after the first EOS, no special ids.
+  toks = np.asarray(tokens)
+  for row in toks:
+    eos = np.nonzero(row == IDS.eos)[0]
+    if len(eos):
+      assert not row[eos[0] + 1:].any()
+    assert not (row >= 40).any()
+
+
+def test_sparse_logits_buckets_and_cross_kv_do_not_change_outputs(tiny):
+  fns, params, sources = tiny
+  base = rd.RefineConfig(num_iterations=4, canvas_init='mask', top_k_lengths=2,
+                         remask=RemaskConfig(rule='mask_predict'), return_history=True)
+  plain = dataclasses.replace(base, sparse_logits=False, reuse_cross_kv=False)
+  fast = dataclasses.replace(base, canvas_buckets=(4, 8))
+  assert rd.sparse_width(base, L) == 9
+  outs = []
+  for config in (plain, fast):
+    tokens, aux = jax.jit(lambda p, e, c=config: rd.refine_decode(
+        fns, p, e, config=c, ids=IDS, max_length=L))(params, sources[:4])
+    outs.append((tokens, aux))
+  np.testing.assert_array_equal(outs[0][0], outs[1][0])
+  np.testing.assert_array_equal(outs[0][1]['history_tokens'], outs[1][1]['history_tokens'])
+  np.testing.assert_allclose(outs[0][1]['candidate_scores'], outs[1][1]['candidate_scores'],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(outs[0][1]['candidate_iterations'],
+                                outs[1][1]['candidate_iterations'])
+
+
+def test_logits_sum_and_stutter_after_last_run(tiny):
+  fns, params, sources = tiny
+  config = rd.RefineConfig(
+      num_iterations=3, canvas_init='mask_range',
+      remask=RemaskConfig(rule='stutter', stutter_after_last=True, replacement='logits_sum'))
+  tokens, aux = jax.jit(lambda p, e: rd.refine_decode(fns, p, e, config=config, ids=IDS,
+                                                      max_length=L))(params, sources[:2])
+  toks = np.asarray(tokens)
+  assert toks.shape == (2, L) and not (toks >= 40).any()
+  assert (np.asarray(aux['iterations']) <= 3).all()

@@ -1,0 +1,100 @@
+"""Tests for padir.sampling: fast argmax, precision-safe Gumbel noise, filters, row keys."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from padir import sampling
+
+
+def test_argmax_matches_jnp_including_ties():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 50))
+  x = x.at[0, 0, 7].set(9.0).at[0, 0, 3].set(9.0)  # tie: lowest index wins
+  np.testing.assert_array_equal(sampling.argmax(x), jnp.argmax(x, axis=-1))
+  assert int(sampling.argmax(x)[0, 0]) == 3
+  tokens, lp = sampling.argmax_and_log_prob(x)
+  np.testing.assert_array_equal(tokens, jnp.argmax(x, axis=-1))
+  np.testing.assert_allclose(lp, jnp.max(jax.nn.log_softmax(x), axis=-1), rtol=1e-5)
+
+
+def test_gumbel_tails_are_not_truncated():
+  top = 2**23 - 1
+  hi = jnp.array([0, 0, top, top, 2**22 - 1, 2**22], jnp.uint32)
+  lo = jnp.array([0, top, 0, top, top, 0], jnp.uint32)
+  g = -jnp.log(sampling._uniform_halves_to_exponential(hi, lo))
+  assert bool(jnp.all(jnp.isfinite(g)))
+  # u = 1 - 2^-47 gives g = log(2^47) = 32.6; plain float32 noise stops near 16.
+  assert float(g[3]) == pytest.approx(47 * math.log(2), rel=1e-5)
+  naive_cap = -math.log(-math.log1p(-2.0**-24))
+  assert float(g.max()) > naive_cap + 15.0
+  # u = 2^-47 gives the smallest value, -log(47 log 2).
+  assert float(g[0]) == pytest.approx(-math.log(47 * math.log(2)), rel=1e-5)
+  # Continuous across the split at one half.
+  assert float(g[4]) == pytest.approx(float(g[5]), abs=1e-6)
+
+
+def test_gumbel_noise_distribution():
+  g = np.asarray(sampling.gumbel_noise(jax.random.PRNGKey(1), (200_000,)), np.float64)
+  result = stats.kstest(g, stats.gumbel_r.cdf)
+  assert result.pvalue > 1e-3, result
+  assert abs(g.mean() - np.euler_gamma) < 0.01
+  assert abs(g.var() - math.pi**2 / 6) < 0.03
+
+
+def test_gumbel_noise_uses_float64_under_x64():
+  with jax.enable_x64(True):
+    g = sampling.gumbel_noise(jax.random.PRNGKey(2), (1000,))
+    assert g.dtype == jnp.float64
+    assert bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_sampled_frequencies_match_tempered_softmax():
+  logits = jnp.array([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+  n = 60_000
+  batch = jnp.broadcast_to(logits, (n, logits.shape[0]))
+  temperature = 0.7
+  tokens, lp = sampling.choose_tokens(batch, jax.random.PRNGKey(3), temperature=temperature)
+  counts = np.bincount(np.asarray(tokens), minlength=6)
+  probs = np.exp(np.asarray(logits, np.float64) / temperature)
+  expected = probs / probs.sum() * n
+  chi2 = stats.chisquare(counts, expected)
+  assert chi2.pvalue > 1e-3, (counts, expected)
+  # Returned log-probs are the model's own (untempered) ones.
+  np.testing.assert_allclose(lp, jax.nn.log_softmax(logits)[tokens], rtol=1e-5)
+
+
+def test_top_k_and_top_p_filters():
+  logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+  k2 = sampling.filter_logits(logits, top_k=2)
+  np.testing.assert_array_equal(jnp.isfinite(k2), [[True, True, False, False, False]])
+  p = sampling.filter_logits(logits, top_p=0.8)  # 0.5 + 0.2 < 0.8 <= 0.5 + 0.2 + 0.15
+  np.testing.assert_array_equal(jnp.isfinite(p), [[True, True, True, False, False]])
+  p_small = sampling.filter_logits(logits, top_p=0.1)  # the top token is always kept
+  np.testing.assert_array_equal(jnp.isfinite(p_small), [[True, False, False, False, False]])
+  batch = jnp.broadcast_to(logits, (4000, 5))
+  tokens, _ = sampling.choose_tokens(batch, jax.random.PRNGKey(4), temperature=1.0, top_k=2)
+  assert set(np.unique(np.asarray(tokens))) == {0, 1}
+
+
+def test_sampling_arg_validation():
+  with pytest.raises(ValueError, match='temperature'):
+    sampling.check_sampling_args(-1.0, 0, 1.0)
+  with pytest.raises(ValueError, match='top_k'):
+    sampling.check_sampling_args(1.0, -2, 1.0)
+  with pytest.raises(ValueError, match='top_p'):
+    sampling.check_sampling_args(1.0, 0, 0.0)
+
+
+def test_source_keys_ignore_batch_position_and_padding():
+  tokens = jnp.array([[5, 6, 7, 0], [9, 9, 0, 0], [5, 6, 7, 0]])
+  keys = sampling.source_keys(jax.random.PRNGKey(0), tokens)
+  np.testing.assert_array_equal(keys[0], keys[2])
+  assert not bool(jnp.array_equal(keys[0], keys[1]))
+  alone = sampling.source_keys(jax.random.PRNGKey(0), jnp.array([[9, 9, 0, 0, 0, 0]]))
+  np.testing.assert_array_equal(alone[0], keys[1])
+  other_rng = sampling.source_keys(jax.random.PRNGKey(1), tokens)
+  assert not bool(jnp.array_equal(other_rng[0], keys[0]))
