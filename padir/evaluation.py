@@ -1,0 +1,169 @@
+"""Evaluation loops shared by train, eval and infer: validation loss, decoding, BLEU / chrF.
+
+* :func:`evaluate_loss`: the model's ``eval_fn`` metrics over batches of a split (teacher
+  forcing for AR; fixed-key corruption for PaDIR).
+* :class:`Predictor`: the model's ``predict_batch_with_aux`` jitted with the run's shardings;
+  returns host token arrays.
+* :func:`decode_split`: decodes batches and detokenizes sources, references and predictions.
+* :func:`translation_scores`: sacrebleu BLEU and chrF (``padir.data.metrics``) of decoded rows.
+
+References come from the batch's ``decoder_target_tokens`` (one reference per example).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+
+from padir import partitioning as partitioning_lib
+from padir import trainer as trainer_lib
+
+
+def _real_rows(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Rows that are examples, not the all-pad rows that fill a last partial batch."""
+  return np.asarray(batch['encoder_input_tokens']).any(axis=1)
+
+
+def evaluate_loss(eval_step: Callable[[Any, Mapping[str, np.ndarray]], Mapping[str, Any]],
+                  params: Any, batches: Iterable[Mapping[str, np.ndarray]],
+                  num_batches: int | None = None) -> dict[str, float]:
+  """Eval metrics averaged over batches (counts summed).
+
+  Args:
+    eval_step: ``(params, batch) -> metrics`` (e.g. ``Trainer.eval_step``).
+    params: the parameters.
+    batches: numpy batches (this process's rows).
+    num_batches: stop after this many (None: until the iterator ends).
+
+  Returns:
+    Metrics, plus ``num_batches``.
+  """
+  acc = trainer_lib.MetricsAccumulator()
+  for i, batch in enumerate(batches):
+    if num_batches is not None and i >= num_batches:
+      break
+    acc.add(i, eval_step(params, batch))
+  count = len(acc)
+  if not count:
+    raise ValueError('The evaluation split produced no batch.')
+  metrics, _ = acc.reduce()
+  metrics['num_batches'] = float(count)
+  return metrics
+
+
+class Predictor:
+  """``model.predict_batch_with_aux`` jitted on the mesh: numpy batch in, numpy tokens out."""
+
+  def __init__(self, model: Any, partitioner: partitioning_lib.Partitioner, param_shardings: Any,
+               decode_kwargs: Mapping[str, Any] | None = None, seed: int = 0):
+    if not hasattr(model, 'predict_batch_with_aux'):
+      raise ValueError(f'{type(model).__name__} has no predict_batch_with_aux; this version of '
+                       'padir cannot decode with it.')
+    self.partitioner = partitioner
+    self.seed = seed
+    kwargs = dict(decode_kwargs or {})
+
+    def predict(params, batch, key):
+      tokens, aux = model.predict_batch_with_aux(params, batch, rng=key, **kwargs)
+      return tokens, aux
+
+    replicated = partitioner.replicated()
+    self._fn = jax.jit(predict,
+                       in_shardings=(param_shardings, partitioner.batch_sharding(2), replicated),
+                       out_shardings=replicated)
+
+  def __call__(self, params: Any, batch: Mapping[str, np.ndarray],
+               batch_index: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Decodes this process's rows; returns (tokens [B_global, L], aux) as host arrays."""
+    inputs = {'encoder_input_tokens': np.asarray(batch['encoder_input_tokens'], np.int32)}
+    global_batch = self.partitioner.shard_batch(inputs)
+    key = jax.random.fold_in(jax.random.key(self.seed), batch_index)
+    with self.partitioner.context():
+      tokens, aux = self._fn(params, global_batch, key)
+    return np.asarray(tokens), jax.tree_util.tree_map(np.asarray, aux)
+
+
+@dataclasses.dataclass
+class DecodedRow:
+  source: str
+  reference: str | None
+  prediction: str
+  tokens: list[int]
+
+
+def _local_rows(global_array: np.ndarray) -> np.ndarray:
+  """This process's block of a replicated [B_global, ...] result."""
+  per_process = global_array.shape[0] // jax.process_count()
+  start = jax.process_index() * per_process
+  return global_array[start:start + per_process]
+
+
+def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[str, np.ndarray]],
+                 tokenizer: Any, max_examples: int | None = None,
+                 all_processes: bool = True) -> tuple[list[DecodedRow], dict[str, float]]:
+  """Decodes batches and detokenizes sources, references (when present) and predictions.
+
+  Args:
+    predictor: the jitted decoder.
+    params: the parameters.
+    batches: numpy batches of this process's rows.
+    tokenizer: a ``padir.data.vocab.Tokenizer``.
+    max_examples: stop after this many examples (per process).
+    all_processes: return every process's rows (the decoded array is replicated); otherwise
+      only this process's.
+
+  Returns:
+    (rows, stats): ``stats`` has ``decode_seconds``, ``num_examples``, ``examples_per_sec`` and
+    ``mean_iterations`` when the decoder reports iterations.
+  """
+  rows: list[DecodedRow] = []
+  seconds = 0.0
+  iterations = []
+  seen = 0
+  for index, batch in enumerate(batches):
+    if max_examples is not None and seen >= max_examples:
+      break
+    start = time.perf_counter()
+    tokens, aux = predictor(params, batch, index)
+    seconds += time.perf_counter() - start
+    if all_processes:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      batch = {k: np.asarray(multihost_utils.process_allgather(np.asarray(v), tiled=True))
+               if jax.process_count() > 1 else np.asarray(v) for k, v in batch.items()}
+    else:
+      tokens = _local_rows(tokens)
+      aux = {k: _local_rows(v) if np.ndim(v) else v for k, v in aux.items()}
+    keep = _real_rows(batch)
+    if 'iterations' in aux:
+      iterations.extend(np.asarray(aux['iterations'])[keep].tolist())
+    targets = batch.get('decoder_target_tokens')
+    for i in np.flatnonzero(keep):
+      seen += 1
+      out = tokens[i].tolist()
+      rows.append(DecodedRow(
+          source=tokenizer.decode(batch['encoder_input_tokens'][i]),
+          reference=tokenizer.decode(targets[i]) if targets is not None else None,
+          prediction=tokenizer.decode(out),
+          tokens=out))
+  if max_examples is not None:
+    rows = rows[:max_examples * (jax.process_count() if all_processes else 1)]
+  stats = {'decode_seconds': seconds, 'num_examples': float(len(rows)),
+           'examples_per_sec': len(rows) / seconds if seconds > 0 else 0.0}
+  if iterations:
+    stats['mean_iterations'] = float(np.mean(iterations))
+  return rows, stats
+
+
+def translation_scores(rows: list[DecodedRow], print_fn: Callable[[str], Any] | None = None
+                       ) -> dict[str, float]:
+  """Corpus BLEU and chrF of decoded rows against their references (sacrebleu)."""
+  from padir.data import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  scored = [r for r in rows if r.reference is not None]
+  if not scored:
+    raise ValueError('No references to score against: the split has no decoder_target_tokens.')
+  return metrics_lib.translation_metrics([r.reference for r in scored],
+                                         [r.prediction for r in scored], print_fn=print_fn)

@@ -1,0 +1,267 @@
+"""Gin plumbing for padir's entry points: flags, shipped gin files, required macros, provenance.
+
+T5X-style command lines::
+
+  python -m padir.train --gin_file=padir/gin/experiments/bible_es_en_padir.gin \
+      --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=1000
+
+* ``--gin_file=F`` (repeatable; later files override earlier ones). ``F`` is a path, or a name
+  relative to the installed package (``padir/gin/models/small.gin``) or to its gin directory
+  (``models/small.gin``). Includes inside gin files resolve the same way, so no search path is
+  ever needed; ``--gin_search_paths=A,B`` adds more.
+* ``--gin_bindings='NAME = VALUE'`` (repeatable) and the sugar ``--gin.NAME=VALUE``, which is
+  rewritten to the binding ``NAME = VALUE`` (strings need inner quotes: ``--gin.X="'text'"``).
+
+After parsing, every ``%gin.REQUIRED`` value still unset is reported in ONE error that lists each
+missing macro with an example flag (:func:`check_required`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any, Callable, Iterable, Sequence
+
+import gin
+from gin import config as gin_config
+
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+GIN_DIR = PACKAGE_DIR / 'gin'
+# The parent of the package: makes 'padir/gin/...' resolve from an installed package.
+_PACKAGE_PARENT = PACKAGE_DIR.parent
+
+# Example values of the documented macros, for the "missing macro" message.
+EXAMPLE_FLAGS = {
+    'MODEL_DIR': '--gin.MODEL_DIR="\'/tmp/padir_model\'"',
+    'TRAIN_STEPS': '--gin.TRAIN_STEPS=1000',
+    'BATCH_SIZE': '--gin.BATCH_SIZE=64',
+    'MIXTURE_OR_TASK_NAME': ('--gin.MIXTURE_OR_TASK_NAME="\'bible_es_en\'" (a seqio task) or '
+                             '"\'/data/bible_es_en_arrays\'" (arrays from python -m '
+                             'padir.data.export)'),
+    'TASK_FEATURE_LENGTHS': '--gin.TASK_FEATURE_LENGTHS="{\'inputs\': 128, \'targets\': 128}"',
+    'CHECKPOINT_PATH': '--gin.CHECKPOINT_PATH="\'/tmp/padir_model\'" (a model dir or one step dir)',
+    'INFER_OUTPUT_DIR': '--gin.INFER_OUTPUT_DIR="\'/tmp/padir_infer\'"',
+    'VOCABULARY': '--gin.VOCABULARY="\'bible\'" (or "\'byte\'", "\'/path/spm.model\'")',
+    'EVAL_SPLIT': '--gin.EVAL_SPLIT="\'validation\'"',
+    'INFER_INPUT_FILE': '--gin.INFER_INPUT_FILE="\'/tmp/sources.txt\'"',
+}
+
+
+class GinFlagError(ValueError):
+  """A malformed gin flag or a gin file that cannot be found."""
+
+
+@dataclasses.dataclass
+class GinArgs:
+  """Gin-related command-line arguments, after :func:`split_gin_args`.
+
+  Attributes:
+    gin_files: files in command-line order.
+    gin_bindings: bindings in command-line order (``--gin.X=V`` became ``X = V``).
+    gin_search_paths: extra search paths.
+    rest: the remaining (non-gin) arguments.
+  """
+  gin_files: list[str] = dataclasses.field(default_factory=list)
+  gin_bindings: list[str] = dataclasses.field(default_factory=list)
+  gin_search_paths: list[str] = dataclasses.field(default_factory=list)
+  rest: list[str] = dataclasses.field(default_factory=list)
+
+
+def _flag_value(args: Sequence[str], i: int, name: str) -> tuple[str, int]:
+  """Value of ``--name=V`` or ``--name V`` at args[i]; returns (value, next index)."""
+  arg = args[i]
+  prefix = f'--{name}'
+  if arg.startswith(prefix + '='):
+    return arg[len(prefix) + 1:], i + 1
+  if i + 1 >= len(args):
+    raise GinFlagError(f'{prefix} needs a value.')
+  return args[i + 1], i + 2
+
+
+def split_gin_args(argv: Sequence[str]) -> GinArgs:
+  """Separates gin flags from the other flags and rewrites ``--gin.NAME=VALUE``.
+
+  Args:
+    argv: command-line arguments without the program name.
+
+  Returns:
+    GinArgs.
+
+  Raises:
+    GinFlagError: for ``--gin.NAME`` without ``=VALUE``.
+  """
+  out = GinArgs()
+  i = 0
+  args = list(argv)
+  while i < len(args):
+    arg = args[i]
+    if arg.startswith('--gin.'):
+      body = arg[len('--gin.'):]
+      name, sep, value = body.partition('=')
+      if not sep or not name:
+        raise GinFlagError(f'{arg!r}: write --gin.NAME=VALUE (strings need inner quotes, e.g. '
+                           '--gin.MODEL_DIR="\'/tmp/x\'").')
+      out.gin_bindings.append(f'{name} = {value}')
+      i += 1
+    elif arg == '--gin_file' or arg.startswith('--gin_file='):
+      value, i = _flag_value(args, i, 'gin_file')
+      out.gin_files.append(value)
+    elif arg == '--gin_bindings' or arg.startswith('--gin_bindings='):
+      value, i = _flag_value(args, i, 'gin_bindings')
+      out.gin_bindings.append(value)
+    elif arg == '--gin_search_paths' or arg.startswith('--gin_search_paths='):
+      value, i = _flag_value(args, i, 'gin_search_paths')
+      out.gin_search_paths.extend(p for p in value.split(',') if p)
+    else:
+      out.rest.append(arg)
+      i += 1
+  return out
+
+
+def resolve_gin_file(name: str, search_paths: Iterable[str] = ()) -> str:
+  """The path of a gin file given as a path, a package-relative or a gin-dir-relative name.
+
+  Raises:
+    GinFlagError: naming every place looked at.
+  """
+  candidates = [pathlib.Path(name)]
+  for base in (*map(pathlib.Path, search_paths), _PACKAGE_PARENT, GIN_DIR):
+    candidates.append(base / name)
+  if not name.endswith('.gin'):
+    candidates += [c.with_name(c.name + '.gin') for c in list(candidates)]
+  for c in candidates:
+    if c.is_file():
+      return str(c)
+  shipped = sorted(str(p.relative_to(GIN_DIR)) for p in GIN_DIR.rglob('*.gin'))
+  raise GinFlagError(
+      f'Gin file {name!r} not found (looked at: {", ".join(str(c) for c in candidates)}). '
+      f'Shipped gin files: {", ".join(shipped)}.')
+
+
+def _register_search_paths(extra: Iterable[str]) -> None:
+  for path in (*extra, str(_PACKAGE_PARENT), str(GIN_DIR)):
+    if path not in gin_config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+      gin.add_config_file_search_path(path)
+
+
+def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
+              search_paths: Sequence[str] = (), finalize: bool = True,
+              required: bool = True) -> None:
+  """Clears gin, then parses files and bindings (later ones override earlier ones).
+
+  Args:
+    gin_files: file names (see :func:`resolve_gin_file`).
+    gin_bindings: binding strings such as ``"MODEL_DIR = '/x'"``.
+    search_paths: extra gin search paths.
+    finalize: lock the config after parsing.
+    required: fail with one message listing every ``%gin.REQUIRED`` value left unset.
+
+  Raises:
+    GinFlagError: for a gin file that cannot be found.
+    ValueError: missing required values (:func:`check_required`), or an unknown configurable
+      or parameter (gin's own message).
+  """
+  gin.clear_config(clear_constants=False)
+  _register_search_paths(search_paths)
+  files = [resolve_gin_file(f, search_paths) for f in gin_files]
+  gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False,
+                                      skip_unknown=False)
+  if required:
+    check_required()
+  if finalize:
+    gin.finalize()
+
+
+def _is_required(value: Any) -> bool:
+  return (isinstance(value, gin_config.ConfigurableReference) and
+          value.scoped_selector == 'gin.REQUIRED/gin.constant')
+
+
+def missing_required() -> list[tuple[str, str]]:
+  """Every ``%gin.REQUIRED`` value left in the parsed config: (name, example flag) pairs.
+
+  Macros are reported by their name (``MODEL_DIR``); parameters bound to ``%gin.REQUIRED``
+  directly by ``selector.param``.
+  """
+  missing = []
+  for (scope, selector), params in gin_config._CONFIG.items():  # pylint: disable=protected-access
+    for param, value in params.items():
+      if not _is_required(value):
+        continue
+      if selector == 'gin.macro':
+        name = scope
+        example = EXAMPLE_FLAGS.get(name, f'--gin.{name}=VALUE')
+      else:
+        name = f'{scope + "/" if scope else ""}{selector}.{param}'
+        example = f'--gin.{name}=VALUE'
+      missing.append((name, example))
+  return sorted(set(missing))
+
+
+def check_required() -> None:
+  """Raises one ValueError listing every missing required macro with an example flag."""
+  missing = missing_required()
+  if missing:
+    lines = '\n'.join(f'  {name:<22} e.g. {example}' for name, example in missing)
+    raise ValueError(f'{len(missing)} required gin value(s) not set:\n{lines}\n'
+                     'Set them with --gin.NAME=VALUE flags or in a gin file.')
+
+
+def configurable(fn_or_cls: Callable[..., Any], module: str | None = None) -> Callable[..., Any]:
+  """``gin.configurable`` under the module-qualified name, safe to run again on re-import."""
+  module = module or fn_or_cls.__module__
+  try:
+    return gin.configurable(fn_or_cls, module=module)
+  except ValueError as err:
+    if 'already exists' not in str(err):
+      raise
+    gin.enter_interactive_mode()
+    try:
+      return gin.configurable(fn_or_cls, module=module)
+    finally:
+      gin.exit_interactive_mode()
+
+
+def external_configurable(fn: Callable[..., Any], name: str, module: str) -> Callable[..., Any]:
+  """``gin.external_configurable`` that tolerates a second registration of the same name."""
+  try:
+    return gin.external_configurable(fn, name=name, module=module)
+  except ValueError as err:
+    if 'already exists' not in str(err):
+      raise
+    gin.enter_interactive_mode()
+    try:
+      return gin.external_configurable(fn, name=name, module=module)
+    finally:
+      gin.exit_interactive_mode()
+
+
+def write_config(model_dir: str, name: str = 'config.gin', operative: bool = False) -> str:
+  """Writes the parsed (or, with ``operative``, the operative) gin config into ``model_dir``."""
+  os.makedirs(model_dir, exist_ok=True)
+  text = gin.operative_config_str() if operative else gin.config_str()
+  path = os.path.join(model_dir, name)
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(tmp, path)
+  return path
+
+
+def parse_command_line(argv: Sequence[str], required: bool = True) -> list[str]:
+  """Parses gin flags from ``argv`` and returns the other arguments.
+
+  Args:
+    argv: command-line arguments (no program name).
+    required: fail (one message) when a ``%gin.REQUIRED`` value is left unset.
+
+  Raises:
+    GinFlagError, ValueError: see :func:`parse_gin` and :func:`check_required`.
+  """
+  args = split_gin_args(argv)
+  if not args.gin_files:
+    raise GinFlagError('No --gin_file given. Start from a shipped experiment, e.g. '
+                       '--gin_file=padir/gin/experiments/bible_es_en_padir.gin (see docs/gin.md).')
+  parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths, required=required)
+  return args.rest
