@@ -153,11 +153,11 @@ class RefineConfig:
 class TransformerFns:
   """Encoder and decoder entry points of a bidirectional `padir.network.Transformer`.
 
-  ``logits(params, encoded, encoder_tokens, canvas, positions=None, cross_kv=None)`` returns
-  [N, K, V] logits at ``positions`` [N, K] (all positions when None). The final decoder norm
-  output is gathered before the output projection, so only K rows are projected.
-  ``cross_kv(params, encoded, encoder_tokens)`` returns the cross-attention keys/values of
-  every decoder layer; passing them to ``logits`` skips recomputing them.
+  ``cross_kv(params, encoded, encoder_tokens)`` returns the decoder's 'cache' collection: the
+  cross-attention keys/values of every layer, computed once. ``logits(params, encoded,
+  encoder_tokens, canvas, positions=None, cross_kv=None)`` returns [N, K, V] logits at
+  ``positions`` [N, K] (all positions when None); only those rows of the final decoder states
+  are projected to the vocabulary, and given ``cross_kv`` the keys/values are not recomputed.
   """
 
   model: nn.Module
@@ -167,54 +167,42 @@ class TransformerFns:
     return self.model.apply({'params': params}, encoder_tokens, enable_dropout=False,
                             method=Transformer.encode)
 
-  def _decode(self, params, encoded, encoder_tokens, canvas):
+  def cross_kv(self, params, encoded: Array, encoder_tokens: Array) -> Any:
     from padir.network import Transformer  # pylint: disable=g-import-not-at-top
-    return self.model.apply({'params': params}, encoded, encoder_tokens, canvas,
-                            enable_dropout=False, method=Transformer.decode)
-
-  def cross_kv(self, params, encoded: Array, encoder_tokens: Array) -> dict[tuple, Array]:
-    captured = {}
-
-    def capture(next_fun, args, kwargs, context):
-      out = next_fun(*args, **kwargs)
-      path = context.module.path
-      if (context.method_name == '__call__' and len(path) >= 2 and
-          path[-2] == 'encoder_decoder_attention' and path[-1] in ('key', 'value')):
-        captured[path] = out
-      return out
-
-    with nn.intercept_methods(capture):
-      self._decode(params, encoded, encoder_tokens,
-                   jnp.ones((encoded.shape[0], 1), jnp.int32))
-    if not captured:
-      raise RuntimeError('No cross-attention key/value projections were found in the '
-                         'decoder; set RefineConfig.reuse_cross_kv=False.')
-    return captured
+    # The logits of this call are discarded (XLA removes them under jit).
+    _, mutated = self.model.apply({'params': params}, encoded, encoder_tokens,
+                                  jnp.ones((encoded.shape[0], 1), jnp.int32),
+                                  enable_dropout=False, decode=True, mutable=['cache'],
+                                  method=Transformer.decode)
+    return mutated['cache']
 
   def logits(self, params, encoded: Array, encoder_tokens: Array, canvas: Array,
-             positions: Array | None = None,
-             cross_kv: dict[tuple, Array] | None = None) -> Array:
-    fired = []
+             positions: Array | None = None, cross_kv: Any = None) -> Array:
+    from padir.network import Transformer  # pylint: disable=g-import-not-at-top
+    variables = {'params': params}
+    if cross_kv is not None:
+      variables['cache'] = cross_kv
+    return self.model.apply(variables, encoded, encoder_tokens, canvas, enable_dropout=False,
+                            decode=cross_kv is not None, logits_positions=positions,
+                            method=Transformer.decode)
 
-    def intercept(next_fun, args, kwargs, context):
-      path = context.module.path
-      if context.method_name == '__call__':
-        if cross_kv is not None and path in cross_kv:
-          return cross_kv[path]
-        if positions is not None and path and path[-1] == 'decoder_norm':
-          out = next_fun(*args, **kwargs)  # [N, W, E]
-          fired.append(path)
-          return jnp.take_along_axis(out, positions[..., None], axis=1)  # [N, K, E]
-      return next_fun(*args, **kwargs)
 
-    if positions is None and cross_kv is None:
-      return self._decode(params, encoded, encoder_tokens, canvas)
-    with nn.intercept_methods(intercept):
-      out = self._decode(params, encoded, encoder_tokens, canvas)
-    if positions is not None and not fired:
-      raise RuntimeError('The decoder has no final norm named decoder_norm to gather '
-                         'positions from; set RefineConfig.sparse_logits=False.')
-    return out
+def repeat_rows(tree: Any, repeats: int) -> Any:
+  """Repeats every per-row leaf of a cache tree ``repeats`` times along its batch axis.
+
+  The batch axis is the first one, or the second under a scanned 'layers' entry; scalars
+  are kept.
+  """
+  if repeats == 1:
+    return tree
+
+  def rep(path, leaf):
+    names = [getattr(p, 'key', getattr(p, 'name', '')) for p in path]
+    if leaf.ndim == 0:
+      return leaf
+    return jnp.repeat(leaf, repeats, axis=1 if 'layers' in names else 0)
+
+  return jax.tree_util.tree_map_with_path(rep, tree)
 
 
 # ----------------------------------------------------------------------------------------
@@ -546,9 +534,7 @@ def refine_decode(fns: Any,
   encoded_rep = jnp.repeat(encoded, n_cand, axis=0) if n_cand > 1 else encoded
   cross_kv = None
   if config.reuse_cross_kv and hasattr(fns, 'cross_kv'):
-    cross_kv = fns.cross_kv(params, encoded, encoder_tokens)
-    if n_cand > 1:
-      cross_kv = {k: jnp.repeat(v, n_cand, axis=0) for k, v in cross_kv.items()}
+    cross_kv = repeat_rows(fns.cross_kv(params, encoded, encoder_tokens), n_cand)
   flat_len = cand_len.reshape(-1)
   flat_keys = cand_keys.reshape(-1, 2)
 

@@ -195,8 +195,9 @@ def tiny():
                         length_id=IDS.length, max_target_length=L, dropout_rate=0.0)
   model = Transformer(cfg)
   enc = jnp.ones((1, 10), jnp.int32)
-  params = nn.unbox(model.init({'params': jax.random.PRNGKey(0)}, enc,
-                               jnp.ones((1, L), jnp.int32), enable_dropout=False)['params'])
+  params = jax.jit(lambda k: nn.unbox(model.init(
+      {'params': k}, enc, jnp.ones((1, L), jnp.int32), enable_dropout=False)['params']))(
+          jax.random.PRNGKey(0))
   rng = np.random.RandomState(0)
   sources = rng.randint(3, 40, (8, 10)).astype(np.int32)
   for r, n in enumerate([10, 3, 7, 1, 9, 5, 10, 2]):
@@ -206,14 +207,26 @@ def tiny():
 
 def test_transformer_fns_sparse_logits_and_cross_kv_match_full(tiny):
   fns, params, sources = tiny
-  encoded, _ = fns.encode(params, sources)
   canvas = jax.random.randint(jax.random.PRNGKey(1), (8, L), 3, 40)
-  full = fns.logits(params, encoded, sources, canvas)
   positions = jnp.tile(jnp.array([[5, 0, 11]]), (8, 1))
-  part = fns.logits(params, encoded, sources, canvas, positions,
-                    fns.cross_kv(params, encoded, sources))
+
+  @jax.jit
+  def both(params, sources, canvas):
+    encoded, _ = fns.encode(params, sources)
+    full = fns.logits(params, encoded, sources, canvas)
+    part = fns.logits(params, encoded, sources, canvas, positions,
+                      fns.cross_kv(params, encoded, sources))
+    # Candidates (3 per source) share their source's keys/values.
+    cache = rd.repeat_rows(fns.cross_kv(params, encoded[:2], sources[:2]), 3)
+    enc_rep, src_rep = jnp.repeat(encoded[:2], 3, 0), jnp.repeat(sources[:2], 3, 0)
+    rep = fns.logits(params, enc_rep, src_rep, canvas[:6], None, cache)
+    rep_plain = fns.logits(params, enc_rep, src_rep, canvas[:6])
+    return full, part, rep, rep_plain
+
+  full, part, rep, rep_plain = both(params, sources, canvas)
   np.testing.assert_allclose(part, jnp.take_along_axis(full, positions[..., None], 1),
                              rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(rep, rep_plain, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_invariance_determinism_and_speed_paths(tiny):
