@@ -1,0 +1,255 @@
+"""Exported task splits as numpy arrays, and a batch iterator over them. TensorFlow-free.
+
+``python -m padir.data.export`` writes one directory per split::
+
+  metadata.json                  format, task, split, feature lengths, vocabulary (with its
+                                 fingerprint), number of examples, over-long counts, file sha256s
+  encoder_input_tokens.npy       int32 [N, L_in]
+  decoder_target_tokens.npy      int32 [N, L]
+  decoder_loss_weights.npy       int32 [N, L]      (the features of the chosen converter)
+
+:class:`ArrayBatchIterator` serves batches of those rows:
+
+* seeded shuffling: epoch ``e`` visits the rows in ``default_rng([seed, e]).permutation(N)``,
+  so every run, and every process, sees the same order;
+* multi-host: ``batch_size`` is the global batch; process ``p`` of ``P`` gets rows
+  ``[p * B/P, (p+1) * B/P)`` of each global batch, so processes never overlap;
+* resumable: the position is (epoch, step), global and tiny; :meth:`get_state` /
+  :meth:`set_state` round-trip it through JSON (save it with the checkpoint), and a resumed
+  iterator yields exactly what the original would have, even with another process count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from padir.data import vocab as vocab_lib
+
+FORMAT = 'padir-arrays'
+FORMAT_VERSION = 1
+METADATA_FILE = 'metadata.json'
+_STATE_FORMAT = 'padir-array-iterator'
+
+
+def array_sha256(array: np.ndarray) -> str:
+  return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def write_split(directory: str | os.PathLike[str], arrays: Mapping[str, np.ndarray],
+                metadata: Mapping[str, Any]) -> dict[str, Any]:
+  """Writes arrays (int32 [N, L] each, same N) and their metadata; returns the metadata."""
+  directory = os.fspath(directory)
+  sizes = {k: a.shape[0] for k, a in arrays.items()}
+  if len(set(sizes.values())) != 1:
+    raise ValueError(f'Arrays have different numbers of rows: {sizes}.')
+  os.makedirs(directory, exist_ok=True)
+  meta = dict(metadata)
+  meta.update(
+      format=FORMAT, format_version=FORMAT_VERSION,
+      num_examples=int(next(iter(sizes.values()))),
+      features={k: {'shape': list(a.shape), 'dtype': 'int32', 'sha256': array_sha256(a)}
+                for k, a in arrays.items()})
+  for k, a in arrays.items():
+    np.save(os.path.join(directory, f'{k}.npy'), np.asarray(a, dtype=np.int32))
+  with open(os.path.join(directory, METADATA_FILE), 'w', encoding='utf-8') as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+    f.write('\n')
+  return meta
+
+
+@dataclasses.dataclass
+class ArrayDataset:
+  """One exported split: its metadata and its arrays (memory-mapped by default)."""
+
+  path: str
+  metadata: dict[str, Any]
+  arrays: dict[str, np.ndarray]
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.metadata['num_examples'])
+
+  @property
+  def vocabulary(self) -> dict[str, Any]:
+    """The fingerprint of the vocabulary it was made with (padir.data.vocab.Tokenizer)."""
+    return self.metadata['vocabulary']
+
+  @property
+  def feature_lengths(self) -> dict[str, int]:
+    """Model feature -> length."""
+    return {k: int(a.shape[1]) for k, a in self.arrays.items()}
+
+  @classmethod
+  def load(cls,
+           path: str | os.PathLike[str],
+           *,
+           vocabulary: Any = None,
+           mmap: bool = True,
+           verify: bool = False) -> 'ArrayDataset':
+    """Loads an exported split.
+
+    Args:
+      path: the split's directory.
+      vocabulary: when given (anything padir.data.vocab.load_tokenizer accepts), the split
+        must have been made with this vocabulary.
+      mmap: memory-map the arrays (fast start, little memory) instead of reading them.
+      verify: recompute every array's sha256 and compare with the metadata.
+
+    Raises:
+      FileNotFoundError, ValueError: a missing file, a format or shape mismatch, a vocabulary
+        mismatch, or (verify) a changed array; the message names the file.
+    """
+    path = os.fspath(path)
+    meta_path = os.path.join(path, METADATA_FILE)
+    if not os.path.isfile(meta_path):
+      raise FileNotFoundError(
+          f'{meta_path} not found: {path} is not an exported split (make one with '
+          'python -m padir.data.export).')
+    with open(meta_path, encoding='utf-8') as f:
+      meta = json.load(f)
+    if meta.get('format') != FORMAT or meta.get('format_version') != FORMAT_VERSION:
+      raise ValueError(f'{meta_path}: format {meta.get("format")!r} version '
+                       f'{meta.get("format_version")!r}; expected {FORMAT!r} {FORMAT_VERSION}.')
+    arrays = {}
+    for name, spec in meta['features'].items():
+      file = os.path.join(path, f'{name}.npy')
+      if not os.path.isfile(file):
+        raise FileNotFoundError(f'{file} (listed in {meta_path}) is missing.')
+      a = np.load(file, mmap_mode='r' if mmap else None, allow_pickle=False)
+      if list(a.shape) != spec['shape'] or a.dtype != np.int32:
+        raise ValueError(f'{file}: {a.dtype}{list(a.shape)}, but {meta_path} says '
+                         f'int32{spec["shape"]}.')
+      if verify and array_sha256(a) != spec['sha256']:
+        raise ValueError(f'{file} has changed since it was exported (sha256 mismatch).')
+      arrays[name] = a
+    ds = cls(path=path, metadata=meta, arrays=arrays)
+    if vocabulary is not None:
+      vocab_lib.check_fingerprint(meta['vocabulary'], vocab_lib.load_tokenizer(vocabulary),
+                                  what=f'exported split {path}')
+    return ds
+
+
+class ArrayBatchIterator:
+  """Seeded, process-sharded, resumable batches of an :class:`ArrayDataset`.
+
+  Yields ``{feature: int32 [batch_size // process_count, L]}`` numpy dicts.
+  """
+
+  def __init__(self,
+               dataset: ArrayDataset,
+               batch_size: int,
+               *,
+               shuffle: bool = True,
+               seed: int = 0,
+               num_epochs: int | None = None,
+               drop_remainder: bool = True,
+               process_index: int = 0,
+               process_count: int = 1):
+    """Args:
+      dataset: the split.
+      batch_size: the global batch size (all processes together).
+      shuffle: visit rows in a seeded random order, reshuffled every epoch.
+      seed: the shuffling seed; the same on every process.
+      num_epochs: stop after this many passes; None repeats forever.
+      drop_remainder: drop the last, partial batch of each epoch; otherwise it is padded
+        with all-zero rows (pad tokens, zero loss weight) to the full size.
+      process_index, process_count: this process and how many there are.
+    """
+    if batch_size < 1 or batch_size % process_count:
+      raise ValueError(f'batch_size={batch_size} must be a positive multiple of '
+                       f'process_count={process_count}.')
+    if not 0 <= process_index < process_count:
+      raise ValueError(f'process_index={process_index} not in [0, {process_count}).')
+    if num_epochs is not None and num_epochs < 1:
+      raise ValueError(f'num_epochs={num_epochs} must be >= 1 or None (forever).')
+    n = dataset.num_examples
+    if n == 0:
+      raise ValueError(f'{dataset.path} has no examples.')
+    if drop_remainder and n < batch_size:
+      raise ValueError(f'{dataset.path} has {n} examples, fewer than batch_size={batch_size} '
+                       'with drop_remainder=True: no batch would be produced.')
+    self._ds = dataset
+    self._batch_size = batch_size
+    self._local = batch_size // process_count
+    self._shuffle = shuffle
+    self._seed = int(seed)
+    self._num_epochs = num_epochs
+    self._drop_remainder = drop_remainder
+    self._process_index = process_index
+    self._steps_per_epoch = n // batch_size if drop_remainder else -(-n // batch_size)
+    self._epoch = 0
+    self._step = 0
+    self._order_epoch = -1
+    self._order = np.arange(n)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self._steps_per_epoch
+
+  @property
+  def element_spec(self) -> dict[str, tuple[tuple[int, int], np.dtype]]:
+    """Feature -> (per-process batch shape, dtype) of every batch."""
+    return {k: ((self._local, length), np.dtype(np.int32))
+            for k, length in self._ds.feature_lengths.items()}
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def _epoch_order(self) -> np.ndarray:
+    if self._order_epoch != self._epoch:
+      n = self._ds.num_examples
+      self._order = (np.random.default_rng([self._seed, self._epoch]).permutation(n)
+                     if self._shuffle else np.arange(n))
+      self._order_epoch = self._epoch
+    return self._order
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._num_epochs is not None and self._epoch >= self._num_epochs:
+      raise StopIteration
+    start = self._step * self._batch_size + self._process_index * self._local
+    rows = self._epoch_order()[start:start + self._local]
+    # Sorted rows read the (memory-mapped) arrays front to back; the order inside a batch is
+    # immaterial.
+    rows = np.sort(rows)
+    batch = {k: np.asarray(a[rows]) for k, a in self._ds.arrays.items()}
+    if len(rows) < self._local:  # only the last batch of an epoch, without drop_remainder
+      batch = {k: np.pad(v, ((0, self._local - len(rows)), (0, 0))) for k, v in batch.items()}
+    self._step += 1
+    if self._step == self._steps_per_epoch:
+      self._epoch, self._step = self._epoch + 1, 0
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """A JSON-serialisable position: save it with the checkpoint."""
+    return {
+        'format': _STATE_FORMAT,
+        'epoch': self._epoch,
+        'step': self._step,
+        'seed': self._seed,
+        'shuffle': self._shuffle,
+        'batch_size': self._batch_size,
+        'drop_remainder': self._drop_remainder,
+        'num_examples': self._ds.num_examples,
+        'task': self._ds.metadata.get('task'),
+        'split': self._ds.metadata.get('split'),
+    }
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    """Resumes at a position from :meth:`get_state` (of an iterator over the same data)."""
+    if state.get('format') != _STATE_FORMAT:
+      raise ValueError(f'Not an array iterator state: {dict(state)}.')
+    mine = self.get_state()
+    for key in ('seed', 'shuffle', 'batch_size', 'drop_remainder', 'num_examples', 'task',
+                'split'):
+      if state.get(key) != mine[key]:
+        raise ValueError(f'Cannot resume: the saved iterator had {key}={state.get(key)!r}, '
+                         f'this one has {mine[key]!r}.')
+    if not 0 <= int(state['step']) < self._steps_per_epoch:
+      raise ValueError(f'Saved step {state["step"]} outside [0, {self._steps_per_epoch}).')
+    self._epoch, self._step = int(state['epoch']), int(state['step'])

@@ -1,0 +1,1 @@
+"""Tests of padir.data (a package so that module names never clash with tests/)."""

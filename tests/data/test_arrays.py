@@ -1,0 +1,146 @@
+"""Exported arrays and the array batch iterator (no TensorFlow)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from padir.data import arrays
+from padir.data import iterator
+
+
+def _ids(batch):
+  """Row ids of a batch of the synthetic split (token value - 3); -3 marks padding rows."""
+  return batch['encoder_input_tokens'][:, 0].astype(int) - 3
+
+
+def _iterate(path, batch_size, n, **kwargs):
+  it = arrays.ArrayBatchIterator(arrays.ArrayDataset.load(path), batch_size, **kwargs)
+  return it, [next(it) for _ in range(n)]
+
+
+def test_load_round_trip_and_metadata(synthetic_split):
+  ds = arrays.ArrayDataset.load(synthetic_split, verify=True)
+  assert ds.num_examples == 103
+  assert ds.feature_lengths == {'encoder_input_tokens': 6, 'decoder_target_tokens': 6,
+                                'decoder_loss_weights': 6}
+  assert ds.vocabulary['kind'] == 'byte'
+  assert isinstance(ds.arrays['encoder_input_tokens'], np.memmap)
+  assert not isinstance(arrays.ArrayDataset.load(synthetic_split, mmap=False).arrays[
+      'encoder_input_tokens'], np.memmap)
+
+
+def test_load_errors_name_the_file(synthetic_split, tmp_path):
+  with pytest.raises(FileNotFoundError, match='not an exported split'):
+    arrays.ArrayDataset.load(tmp_path)
+  np.save(synthetic_split / 'decoder_target_tokens.npy', np.zeros((103, 5), np.int32))
+  with pytest.raises(ValueError, match=r'decoder_target_tokens\.npy: int32\[103, 5\]'):
+    arrays.ArrayDataset.load(synthetic_split)
+  np.save(synthetic_split / 'decoder_target_tokens.npy', np.zeros((103, 6), np.int32))
+  arrays.ArrayDataset.load(synthetic_split)  # same shape: loads unless verified
+  with pytest.raises(ValueError, match='changed since it was exported'):
+    arrays.ArrayDataset.load(synthetic_split, verify=True)
+  (synthetic_split / 'decoder_loss_weights.npy').unlink()
+  with pytest.raises(FileNotFoundError, match='decoder_loss_weights.npy'):
+    arrays.ArrayDataset.load(synthetic_split)
+
+
+def test_vocabulary_mismatch_is_refused(synthetic_split):
+  arrays.ArrayDataset.load(synthetic_split, vocabulary='byte')
+  with pytest.raises(ValueError, match='vocabulary differs'):
+    arrays.ArrayDataset.load(synthetic_split, vocabulary='bible')
+  with pytest.raises(ValueError, match='vocabulary differs'):
+    arrays.ArrayDataset.load(synthetic_split, vocabulary='byte:50')
+
+
+def test_shuffling_is_seeded_and_reshuffles_every_epoch(synthetic_split):
+  _, a = _iterate(synthetic_split, 10, 20, seed=1)
+  _, b = _iterate(synthetic_split, 10, 20, seed=1)
+  _, c = _iterate(synthetic_split, 10, 20, seed=2)
+  _, plain = _iterate(synthetic_split, 10, 2, shuffle=False)
+  ids = [_ids(x) for x in a]
+  assert all(np.array_equal(_ids(x), _ids(y)) for x, y in zip(a, b))
+  assert not all(np.array_equal(_ids(x), _ids(y)) for x, y in zip(a, c))
+  assert np.array_equal(np.concatenate([_ids(x) for x in plain]), np.arange(20))
+  # 10 batches per epoch (3 rows dropped); epochs differ in order and are each duplicate-free.
+  epoch0, epoch1 = np.concatenate(ids[:10]), np.concatenate(ids[10:])
+  assert len(set(epoch0)) == 100 and len(set(epoch1)) == 100
+  assert not np.array_equal(epoch0, epoch1)
+
+
+def test_without_drop_remainder_every_row_once_and_last_batch_padded(synthetic_split):
+  it, batches = _iterate(synthetic_split, 10, 11, seed=3, drop_remainder=False, num_epochs=1)
+  assert it.steps_per_epoch == 11
+  ids = np.concatenate([_ids(b) for b in batches])
+  assert sorted(ids[ids >= 0]) == list(range(103))
+  last = batches[-1]
+  assert last['encoder_input_tokens'].shape == (10, 6)
+  assert (last['decoder_loss_weights'][3:] == 0).all() and (last['encoder_input_tokens'][3:] == 0).all()
+  with pytest.raises(StopIteration):
+    next(it)
+
+
+def test_processes_split_each_global_batch_without_overlap(synthetic_split):
+  _, single = _iterate(synthetic_split, 12, 16, seed=5)
+  per_process = [_iterate(synthetic_split, 12, 16, seed=5, process_index=p,
+                          process_count=4)[1] for p in range(4)]
+  for step in range(16):
+    parts = [_ids(per_process[p][step]) for p in range(4)]
+    assert all(len(x) == 3 for x in parts)
+    assert sorted(np.concatenate(parts)) == sorted(_ids(single[step]))
+
+
+def test_resume_from_json_state_continues_exactly(synthetic_split):
+  it, _ = _iterate(synthetic_split, 8, 17, seed=9)  # 12 batches per epoch: crosses an epoch
+  state = json.loads(json.dumps(it.get_state()))
+  assert (state['epoch'], state['step']) == (1, 5)
+  expected = [next(it) for _ in range(15)]
+  for count, index in ((1, 0), (2, 1)):  # also under another process layout
+    resumed = arrays.ArrayBatchIterator(arrays.ArrayDataset.load(synthetic_split), 8, seed=9,
+                                        process_index=index, process_count=count)
+    resumed.set_state(state)
+    got = [next(resumed) for _ in range(15)]
+    for e, g in zip(expected, got):
+      assert set(_ids(g)) <= set(_ids(e))
+      if count == 1:
+        assert np.array_equal(_ids(e), _ids(g))
+
+
+def test_resume_refuses_another_configuration(synthetic_split):
+  it, _ = _iterate(synthetic_split, 8, 3, seed=9)
+  other = arrays.ArrayBatchIterator(arrays.ArrayDataset.load(synthetic_split), 8, seed=10)
+  with pytest.raises(ValueError, match='seed=9'):
+    other.set_state(it.get_state())
+  with pytest.raises(ValueError, match='Not an array iterator state'):
+    other.set_state({'position': 3})
+
+
+def test_bad_arguments(synthetic_split):
+  ds = arrays.ArrayDataset.load(synthetic_split)
+  with pytest.raises(ValueError, match='multiple of process_count=4'):
+    arrays.ArrayBatchIterator(ds, 10, process_count=4)
+  with pytest.raises(ValueError, match='fewer than batch_size'):
+    arrays.ArrayBatchIterator(ds, 200)
+  with pytest.raises(ValueError, match='process_index=2'):
+    arrays.ArrayBatchIterator(ds, 8, process_index=2, process_count=2)
+
+
+def test_make_batch_iterator_on_an_export(synthetic_split):
+  it = iterator.make_batch_iterator(synthetic_split.parent, 'train', 8, seed=0,
+                                    process_index=1, process_count=2,
+                                    feature_lengths={'inputs': 6, 'targets': 6})
+  assert isinstance(it, iterator.BatchIterator)
+  assert it.element_spec['decoder_target_tokens'] == ((4, 6), np.dtype(np.int32))
+  batch = next(it)
+  assert {k: v.shape for k, v in batch.items()} == {k: (4, 6) for k in batch}
+  assert all(v.dtype == np.int32 for v in batch.values())
+  assert iterator.make_batch_iterator(synthetic_split, 'train', 8, process_index=0,
+                                      process_count=1).element_spec == {
+                                          k: ((8, 6), np.dtype(np.int32)) for k in batch}
+  with pytest.raises(ValueError, match='exported with feature lengths'):
+    iterator.make_batch_iterator(synthetic_split.parent, 'train', 8,
+                                 feature_lengths={'inputs': 64, 'targets': 64})
+  with pytest.raises(ValueError, match="holds split 'train', not 'test'"):
+    iterator.make_batch_iterator(synthetic_split, 'test', 8)
+  with pytest.raises(FileNotFoundError, match='no exported split'):
+    iterator.make_batch_iterator(synthetic_split.parent, 'validation', 8)

@@ -1,0 +1,101 @@
+"""Export to arrays and the seqio batch iterator; both behind make_batch_iterator."""
+
+import json
+
+import numpy as np
+import pytest
+
+seqio = pytest.importorskip('seqio')
+
+from padir.data import arrays  # pylint: disable=wrong-import-position
+from padir.data import export  # pylint: disable=wrong-import-position
+from padir.data import features  # pylint: disable=wrong-import-position
+from padir.data import iterator  # pylint: disable=wrong-import-position
+from padir.data import vocab  # pylint: disable=wrong-import-position
+
+LENGTHS = {'inputs': 32, 'targets': 32}
+
+
+def test_export_writes_the_converted_split_and_its_metadata(bible_validation_export, capsys):
+  path = bible_validation_export / 'validation'
+  ds = arrays.ArrayDataset.load(path, verify=True, vocabulary='bible')
+  meta = ds.metadata
+  assert meta['task'] == 'bible_es_en' and meta['split'] == 'validation'
+  assert meta['converter'] == 'padir' and meta['task_feature_lengths'] == LENGTHS
+  assert meta['num_examples'] == 964
+  assert meta['vocabulary'] == vocab.load_tokenizer('bible').fingerprint()
+  assert meta['vocabulary']['sha256'] == vocab.BIBLE_VOCAB_SHA256
+  assert meta['overlong']['targets_truncated'] > 0  # some verses exceed 31 tokens
+  expected = seqio.get_dataset('bible_es_en', LENGTHS, features.get_feature_converter('padir'),
+                               dataset_split='validation', shuffle=False)
+  for i, ex in enumerate(expected.take(50).as_numpy_iterator()):
+    for k, v in ex.items():
+      np.testing.assert_array_equal(ds.arrays[k][i], v)
+
+
+def test_export_encdec_converter(tmp_path):
+  meta = export.export_split('bible_en_es', 'test', {'inputs': 16, 'targets': 16}, tmp_path,
+                             converter='encdec')
+  assert set(meta['features']) == {'encoder_input_tokens', 'decoder_target_tokens',
+                                   'decoder_input_tokens', 'decoder_loss_weights'}
+  ds = arrays.ArrayDataset.load(tmp_path)
+  np.testing.assert_array_equal(ds.arrays['decoder_input_tokens'][:, 1:],
+                                ds.arrays['decoder_target_tokens'][:, :-1])
+
+
+def test_export_bad_split():
+  with pytest.raises(ValueError, match="no split 'dev'"):
+    export.export_split('bible_es_en', 'dev', LENGTHS, '/nonexistent')
+
+
+def test_make_batch_iterator_over_an_export_checks_the_vocabulary(bible_validation_export):
+  it = iterator.make_batch_iterator(bible_validation_export, 'validation', 32,
+                                    feature_lengths=LENGTHS, vocabulary='bible',
+                                    process_index=0, process_count=1)
+  assert next(it)['decoder_target_tokens'].shape == (32, 32)
+  with pytest.raises(ValueError, match='vocabulary differs'):
+    iterator.make_batch_iterator(bible_validation_export, 'validation', 32, vocabulary='byte')
+
+
+def test_seqio_iterator_batches_resume_and_shards():
+  kwargs = dict(feature_lengths=LENGTHS, seed=3)
+  it = iterator.make_batch_iterator('bible_es_en', 'validation', 16, process_index=0,
+                                    process_count=1, vocabulary='bible', **kwargs)
+  assert isinstance(it, iterator.BatchIterator)
+  assert it.element_spec == {k: ((16, 32), np.dtype(np.int32)) for k in
+                             ('encoder_input_tokens', 'decoder_target_tokens',
+                              'decoder_loss_weights')}
+  first = [next(it) for _ in range(3)]
+  state = json.loads(json.dumps(it.get_state()))
+  expected = [next(it) for _ in range(3)]
+  resumed = iterator.make_batch_iterator('bible_es_en', 'validation', 16, process_index=0,
+                                         process_count=1, **kwargs)
+  resumed.set_state(state)
+  for e, g in zip(expected, [next(resumed) for _ in range(3)]):
+    for k in e:
+      np.testing.assert_array_equal(e[k], g[k])
+  again = iterator.make_batch_iterator('bible_es_en', 'validation', 16, process_index=0,
+                                       process_count=1, **kwargs)
+  np.testing.assert_array_equal(next(again)['encoder_input_tokens'],
+                                first[0]['encoder_input_tokens'])
+  with pytest.raises(ValueError, match='process_count'):
+    iterator.make_batch_iterator('bible_es_en', 'validation', 16, process_index=0,
+                                 process_count=2, **kwargs).set_state(state)
+
+  def rows(index):
+    shard = iterator.make_batch_iterator('bible_es_en', 'validation', 16, process_index=index,
+                                         process_count=2, num_epochs=1, shuffle=False,
+                                         drop_remainder=False, **kwargs)
+    batches = [b['encoder_input_tokens'] for b in shard]
+    assert all(b.shape == (8, 32) for b in batches)
+    return {tuple(r) for b in batches for r in b if r.any()}
+
+  a, b = rows(0), rows(1)
+  assert not a & b and len(a) + len(b) == 964
+
+
+def test_seqio_iterator_needs_lengths_and_a_known_task():
+  with pytest.raises(ValueError, match='feature_lengths are required'):
+    iterator.make_batch_iterator('bible_es_en', 'train', 8)
+  with pytest.raises(ValueError, match='Did you mean bible_es_en'):
+    iterator.make_batch_iterator('bible_es_e', 'train', 8, feature_lengths=LENGTHS)
