@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from padir import gin_utils
 from padir import losses
 from padir import objectives
 from padir import remasking
@@ -170,7 +171,7 @@ class _BaseModel:
     raise NotImplementedError
 
 
-@objectives.gin_configurable
+@gin_utils.configurable
 class EncoderDecoderModel(_BaseModel):
   """Autoregressive encoder-decoder (the baseline and the distillation teacher).
 
@@ -260,7 +261,7 @@ class StageOutputs(NamedTuple):
   corruption: objectives.Corruption
 
 
-@objectives.gin_configurable
+@gin_utils.configurable
 class PadirModel(_BaseModel):
   """PaDIR: a GMLM with a bidirectional decoder trained to denoise corrupted targets.
 

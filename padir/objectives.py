@@ -45,12 +45,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any
 
-import gin
 import jax
 import jax.numpy as jnp
 
+from padir import gin_utils
 from padir.special_ids import SpecialIds
 
 Array = jax.Array
@@ -66,31 +66,11 @@ _PER_EXAMPLE_PROB_HIGH = 0.5  # keep_prob / random_prob = None draw U(0, 0.5) (P
 _GIN_PREFIX = 'padir.objectives.CorruptionConfig'
 
 
-def gin_configurable(cls: Callable[..., Any]) -> Callable[..., Any]:
-  """Registers ``cls`` with gin under its module-qualified name (``module.Name``).
-
-  Importing the defining module a second time (e.g. after deleting it from ``sys.modules``)
-  re-registers the new class object instead of failing with gin's "a different configurable
-  already exists" error; the module-qualified selector guarantees that only the same class can
-  collide with itself.
-  """
-  try:
-    return gin.configurable(cls, module=cls.__module__)
-  except ValueError as err:
-    if 'already exists' not in str(err):
-      raise
-    gin.enter_interactive_mode()
-    try:
-      return gin.configurable(cls, module=cls.__module__)
-    finally:
-      gin.exit_interactive_mode()
-
-
 def _fail(field: str, message: str) -> None:
   raise ValueError(f'{_GIN_PREFIX}.{field}: {message}')
 
 
-@gin_configurable
+@gin_utils.configurable
 @dataclasses.dataclass(frozen=True)
 class CorruptionConfig:
   """How targets are corrupted and weighted for GMLM training. Validated on construction.
