@@ -1,0 +1,74 @@
+"""Tests of padir.gin_utils and the shipped gin files."""
+
+import pathlib
+
+import gin
+import pytest
+
+from padir import builders  # pylint: disable=unused-import
+from padir import eval as eval_lib  # pylint: disable=unused-import
+from padir import gin_utils
+from padir import infer  # pylint: disable=unused-import
+from padir import train
+
+
+def test_split_gin_args_rewrites_dot_flags():
+  args = gin_utils.split_gin_args([
+      '--gin_file=a.gin', '--gin_file', 'b.gin', "--gin.MODEL_DIR='/x'",
+      '--gin.padir.builders.network_config.emb_dim=32', '--gin_bindings=X = 1',
+      '--gin_search_paths=/s1,/s2', '--process_id=1'])
+  assert args.gin_files == ['a.gin', 'b.gin']
+  assert args.gin_bindings == ["MODEL_DIR = '/x'", 'padir.builders.network_config.emb_dim = 32',
+                               'X = 1']
+  assert args.gin_search_paths == ['/s1', '/s2']
+  assert args.rest == ['--process_id=1']
+  with pytest.raises(gin_utils.GinFlagError, match='--gin.NAME=VALUE'):
+    gin_utils.split_gin_args(['--gin.MODEL_DIR'])
+
+
+def test_resolve_gin_file_from_the_package():
+  by_package = gin_utils.resolve_gin_file('padir/gin/models/tiny.gin')
+  by_gin_dir = gin_utils.resolve_gin_file('models/tiny')
+  assert pathlib.Path(by_package).samefile(by_gin_dir)
+  with pytest.raises(gin_utils.GinFlagError, match='Shipped gin files: .*runs/train.gin'):
+    gin_utils.resolve_gin_file('models/nope.gin')
+
+
+def test_missing_required_macros_are_listed_together():
+  with pytest.raises(ValueError) as err:
+    gin_utils.parse_gin(['models/tiny.gin', 'objectives/padir.gin', 'runs/train.gin'],
+                        ["MODEL_DIR = '/tmp/x'"])
+  text = str(err.value)
+  assert '4 required gin value(s) not set' in text
+  for name in ('TRAIN_STEPS', 'MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'VOCABULARY'):
+    assert name in text
+  assert 'MODEL_DIR ' not in text
+  assert '--gin.TRAIN_STEPS=1000' in text
+
+
+def test_train_main_reports_missing_macros(capsys):
+  code = train.main(['--gin_file=padir/gin/experiments/wmt14_ende_padir.gin'])
+  assert code == 1
+  err = capsys.readouterr().err
+  assert 'MODEL_DIR' in err and 'VOCABULARY' in err and '--gin.MODEL_DIR=' in err
+
+
+@pytest.mark.parametrize('experiment', sorted(
+    p.name for p in (gin_utils.GIN_DIR / 'experiments').glob('*.gin')))
+def test_shipped_experiments_parse(experiment):
+  bindings = ["MODEL_DIR = '/tmp/x'", "VOCABULARY = 'byte'"]
+  gin_utils.parse_gin([f'experiments/{experiment}'], bindings)
+  assert gin.query_parameter('TRAIN_STEPS/macro.value') > 0
+  for run in ('eval', 'infer'):
+    gin_utils.parse_gin([f'experiments/{experiment}', f'runs/{run}.gin'],
+                        bindings + ["CHECKPOINT_PATH = '/tmp/x'", "INFER_OUTPUT_DIR = '/tmp/y'"])
+  gin.clear_config()
+
+
+def test_network_config_validates_fields():
+  assert builders.network_config('small', dropout_rate=0.2) == {
+      'size': 'small', 'overrides': {'dropout_rate': 0.2}}
+  with pytest.raises(ValueError, match="unknown T5Config field.*'emb_size'"):
+    builders.network_config(emb_size=3)
+  with pytest.raises(ValueError, match='derived from the vocabulary'):
+    builders.network_config(length_id=3)
