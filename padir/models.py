@@ -242,8 +242,16 @@ class EncoderDecoderModel(_BaseModel):
       return scores, {'token_scores': token_scores}
     return scores
 
-  # Inference: predict_batch_with_aux(params, batch, rng=None, **decode_kwargs) ->
-  # (tokens, aux) is provided with padir/decoding.py (AR decoding with the KV cache).
+  def predict_batch_with_aux(self, params: Params, batch: Batch, rng: Array | None = None,
+                             **decode_kwargs) -> tuple[Array, dict[str, Array]]:
+    """AR decoding with the KV cache (`padir.decoding.predict_ar`): (tokens [B, L], aux).
+
+    ``decode_kwargs``: ``decode_config`` (an `padir.ar_decoding.ARConfig`, gin-configurable)
+    and/or its fields (``method='greedy'|'beam'|'sample'``, ``beam_size``, ...). L is the
+    width of ``decoder_target_tokens`` when present, else ``max_target_length``.
+    """
+    from padir import decoding  # pylint: disable=g-import-not-at-top
+    return decoding.predict_ar(self, params, batch, rng, **decode_kwargs)
 
 
 class StageOutputs(NamedTuple):
@@ -532,5 +540,15 @@ class PadirModel(_BaseModel):
       length_log_prob = losses.token_log_probs(length_logits, classes)
     return scores, {'token_scores': token_scores, 'length_log_prob': length_log_prob}
 
-  # Inference: predict_batch_with_aux(params, batch, rng=None, **decode_kwargs) ->
-  # (tokens, aux) is provided with padir/decoding.py (iterative refinement decoding).
+  def predict_batch_with_aux(self, params: Params, batch: Batch, rng: Array | None = None,
+                             **decode_kwargs) -> tuple[Array, dict[str, Array]]:
+    """Refinement decoding (`padir.decoding.predict_refine`): (tokens [B, L], aux).
+
+    ``decode_kwargs``: ``decode_config`` (a `padir.refine_decoding.RefineConfig`,
+    gin-configurable) and/or its fields (``num_iterations``, ``length_beam``, ``remask``, ...),
+    ``use_gold_lengths``, ``rerank_model`` / ``rerank_params`` (an EncoderDecoderModel whose
+    ``score_batch`` re-ranks the candidates). L is the width of ``decoder_target_tokens`` when
+    present, else ``max_target_length``.
+    """
+    from padir import decoding  # pylint: disable=g-import-not-at-top
+    return decoding.predict_refine(self, params, batch, rng, **decode_kwargs)
