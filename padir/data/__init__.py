@@ -19,5 +19,5 @@ TensorFlow / seqio modules:
   export      ``python -m padir.data.export``: a task split to numpy arrays.
   benchmark   ``python -m padir.data.benchmark``: input-pipeline speed.
 
-See README.md beside this file.
+See docs/data.md in the repository.
 """

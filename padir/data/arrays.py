@@ -7,6 +7,9 @@
   encoder_input_tokens.npy       int32 [N, L_in]
   decoder_target_tokens.npy      int32 [N, L]
   decoder_loss_weights.npy       int32 [N, L]      (the features of the chosen converter)
+  text.jsonl                     optional: per row, its source text and every reference
+                                 (multi-reference BLEU without TensorFlow); by default written
+                                 for evaluation splits
 
 :class:`ArrayBatchIterator` serves batches of those rows:
 
@@ -25,7 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +37,7 @@ from padir.data import vocab as vocab_lib
 FORMAT = 'padir-arrays'
 FORMAT_VERSION = 1
 METADATA_FILE = 'metadata.json'
+TEXT_FILE = 'text.jsonl'
 _STATE_FORMAT = 'padir-array-iterator'
 
 
@@ -49,6 +53,9 @@ def write_split(directory: str | os.PathLike[str], arrays: Mapping[str, np.ndarr
   if len(set(sizes.values())) != 1:
     raise ValueError(f'Arrays have different numbers of rows: {sizes}.')
   os.makedirs(directory, exist_ok=True)
+  meta_path = os.path.join(directory, METADATA_FILE)
+  if os.path.exists(meta_path):  # written last: an interrupted export is never loadable
+    os.remove(meta_path)
   meta = dict(metadata)
   meta.update(
       format=FORMAT, format_version=FORMAT_VERSION,
@@ -57,10 +64,27 @@ def write_split(directory: str | os.PathLike[str], arrays: Mapping[str, np.ndarr
                 for k, a in arrays.items()})
   for k, a in arrays.items():
     np.save(os.path.join(directory, f'{k}.npy'), np.asarray(a, dtype=np.int32))
-  with open(os.path.join(directory, METADATA_FILE), 'w', encoding='utf-8') as f:
+  with open(meta_path, 'w', encoding='utf-8') as f:
     json.dump(meta, f, indent=2, sort_keys=True)
     f.write('\n')
   return meta
+
+
+def write_text(directory: str | os.PathLike[str], inputs: Sequence[str],
+               references: Sequence[Sequence[str]]) -> str:
+  """Writes ``text.jsonl``: row i's source text and references, in the arrays' row order.
+
+  Returns:
+    The file's path.
+  """
+  if len(inputs) != len(references):
+    raise ValueError(f'{len(inputs)} inputs but {len(references)} reference lists.')
+  path = os.path.join(os.fspath(directory), TEXT_FILE)
+  with open(path, 'w', encoding='utf-8') as f:
+    for source, refs in zip(inputs, references):
+      f.write(json.dumps({'inputs': source, 'references': list(refs)}, ensure_ascii=False))
+      f.write('\n')
+  return path
 
 
 @dataclasses.dataclass
@@ -79,6 +103,22 @@ class ArrayDataset:
   def vocabulary(self) -> dict[str, Any]:
     """The fingerprint of the vocabulary it was made with (padir.data.vocab.Tokenizer)."""
     return self.metadata['vocabulary']
+
+  def text(self) -> list[dict[str, Any]] | None:
+    """Per row ``{'inputs': str, 'references': [str, ...]}`` from ``text.jsonl``, or None.
+
+    Raises:
+      ValueError: the file does not have one line per row.
+    """
+    path = os.path.join(self.path, TEXT_FILE)
+    if not os.path.isfile(path):
+      return None
+    with open(path, encoding='utf-8') as f:
+      rows = [json.loads(line) for line in f]
+    if len(rows) != self.num_examples:
+      raise ValueError(f'{path} has {len(rows)} lines for {self.num_examples} rows; export '
+                       'the split again.')
+    return rows
 
   @property
   def feature_lengths(self) -> dict[str, int]:
@@ -187,6 +227,15 @@ class ArrayBatchIterator:
     self._step = 0
     self._order_epoch = -1
     self._order = np.arange(n)
+    self._last_rows = np.zeros((0,), np.int64)
+
+  @property
+  def last_rows(self) -> np.ndarray:
+    """int64 [batch_size // process_count]: the dataset rows of the last batch, -1 for padding.
+
+    With ``ArrayDataset.text()`` this finds each row's source text and references.
+    """
+    return self._last_rows
 
   @property
   def steps_per_epoch(self) -> int:
@@ -218,6 +267,8 @@ class ArrayBatchIterator:
     # immaterial.
     rows = np.sort(rows)
     batch = {k: np.asarray(a[rows]) for k, a in self._ds.arrays.items()}
+    self._last_rows = np.full((self._local,), -1, np.int64)
+    self._last_rows[:len(rows)] = rows
     if len(rows) < self._local:  # only the last batch of an epoch, without drop_remainder
       batch = {k: np.pad(v, ((0, self._local - len(rows)), (0, 0))) for k, v in batch.items()}
     self._step += 1

@@ -23,7 +23,7 @@ _LOG = logging.getLogger(__name__)
 
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent / 'assets'
 
-# The embedded corpus (see assets/bible_es_en/README.md for provenance and licence).
+# The embedded corpus (see assets/bible_es_en/PROVENANCE.md for provenance and licence).
 BIBLE_DIR = ASSETS_DIR / 'bible_es_en'
 BIBLE_COLUMNS = ('ref', 'es', 'en', 'en_kjv')
 BIBLE_FILES = {'train': 'train.tsv.gz', 'validation': 'dev.tsv.gz', 'test': 'test.tsv.gz'}

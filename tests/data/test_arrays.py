@@ -80,6 +80,28 @@ def test_without_drop_remainder_every_row_once_and_last_batch_padded(synthetic_s
     next(it)
 
 
+def test_last_rows_name_the_rows_of_each_batch(synthetic_split):
+  it = arrays.ArrayBatchIterator(arrays.ArrayDataset.load(synthetic_split), 10, seed=2,
+                                 drop_remainder=False, num_epochs=1)
+  for batch in it:
+    real = it.last_rows >= 0
+    np.testing.assert_array_equal(it.last_rows[real], _ids(batch)[real])
+  assert (it.last_rows == -1).sum() == 7  # 103 rows: the last batch has 3 real rows
+
+
+def test_text_file_round_trip(synthetic_split):
+  ds = arrays.ArrayDataset.load(synthetic_split)
+  assert ds.text() is None
+  arrays.write_text(synthetic_split, [f's{i}' for i in range(103)],
+                    [[f'r{i}', 'ñ'] for i in range(103)])
+  assert ds.text()[7] == {'inputs': 's7', 'references': ['r7', 'ñ']}
+  arrays.write_text(synthetic_split, ['a'], [['b']])
+  with pytest.raises(ValueError, match='1 lines for 103 rows'):
+    ds.text()
+  with pytest.raises(ValueError, match='2 inputs but 1'):
+    arrays.write_text(synthetic_split, ['a', 'b'], [['c']])
+
+
 def test_processes_split_each_global_batch_without_overlap(synthetic_split):
   _, single = _iterate(synthetic_split, 12, 16, seed=5)
   per_process = [_iterate(synthetic_split, 12, 16, seed=5, process_index=p,

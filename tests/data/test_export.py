@@ -8,6 +8,7 @@ import pytest
 seqio = pytest.importorskip('seqio')
 
 from padir.data import arrays  # pylint: disable=wrong-import-position
+from padir.data import corpus  # pylint: disable=wrong-import-position
 from padir.data import export  # pylint: disable=wrong-import-position
 from padir.data import features  # pylint: disable=wrong-import-position
 from padir.data import iterator  # pylint: disable=wrong-import-position
@@ -31,6 +32,44 @@ def test_export_writes_the_converted_split_and_its_metadata(bible_validation_exp
   for i, ex in enumerate(expected.take(50).as_numpy_iterator()):
     for k, v in ex.items():
       np.testing.assert_array_equal(ds.arrays[k][i], v)
+
+
+def test_export_writes_sources_and_every_reference_for_evaluation(bible_validation_export):
+  ds = arrays.ArrayDataset.load(bible_validation_export / 'validation')
+  assert ds.metadata['text_file'] == 'text.jsonl'
+  text = ds.text()
+  dev = corpus.read_bible('validation')
+  assert len(text) == 964
+  assert text[5] == {'inputs': dev['es'][5], 'references': [dev['en'][5], dev['en_kjv'][5]]}
+  tok = vocab.load_tokenizer('bible')
+  # Each row's text is the text its tokens came from (up to truncation).
+  for i in (0, 5, 963):
+    assert tok.decode(ds.arrays['encoder_input_tokens'][i]) in dev['es'][i]
+  # The loader says which rows a batch holds, so sources and references follow the batch.
+  it = arrays.ArrayBatchIterator(ds, 10, seed=4, process_index=1, process_count=2)
+  batch = next(it)
+  for row, tokens in zip(it.last_rows, batch['encoder_input_tokens']):
+    np.testing.assert_array_equal(tokens, ds.arrays['encoder_input_tokens'][row])
+
+
+def test_export_without_text_and_truncation_counts(tmp_path):
+  meta = export.export_split('bible_en_es', 'test', {'inputs': 8, 'targets': 8}, tmp_path,
+                             write_text=False)
+  assert 'text_file' not in meta and arrays.ArrayDataset.load(tmp_path).text() is None
+  assert meta['overlong']['inputs_truncated'] > 0 and meta['overlong']['targets_truncated'] > 0
+
+
+@pytest.mark.parametrize('text,expected', [('inputs=64,targets=32', {'inputs': 64, 'targets': 32}),
+                                           ('inputs:16,targets:8', {'inputs': 16, 'targets': 8}),
+                                           ('128', {'inputs': 128, 'targets': 128})])
+def test_feature_lengths_flag(text, expected):
+  assert export.parse_feature_lengths(text) == expected
+
+
+def test_feature_lengths_flag_errors():
+  for bad in ('inputs=64', 'inputs=x,targets=3', 'inputs=1,targets=8'):
+    with pytest.raises(Exception, match='feature_lengths'):
+      export.parse_feature_lengths(bad)
 
 
 def test_export_encdec_converter(tmp_path):

@@ -194,3 +194,13 @@ def test_wmt_tasks_can_be_reregistered_with_another_vocabulary():
   finally:
     tasks.register_wmt_tasks()
   assert tasks.get_task('wmt14_de_en').output_features['inputs'].vocabulary.vocab_size == 359
+
+
+def test_vocabulary_training_on_a_wmt_task(tmp_path):
+  from padir.data import train_vocab  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'wmt.model'
+  with tfds.testing.mock_data(num_examples=40):
+    assert train_vocab.main(['--task=wmt16_ro_en', '--max_sentences=60', '--vocab_size=20',
+                             f'--output={out}']) == 0
+  tok = vocab.load_tokenizer(str(out))
+  assert tok.num_real_pieces == 20 and tok.special_ids().mask == 119
