@@ -20,10 +20,10 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 
+from padir import gin_utils
 from padir import sampling
 
 Array = jax.Array
@@ -31,7 +31,6 @@ METHODS = ('greedy', 'sample', 'beam')
 _NEG = -1.0e9
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ARConfig:
   """Knobs of AR decoding. Validated on construction.
@@ -305,3 +304,6 @@ def make_reranker(fns: Any):
     return sequence_log_prob(fns, params, encoder_tokens, tokens)
 
   return reranker
+
+
+gin_utils.configurable(ARConfig, module='padir.ar_decoding')

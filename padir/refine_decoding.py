@@ -33,11 +33,11 @@ import math
 from typing import Any, Callable
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from padir import gin_utils
 from padir import remasking
 from padir import sampling
 from padir.remasking import RemaskConfig
@@ -48,7 +48,6 @@ CANVAS_INITS = ('mask', 'random', 'mask_range')
 SCORINGS = ('mean', 'sum')
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class RefineConfig:
   """Knobs of refinement decoding. Validated on construction.
@@ -85,7 +84,7 @@ class RefineConfig:
   length_beam: int = 1
   restarts: int = 1
   canvas_init: str = 'random'
-  remask: RemaskConfig = RemaskConfig()
+  remask: RemaskConfig = dataclasses.field(default_factory=RemaskConfig)
   temperature: float = 0.0
   top_k: int = 0
   top_p: float = 1.0
@@ -584,3 +583,6 @@ def refine_decode(fns: Any,
 def num_candidate_rows(batch: int, config: RefineConfig) -> int:
   """Rows the decoder processes per call: batch * num_candidates."""
   return int(np.int64(batch) * config.num_candidates)
+
+
+gin_utils.configurable(RefineConfig, module='padir.refine_decoding')

@@ -59,9 +59,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import gin
 import jax
 import jax.numpy as jnp
+
+from padir import gin_utils
 
 RULES = ('keep_all', 'stutter', 'mask_predict', 'constant', 'cosine', 'threshold')
 REPLACEMENTS = ('initial', 'previous', 'logits_sum')
@@ -79,7 +80,6 @@ _FRACTION_EPS = 1e-6
 _COSINE_EPS = 1e-4
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class RemaskConfig:
   """Which proposals a refinement step rejects and what a rejected position gets.
@@ -374,3 +374,6 @@ def remask(config: RemaskConfig,
   replacement = replacement_tokens(config, previous, initial, logits_sum)
   tokens = jnp.where(rejected, replacement, candidate)
   return jnp.where(valid, tokens, previous).astype(jnp.int32), rejected
+
+
+gin_utils.configurable(RemaskConfig, module='padir.remasking')

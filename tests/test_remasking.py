@@ -192,7 +192,8 @@ def test_config_defaults_and_gin():
   assert RemaskConfig(rule='keep_all').effective_update == 'all'
   assert RemaskConfig(rule='cosine', update='all').effective_update == 'all'
   with gin.unlock_config():
-    gin.parse_config('RemaskConfig.rule = "cosine"\nRemaskConfig.choice_temperature = 2.0')
+    gin.parse_config('padir.remasking.RemaskConfig.rule = "cosine"\n'
+                      'RemaskConfig.choice_temperature = 2.0')
   try:
     cfg = RemaskConfig()
     assert cfg.rule == 'cosine' and cfg.choice_temperature == 2.0
