@@ -1,10 +1,16 @@
 """A :class:`padir.data.iterator.BatchIterator` over a seqio task (tf.data).
 
 Same contract as the array iterator: ``batch_size`` is global, each process gets
-``batch_size // process_count`` rows of its own shard, batches are numpy dicts, and the position
-(batches served) round-trips through :meth:`get_state` / :meth:`set_state`. Resuming rebuilds
-the pipeline with the same seed and skips the batches already served, so it needs a seed and
-the same process count.
+``batch_size // process_count`` rows, batches are numpy dicts, and the position (batches served)
+round-trips through :meth:`get_state` / :meth:`set_state`. Resuming rebuilds the pipeline with
+the same seed and skips the batches already served, so it needs a seed and the same process
+count, and takes time proportional to the position (export to arrays for long runs).
+
+With ``drop_remainder=True`` (training) each process reads its own shard of the split
+(``seqio.ShardInfo``). With ``drop_remainder=False`` (evaluation) and several processes, every
+process reads the whole split and keeps its slice of each global batch, the last one padded
+with all-zero rows, so that all processes serve the same number of batches (multi-host
+evaluation steps stay in lockstep) exactly as the array iterator does.
 """
 
 from __future__ import annotations
@@ -71,15 +77,22 @@ class SeqioBatchIterator:
     lengths = self._converter.get_model_feature_lengths(self._lengths)
     return {k: ((self._local, int(v)), np.dtype(np.int32)) for k, v in lengths.items()}
 
+  @property
+  def _slices_global_batches(self) -> bool:
+    return not self._drop_remainder and self._process_count > 1
+
   def _build(self) -> Iterator[dict[str, np.ndarray]]:
     shard = (seqio.ShardInfo(self._process_index, self._process_count)
-             if self._process_count > 1 else None)
+             if self._process_count > 1 and not self._slices_global_batches else None)
     ds = seqio.get_dataset(
         self._task.name, self._lengths, self._converter, dataset_split=self._split,
         shuffle=self._shuffle, num_epochs=self._num_epochs, shard_info=shard, seed=self._seed,
         verbose=False)
-    ds = ds.batch(self._local, drop_remainder=self._drop_remainder).skip(self._position)
-    return ds.as_numpy_iterator()
+    if self._slices_global_batches:
+      ds = ds.batch(self._batch_size, drop_remainder=False)
+    else:
+      ds = ds.batch(self._local, drop_remainder=self._drop_remainder)
+    return ds.skip(self._position).as_numpy_iterator()
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
@@ -89,6 +102,9 @@ class SeqioBatchIterator:
       self._it = self._build()
     batch = next(self._it)
     self._position += 1
+    if self._slices_global_batches:  # this process's rows of the global batch
+      start = self._process_index * self._local
+      batch = {k: v[start:start + self._local] for k, v in batch.items()}
     rows = next(iter(batch.values())).shape[0]
     if rows < self._local:  # the last batch, without drop_remainder: pad with empty rows
       batch = {k: np.pad(v, ((0, self._local - rows), (0, 0))) for k, v in batch.items()}

@@ -12,6 +12,7 @@ from padir.data import corpus  # pylint: disable=wrong-import-position
 from padir.data import export  # pylint: disable=wrong-import-position
 from padir.data import features  # pylint: disable=wrong-import-position
 from padir.data import iterator  # pylint: disable=wrong-import-position
+from padir.data import tasks  # pylint: disable=wrong-import-position
 from padir.data import vocab  # pylint: disable=wrong-import-position
 
 LENGTHS = {'inputs': 32, 'targets': 32}
@@ -138,3 +139,26 @@ def test_seqio_iterator_needs_lengths_and_a_known_task():
     iterator.make_batch_iterator('bible_es_en', 'train', 8)
   with pytest.raises(ValueError, match='Did you mean bible_es_en'):
     iterator.make_batch_iterator('bible_es_e', 'train', 8, feature_lengths=LENGTHS)
+
+
+def test_uneven_evaluation_split_gives_every_process_the_same_batches_as_the_arrays(
+    tmp_path, write_lines):
+  words = ['casa', 'perro', 'agua', 'tierra', 'cielo']
+  lines = [b'source\ttarget'] + [f'{words[i // 5]} {words[i % 5]}\tx'.encode()
+                                  for i in range(17)]
+  tasks.register_tsv_task('odd_17', validation=str(write_lines(tmp_path / 'v.tsv', lines)))
+  lengths = {'inputs': 16, 'targets': 8}
+  export.export_split('odd_17', 'validation', lengths, tmp_path / 'odd')
+  common = dict(process_count=2, shuffle=False, num_epochs=1, drop_remainder=False)
+  seen = []
+  for p in range(2):
+    from_task = list(iterator.make_batch_iterator('odd_17', 'validation', 8, process_index=p,
+                                                  feature_lengths=lengths, **common))
+    from_arrays = list(iterator.make_batch_iterator(tmp_path / 'odd', 'validation', 8,
+                                                    process_index=p, **common))
+    assert len(from_task) == len(from_arrays) == 3  # ceil(17 / 8) on both processes
+    for a, b in zip(from_task, from_arrays):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    seen += [tuple(r) for b in from_task for r in b['encoder_input_tokens'] if r.any()]
+  assert len(seen) == len(set(seen)) == 17
