@@ -300,12 +300,24 @@ def load_params(path: str, abstract_params: Any | None = None, *, step: int | No
     meta = dict(mgr.restore(step, args=ocp.args.Composite(
         metadata=ocp.args.JsonRestore()))['metadata'])
     check_metadata(meta, where, vocabulary=vocabulary, abstract_params=abstract_params)
-    restore = (ocp.args.StandardRestore(abstract_params) if abstract_params is not None
-               else ocp.args.StandardRestore())
-    params = mgr.restore(step, args=ocp.args.Composite(params=restore))['params']
+    if abstract_params is None:
+      abstract_params = _saved_params_on_one_device(os.path.join(where, 'params'))
+    params = mgr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))['params']
   finally:
     mgr.close()
   return params, meta, step
+
+
+def _saved_params_on_one_device(params_dir: str) -> Any:
+  """ShapeDtypeStructs of the saved params, placed on this process's first device."""
+  saved = ocp.StandardCheckpointer().metadata(params_dir)
+  tree = getattr(getattr(saved, 'item_metadata', saved), 'tree', None)
+  if tree is None:
+    tree = getattr(saved, 'item_metadata', saved)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), tree)
 
 
 def average_checkpoints(model_dir: str, output_dir: str, num_checkpoints: int = 5,

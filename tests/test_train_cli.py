@@ -1,0 +1,209 @@
+"""End-to-end tests of ``padir.train``: outputs, corrupt checkpoints, NaN stop, kill -9 resume,
+and a 2-process jax.distributed run. Subprocess runs use a TensorFlow-free interpreter."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from padir import builders
+from padir import checkpoints
+from padir import datasets
+from padir import optimizers
+from padir import partitioning
+from padir import train
+from padir import trainer as trainer_lib
+
+import train_testlib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Runs padir.train with TensorFlow and seqio made unimportable: the exported-array path.
+NO_TF_MAIN = ("import sys; sys.modules['tensorflow'] = None; sys.modules['seqio'] = None; "
+              "from padir import train; sys.exit(train.main(sys.argv[1:]))")
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return train_testlib.write_reverse_task(str(tmp_path_factory.mktemp('reverse')))
+
+
+def test_train_writes_outputs_and_survives_a_corrupt_checkpoint(data_dir, tmp_path, capsys):
+  model_dir = str(tmp_path / 'run')
+  flags = train_testlib.train_flags(data_dir, model_dir, 4, period=2)
+  assert train.main(flags) == 0
+  out = capsys.readouterr().out
+  assert 'step 4/4' in out and 'tok/s' in out and 'ETA' in out
+  assert sorted(os.listdir(model_dir)) == sorted(
+      ['2', '4', 'config.gin', 'operative_config.gin', 'model-info.txt', 'metrics.jsonl',
+       'tensorboard'])
+  assert 'total_steps = %TRAIN_STEPS' in open(
+      os.path.join(model_dir, 'config.gin')).read()
+  operative = open(os.path.join(model_dir, 'operative_config.gin')).read()
+  assert 'padir.optimizers.adafactor' in operative and 'emb_dim = 32' in operative
+  records = [json.loads(line) for line in open(os.path.join(model_dir, 'metrics.jsonl'))]
+  assert [r['step'] for r in records if r['split'] == 'train'] == [1, 2, 3, 4]
+  train_record = records[0]
+  for key in ('loss', 'learning_rate', 'steps_per_sec', 'tokens_per_sec', 'eta_seconds',
+              'length_accuracy', 'grad_norm'):
+    assert key in train_record
+  assert [r['step'] for r in records if r['split'] == 'eval'] == [4]
+  assert any(f.startswith('events') for f in os.listdir(os.path.join(model_dir, 'tensorboard',
+                                                                     'train')))
+  assert 'total parameters' in open(os.path.join(model_dir, 'model-info.txt')).read()
+
+  # Corrupt the newest checkpoint: it is reported and training redoes steps 3-4 from step 2.
+  for root, _, files in os.walk(os.path.join(model_dir, '4', 'params')):
+    for name in files:
+      if os.sep + 'd' in root[len(model_dir):] and os.path.getsize(os.path.join(root, name)):
+        with open(os.path.join(root, name), 'r+b') as f:
+          f.truncate(1)
+  assert train.main(flags) == 0
+  out = capsys.readouterr().out
+  assert 'is unreadable' in out and 'Resumed from' in out and '(step 2)' in out
+  assert 'step 4/4' in out
+  assert os.path.isdir(os.path.join(model_dir, 'corrupt_checkpoints', '4'))
+  assert os.path.isdir(os.path.join(model_dir, '4'))
+  # A finished run does nothing.
+  assert train.main(flags) == 0
+  assert 'nothing to do' in capsys.readouterr().out
+
+
+class _NanOnMarker:
+  """A model whose loss is NaN on batches holding the token MARKER (delegates the rest)."""
+
+  MARKER = 3
+
+  def __init__(self, model):
+    self._model = model
+
+  def __getattr__(self, name):
+    return getattr(self._model, name)
+
+  def loss_fn(self, params, batch, rng):
+    loss, metrics = self._model.loss_fn(params, batch, rng)
+    bad = jnp.any(batch['encoder_input_tokens'] == self.MARKER)
+    loss = jnp.where(bad, jnp.nan, loss)
+    return loss, dict(metrics, loss=loss)
+
+
+def test_nan_loss_stops_without_saving_a_bad_checkpoint(tmp_path):
+  data_dir = train_testlib.write_reverse_task(str(tmp_path / 'data'), num_train=32)
+  train_split = os.path.join(data_dir, 'train')
+  tokens = np.load(os.path.join(train_split, 'encoder_input_tokens.npy'))
+  tokens[24:, 0] = _NanOnMarker.MARKER  # the 4th batch (rows 24-31, no shuffling)
+  np.save(os.path.join(train_split, 'encoder_input_tokens.npy'), tokens)
+  model = _NanOnMarker(builders.build_model(
+      vocabulary=train_testlib.VOCABULARY, task_feature_lengths={'inputs': 8, 'targets': 8},
+      network={'size': 'tiny', 'overrides': dict(emb_dim=32, num_heads=2, head_dim=16,
+                                                 mlp_dim=64, num_encoder_layers=1,
+                                                 num_decoder_layers=1)}))
+  data = datasets.DatasetConfig(data_dir, 'train', 8, shuffle=False)
+  model_dir = str(tmp_path / 'nan')
+  with pytest.raises(trainer_lib.NonFiniteLossError, match='loss is nan at step 4'):
+    train.train(model=model, train_dataset_cfg=data,
+                partitioner=partitioning.Partitioner((-1, 1, 1)),
+                optimizer=optimizers.adafactor(learning_rate=0.01), model_dir=model_dir,
+                total_steps=6, log_period=3, print_fn=lambda _: None,
+                checkpoint_cfg=checkpoints.CheckpointConfig(period=2), tensorboard=False)
+  mgr = checkpoints.CheckpointManager(model_dir)
+  assert mgr.all_steps() == [2]
+  mgr.close()
+
+
+def _subprocess_env(tmp_path, devices):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
+  env['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path / 'jax_cache')
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  env['PYTHONUNBUFFERED'] = '1'
+  return env
+
+
+def test_kill_9_and_rerun_resumes_bit_identically(data_dir, tmp_path):
+  env = _subprocess_env(tmp_path, 2)
+  steps = 48
+  command = lambda d: [sys.executable, '-c', NO_TF_MAIN, *train_testlib.train_flags(
+      data_dir, str(tmp_path / d), steps, period=4, extra=['--gin.LOG_PERIOD=1'])]
+  reference = subprocess.run(command('straight'), env=env, capture_output=True, text=True,
+                             timeout=300)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+
+  proc = subprocess.Popen(command('killed'), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  killed_at = None
+  for line in proc.stdout:
+    # Kill -9 mid-run once a checkpoint has been committed (its directory renamed into place).
+    if line.startswith('step ') and any(n.isdigit() for n in os.listdir(tmp_path / 'killed')):
+      proc.send_signal(signal.SIGKILL)
+      killed_at = line
+      break
+  proc.wait(timeout=60)
+  assert killed_at is not None and proc.returncode == -signal.SIGKILL, 'the run ended first'
+  interrupted = checkpoints.CheckpointManager(str(tmp_path / 'killed'))
+  assert 0 < max(interrupted.all_steps()) < steps
+  interrupted.close()
+
+  rerun = subprocess.run(command('killed'), env=env, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Resumed from' in rerun.stdout
+  straight, _, s1 = checkpoints.load_params(str(tmp_path / 'straight'))
+  resumed, _, s2 = checkpoints.load_params(str(tmp_path / 'killed'))
+  assert s1 == s2 == steps
+  flat_a = {k: np.asarray(v) for k, v in _flatten(straight).items()}
+  flat_b = {k: np.asarray(v) for k, v in _flatten(resumed).items()}
+  assert flat_a.keys() == flat_b.keys()
+  for key in flat_a:
+    np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
+
+
+def _flatten(tree, prefix=''):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}/'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _free_port():
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_process_distributed_run_writes_one_checkpoint(data_dir, tmp_path):
+  env = _subprocess_env(tmp_path, 4)
+  port = _free_port()
+  model_dir = str(tmp_path / 'multi')
+  flags = train_testlib.train_flags(data_dir, model_dir, 3, period=3,
+                                    extra=['--gin.EVAL_PERIOD=100'])
+  procs = [subprocess.Popen(
+      [sys.executable, '-c', NO_TF_MAIN, *flags, f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={i}'],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = []
+  try:
+    for p in procs:
+      outputs.append(p.communicate(timeout=400)[0])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [0, 0], '\n'.join(o[-3000:] for o in outputs)
+  assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1}" in outputs[0]
+  assert 'step 3/3' in outputs[0] and 'step 3/3' not in outputs[1]  # only process 0 logs
+  mgr = checkpoints.CheckpointManager(model_dir)
+  assert mgr.all_steps() == [3]
+  mgr.close()
+  params, meta, _ = checkpoints.load_params(model_dir)
+  assert meta['step'] == 3 and np.isfinite(
+      np.asarray(params['decoder']['decoder_norm']['scale'])).all()
