@@ -41,6 +41,8 @@ class ARConfig:
     length_penalty: alpha of the brevity penalty ((5 + len) / 6) ** alpha ('beam').
     temperature, top_k, top_p: sampling knobs ('sample').
     eos_id: the end-of-sequence id.
+    min_length: outputs hold at least this many tokens, EOS included (EOS is masked at
+      earlier positions; 0 = no limit).
   """
 
   method: str = 'greedy'
@@ -50,6 +52,7 @@ class ARConfig:
   top_k: int = 0
   top_p: float = 1.0
   eos_id: int = 1
+  min_length: int = 0
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -59,6 +62,8 @@ class ARConfig:
     if self.length_penalty < 0:
       raise ValueError(f'ARConfig.length_penalty={self.length_penalty} must be >= 0.')
     sampling.check_sampling_args(self.temperature, self.top_k, self.top_p)
+    if not isinstance(self.min_length, int) or self.min_length < 0:
+      raise ValueError(f'ARConfig.min_length={self.min_length!r} must be an integer >= 0.')
     if self.method == 'sample' and self.temperature == 0:
       raise ValueError("ARConfig.method='sample' needs temperature > 0 (use 'greedy').")
 
@@ -132,6 +137,14 @@ def _finish(tokens: Array, eos_id: int) -> Array:
   return jnp.where(after, 0, tokens)
 
 
+def _forbid_early_eos(logits: Array, step: Array, config: ARConfig) -> Array:
+  """Masks EOS while fewer than ``config.min_length`` tokens were produced."""
+  if config.min_length <= 0:
+    return logits
+  early = step < config.min_length - 1  # step i produces token i + 1
+  return logits.at[:, config.eos_id].add(jnp.where(early, _NEG, 0.0))
+
+
 def _greedy_or_sample(fns, params, encoder_tokens, max_length: int, config: ARConfig,
                       rng: Array | None) -> tuple[Array, dict[str, Array]]:
   batch = encoder_tokens.shape[0]
@@ -143,6 +156,7 @@ def _greedy_or_sample(fns, params, encoder_tokens, max_length: int, config: ARCo
   def body(s):
     i, cache, last, out, done, logp = s
     logits, cache = fns.step(params, cache, encoded, encoder_tokens, last)  # [B, V]
+    logits = _forbid_early_eos(logits, i, config)
     if sample:
       step_keys = sampling.fold_keys(keys, i)
       vocab = logits.shape[-1]
@@ -199,6 +213,7 @@ def _beam_search(fns, params, encoder_tokens, max_length: int,
   def body(s):
     i = s['i']
     logits, cache = fns.step(params, s['cache'], encoded_rep, enc_rep, s['last'].reshape(-1))
+    logits = _forbid_early_eos(logits, i, config)
     vocab = logits.shape[-1]
     logp = jax.nn.log_softmax(logits).reshape(batch, k, vocab)
     cand = (s['alive_lp'][..., None] + logp).reshape(batch, k * vocab)

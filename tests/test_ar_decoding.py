@@ -119,6 +119,10 @@ def test_eos_handling_with_mixed_lengths():
     tokens, aux = ad.ar_decode(fns, None, sources, max_length=L, config=config)
     np.testing.assert_array_equal(tokens, expected)
     np.testing.assert_array_equal(aux['lengths'], [3, 7, L])
+  # min_length keeps EOS away: the scripted model's second choice (7) comes instead.
+  tokens, _ = ad.ar_decode(fns, None, sources[:1], max_length=L, config=ad.ARConfig(
+      method='beam', beam_size=2, min_length=5))
+  np.testing.assert_array_equal(tokens[0, :3], [20, 21, 7])
   short = jnp.array([[1, 5], [2, 0]])
   tokens, aux = ad.ar_decode(fns, None, short, max_length=L)
   assert int(aux['steps']) == 7  # the loop stops once every row has its EOS
@@ -148,6 +152,7 @@ def test_reorder_cache_handles_scanned_layers_and_scalars():
     (dict(beam_size=0), 'beam_size'),
     (dict(method='sample', temperature=0.0), 'temperature'),
     (dict(length_penalty=-1.0), 'length_penalty'),
+    (dict(min_length=-1), 'min_length'),
 ])
 def test_config_validation(kwargs, match):
   with pytest.raises(ValueError, match=match):
