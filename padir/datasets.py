@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Any, Mapping
 
 import jax
@@ -86,6 +87,16 @@ def make_iterator(config: DatasetConfig, *, vocabulary: Any = None, shuffle: boo
       drop_remainder=config.drop_remainder if drop_remainder is None else drop_remainder,
       process_index=jax.process_index(), process_count=jax.process_count(),
       vocabulary=vocabulary)
+
+
+def export_texts(config: DatasetConfig) -> list[dict[str, Any]] | None:
+  """Per row source text and references of an exported split (``text.jsonl``), or None."""
+  from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
+  from padir.data import iterator as iterator_lib  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(config.source):
+    return None
+  path = iterator_lib.find_exported_split(config.source, config.split)
+  return None if path is None else arrays_lib.ArrayDataset.load(path).text()
 
 
 def global_shapes(iterator: Any) -> dict[str, tuple[int, ...]]:

@@ -12,7 +12,6 @@ model decodes, BLEU / chrF of the decoded split; prints them and writes
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -48,17 +47,19 @@ def load_for_inference(model: Any, partitioner: partitioning_lib.Partitioner,
 
 
 def write_rows_tsv(path: str, rows: Sequence[evaluation.DecodedRow]) -> None:
-  """source / reference / prediction per line (tabs and newlines in text become spaces)."""
+  """A header, then source / reference / prediction per line.
+
+  Whitespace runs (tabs and newlines included) in the texts become single spaces, so every
+  line has exactly one tab between columns; nothing else is quoted or escaped. The reference
+  column (the first reference) is left out when no row has one.
+  """
   clean = lambda t: '' if t is None else ' '.join(str(t).split())
-  with open(path, 'w', encoding='utf-8', newline='') as f:
-    out = csv.writer(f, delimiter='\t', quoting=csv.QUOTE_NONE, escapechar=None,
-                     lineterminator='\n')
-    has_ref = any(r.reference is not None for r in rows)
-    out.writerow(['source', 'reference', 'prediction'] if has_ref else ['source', 'prediction'])
+  has_ref = any(r.reference is not None for r in rows)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('source\treference\tprediction\n' if has_ref else 'source\tprediction\n')
     for r in rows:
-      cells = [clean(r.source), clean(r.reference), clean(r.prediction)] if has_ref else \
-          [clean(r.source), clean(r.prediction)]
-      out.writerow(cells)
+      cells = [r.source, r.reference, r.prediction] if has_ref else [r.source, r.prediction]
+      f.write('\t'.join(clean(c) for c in cells) + '\n')
 
 
 def evaluate(*,
@@ -112,7 +113,8 @@ def evaluate(*,
                                      seed=random_seed)
     it = datasets_lib.make_iterator(dataset_cfg, vocabulary=tokenizer, shuffle=False,
                                     num_epochs=1, drop_remainder=False)
-    rows, stats = evaluation.decode_split(predictor, params, it, tokenizer, num_decode_examples)
+    rows, stats = evaluation.decode_split(predictor, params, it, tokenizer, num_decode_examples,
+                                          texts=datasets_lib.export_texts(dataset_cfg))
     metrics.update(stats)
     metrics.update(evaluation.translation_scores(
         rows, print_fn=print_fn if jax.process_index() == 0 else None))

@@ -7,7 +7,9 @@
 * :func:`decode_split`: decodes batches and detokenizes sources, references and predictions.
 * :func:`translation_scores`: sacrebleu BLEU and chrF (``padir.data.metrics``) of decoded rows.
 
-References come from the batch's ``decoder_target_tokens`` (one reference per example).
+References: an export with ``text.jsonl`` gives each row's source text and every reference
+(multi-reference BLEU, e.g. both English Bibles); otherwise the batch's detokenized
+``decoder_target_tokens`` is the one reference.
 """
 
 from __future__ import annotations
@@ -89,10 +91,15 @@ class Predictor:
 
 @dataclasses.dataclass
 class DecodedRow:
+  """One decoded example: texts, every reference (may be empty) and the output ids."""
   source: str
-  reference: str | None
+  references: list[str]
   prediction: str
   tokens: list[int]
+
+  @property
+  def reference(self) -> str | None:
+    return self.references[0] if self.references else None
 
 
 def _local_rows(global_array: np.ndarray) -> np.ndarray:
@@ -102,19 +109,32 @@ def _local_rows(global_array: np.ndarray) -> np.ndarray:
   return global_array[start:start + per_process]
 
 
+def _gather(value: np.ndarray) -> np.ndarray:
+  """Every process's rows of a per-process array, in process order."""
+  if jax.process_count() == 1:
+    return np.asarray(value)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(np.asarray(value), tiled=True))
+
+
 def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[str, np.ndarray]],
                  tokenizer: Any, max_examples: int | None = None,
-                 all_processes: bool = True) -> tuple[list[DecodedRow], dict[str, float]]:
+                 all_processes: bool = True,
+                 texts: list[Mapping[str, Any]] | None = None
+                 ) -> tuple[list[DecodedRow], dict[str, float]]:
   """Decodes batches and detokenizes sources, references (when present) and predictions.
 
   Args:
     predictor: the jitted decoder.
     params: the parameters.
-    batches: numpy batches of this process's rows.
+    batches: numpy batches of this process's rows; with ``texts`` an iterator with
+      ``last_rows`` (`padir.data.arrays.ArrayBatchIterator`).
     tokenizer: a ``padir.data.vocab.Tokenizer``.
     max_examples: stop after this many examples (per process).
     all_processes: return every process's rows (the decoded array is replicated); otherwise
       only this process's.
+    texts: per dataset row ``{'inputs': str, 'references': [str, ...]}`` (an export's
+      ``text.jsonl``): sources and references are taken from it.
 
   Returns:
     (rows, stats): ``stats`` has ``decode_seconds``, ``num_examples``, ``examples_per_sec`` and
@@ -128,12 +148,13 @@ def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[st
     if max_examples is not None and seen >= max_examples:
       break
     start = time.perf_counter()
+    row_ids = getattr(batches, 'last_rows', None) if texts is not None else None
+    row_ids = None if row_ids is None else np.array(row_ids)
     tokens, aux = predictor(params, batch, index)
     seconds += time.perf_counter() - start
     if all_processes:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      batch = {k: np.asarray(multihost_utils.process_allgather(np.asarray(v), tiled=True))
-               if jax.process_count() > 1 else np.asarray(v) for k, v in batch.items()}
+      batch = {k: _gather(v) for k, v in batch.items()}
+      row_ids = None if row_ids is None else _gather(row_ids)
     else:
       tokens = _local_rows(tokens)
       aux = {k: _local_rows(v) if np.ndim(v) else v for k, v in aux.items()}
@@ -144,11 +165,14 @@ def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[st
     for i in np.flatnonzero(keep):
       seen += 1
       out = tokens[i].tolist()
-      rows.append(DecodedRow(
-          source=tokenizer.decode(batch['encoder_input_tokens'][i]),
-          reference=tokenizer.decode(targets[i]) if targets is not None else None,
-          prediction=tokenizer.decode(out),
-          tokens=out))
+      text = texts[int(row_ids[i])] if row_ids is not None and row_ids[i] >= 0 else None
+      if text is not None:
+        source, references = text['inputs'], list(text['references'])
+      else:
+        source = tokenizer.decode(batch['encoder_input_tokens'][i])
+        references = [tokenizer.decode(targets[i])] if targets is not None else []
+      rows.append(DecodedRow(source=source, references=references,
+                             prediction=tokenizer.decode(out), tokens=out))
   if max_examples is not None:
     rows = rows[:max_examples * (jax.process_count() if all_processes else 1)]
   stats = {'decode_seconds': seconds, 'num_examples': float(len(rows)),
@@ -162,8 +186,8 @@ def translation_scores(rows: list[DecodedRow], print_fn: Callable[[str], Any] | 
                        ) -> dict[str, float]:
   """Corpus BLEU and chrF of decoded rows against their references (sacrebleu)."""
   from padir.data import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  scored = [r for r in rows if r.reference is not None]
+  scored = [r for r in rows if r.references]
   if not scored:
     raise ValueError('No references to score against: the split has no decoder_target_tokens.')
-  return metrics_lib.translation_metrics([r.reference for r in scored],
+  return metrics_lib.translation_metrics([r.references for r in scored],
                                          [r.prediction for r in scored], print_fn=print_fn)

@@ -208,33 +208,36 @@ def check_required() -> None:
                      'Set them with --gin.NAME=VALUE flags or in a gin file.')
 
 
-def configurable(fn_or_cls: Callable[..., Any], module: str | None = None) -> Callable[..., Any]:
-  """``gin.configurable`` under the module-qualified name, safe to run again on re-import."""
-  module = module or fn_or_cls.__module__
+def _register(register: Callable[[], Any]) -> Any:
+  """Runs a gin registration; safe on re-import and after the config was locked.
+
+  A module imported lazily (after parsing) may still register its configurables: the config
+  is unlocked for the registration only. Registering a name again (re-import) replaces it.
+  """
+  if gin.config_is_locked():
+    with gin.unlock_config():
+      return _register(register)
   try:
-    return gin.configurable(fn_or_cls, module=module)
+    return register()
   except ValueError as err:
     if 'already exists' not in str(err):
       raise
     gin.enter_interactive_mode()
     try:
-      return gin.configurable(fn_or_cls, module=module)
+      return register()
     finally:
       gin.exit_interactive_mode()
+
+
+def configurable(fn_or_cls: Callable[..., Any], module: str | None = None) -> Callable[..., Any]:
+  """``gin.configurable`` under the module-qualified name (see :func:`_register`)."""
+  module = module or fn_or_cls.__module__
+  return _register(lambda: gin.configurable(fn_or_cls, module=module))
 
 
 def external_configurable(fn: Callable[..., Any], name: str, module: str) -> Callable[..., Any]:
-  """``gin.external_configurable`` that tolerates a second registration of the same name."""
-  try:
-    return gin.external_configurable(fn, name=name, module=module)
-  except ValueError as err:
-    if 'already exists' not in str(err):
-      raise
-    gin.enter_interactive_mode()
-    try:
-      return gin.external_configurable(fn, name=name, module=module)
-    finally:
-      gin.exit_interactive_mode()
+  """``gin.external_configurable`` with the same safety as :func:`configurable`."""
+  return _register(lambda: gin.external_configurable(fn, name=name, module=module))
 
 
 def write_config(model_dir: str, name: str = 'config.gin', operative: bool = False) -> str:

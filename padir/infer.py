@@ -128,7 +128,9 @@ def infer(*,
                                                         tokenizer, input_shapes)
   predictor = evaluation.Predictor(model, partitioner, shardings, decode_kwargs,
                                    seed=random_seed)
-  rows, stats = evaluation.decode_split(predictor, params, batches, tokenizer, num_examples)
+  texts = datasets_lib.export_texts(dataset_cfg) if input_file is None else None
+  rows, stats = evaluation.decode_split(predictor, params, batches, tokenizer, num_examples,
+                                        texts=texts)
   if input_file is not None:
     rows = rows[:len(lines)]
     for row, line in zip(rows, lines):

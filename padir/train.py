@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from padir import builders  # pylint: disable=unused-import  (gin registrations)
+from padir import decoding  # pylint: disable=unused-import  (gin registrations)
 from padir import checkpoints as checkpoints_lib
 from padir import datasets as datasets_lib
 from padir import distributed
@@ -322,7 +323,8 @@ def _evaluate(trainer, params, tokenizer, predictor, loss_cfg, infer_cfg, eval_s
   if predictor is not None:
     it = datasets_lib.make_iterator(infer_cfg, vocabulary=tokenizer, shuffle=False, num_epochs=1,
                                     drop_remainder=False)
-    rows, stats = evaluation.decode_split(predictor, params, it, tokenizer, infer_examples)
+    rows, stats = evaluation.decode_split(predictor, params, it, tokenizer, infer_examples,
+                                          texts=datasets_lib.export_texts(infer_cfg))
     results.update(stats)
     results.update(evaluation.translation_scores(rows, print_fn=None))
     if rows:

@@ -3,6 +3,7 @@ and a 2-process jax.distributed run. Subprocess runs use a TensorFlow-free inter
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 from padir import builders
 from padir import checkpoints
 from padir import datasets
+from padir import eval as eval_lib
+from padir import infer
 from padir import optimizers
 from padir import partitioning
 from padir import train
@@ -33,30 +36,82 @@ def data_dir(tmp_path_factory):
   return train_testlib.write_reverse_task(str(tmp_path_factory.mktemp('reverse')))
 
 
-def test_train_writes_outputs_and_survives_a_corrupt_checkpoint(data_dir, tmp_path, capsys):
-  model_dir = str(tmp_path / 'run')
+@pytest.fixture(scope='module')
+def trained(data_dir, tmp_path_factory):
+  """A 4-step run (checkpoints 2 and 4, validation loss and BLEU at step 4) and its output."""
+  model_dir = str(tmp_path_factory.mktemp('trained') / 'run')
   flags = train_testlib.train_flags(data_dir, model_dir, 4, period=2)
-  assert train.main(flags) == 0
-  out = capsys.readouterr().out
+  lines = []
+  code = train.run_main(flags, lambda: train.train(print_fn=lines.append), 'padir train',
+                        train.__doc__)
+  assert code == 0, lines
+  return model_dir, '\n'.join(lines), flags
+
+
+def test_train_writes_outputs(trained):
+  model_dir, out, _ = trained
   assert 'step 4/4' in out and 'tok/s' in out and 'ETA' in out
+  assert 'eval at step 4: loss' in out and 'bleu' in out
   assert sorted(os.listdir(model_dir)) == sorted(
       ['2', '4', 'config.gin', 'operative_config.gin', 'model-info.txt', 'metrics.jsonl',
        'tensorboard'])
-  assert 'total_steps = %TRAIN_STEPS' in open(
-      os.path.join(model_dir, 'config.gin')).read()
+  assert 'total_steps = %TRAIN_STEPS' in open(os.path.join(model_dir, 'config.gin')).read()
   operative = open(os.path.join(model_dir, 'operative_config.gin')).read()
   assert 'padir.optimizers.adafactor' in operative and 'emb_dim = 32' in operative
   records = [json.loads(line) for line in open(os.path.join(model_dir, 'metrics.jsonl'))]
   assert [r['step'] for r in records if r['split'] == 'train'] == [1, 2, 3, 4]
-  train_record = records[0]
   for key in ('loss', 'learning_rate', 'steps_per_sec', 'tokens_per_sec', 'eta_seconds',
               'length_accuracy', 'grad_norm'):
-    assert key in train_record
-  assert [r['step'] for r in records if r['split'] == 'eval'] == [4]
-  assert any(f.startswith('events') for f in os.listdir(os.path.join(model_dir, 'tensorboard',
-                                                                     'train')))
+    assert key in records[0]
+  evals = [r for r in records if r['split'] == 'eval']
+  assert [r['step'] for r in evals] == [4]
+  for key in ('loss', 'bleu', 'chrf', 'mean_iterations', 'num_examples'):
+    assert key in evals[0]
+  assert evals[0]['num_examples'] == 8
+  events = os.listdir(os.path.join(model_dir, 'tensorboard', 'train'))
+  assert any(f.startswith('events') for f in events)
   assert 'total parameters' in open(os.path.join(model_dir, 'model-info.txt')).read()
 
+
+def test_eval_and_infer_commands(trained, data_dir, tmp_path, capsys):
+  model_dir, _, _ = trained
+  out_dir = str(tmp_path / 'eval')
+  code = eval_lib.main(train_testlib.run_flags('eval', data_dir, [
+      f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.EVAL_OUTPUT_DIR='{out_dir}'",
+      '--gin.EVAL_BATCH_SIZE=8']))
+  assert code == 0, capsys.readouterr().err
+  result = json.load(open(os.path.join(out_dir, 'eval-validation-4.json')))
+  assert result['step'] == 4 and result['metrics']['num_examples'] == 16
+  assert {'loss', 'bleu', 'chrf'} <= set(result['metrics'])
+  header, *rows = open(os.path.join(out_dir, 'eval-validation-4.tsv')).read().splitlines()
+  assert header.split('\t') == ['source', 'reference', 'prediction'] and len(rows) == 16
+
+  sources = tmp_path / 'sources.txt'
+  sources.write_text('abc\nhello world\n\n' + 'x' * 30 + '\n')
+  infer_dir = str(tmp_path / 'infer')
+  code = infer.main(train_testlib.run_flags('infer', data_dir, [
+      f"--gin.CHECKPOINT_PATH='{model_dir}/2'", f"--gin.INFER_OUTPUT_DIR='{infer_dir}'",
+      f"--gin.INFER_INPUT_FILE='{sources}'", '--gin.INFER_BATCH_SIZE=8']))
+  assert code == 0, capsys.readouterr().err
+  assert '2 of 4 sources were longer than 7 tokens' in capsys.readouterr().out
+  header, *rows = open(os.path.join(infer_dir, 'sources-2.tsv')).read().splitlines()
+  assert header == 'source\tprediction'
+  assert [r.split('\t')[0] for r in rows] == ['abc', 'hello world', '', 'x' * 30]
+
+  # A checkpoint refuses another vocabulary with a clear message.
+  code = infer.main(train_testlib.run_flags('infer', data_dir, [
+      f"--gin.CHECKPOINT_PATH='{model_dir}'", f"--gin.INFER_OUTPUT_DIR='{infer_dir}'",
+      f"--gin.INFER_INPUT_FILE='{sources}'", "--gin.VOCABULARY='byte:9'"]))
+  assert code == 1
+  assert 'vocabulary differs' in capsys.readouterr().err
+
+
+def test_resume_survives_a_corrupt_checkpoint(trained, tmp_path, capsys):
+  source_dir, _, flags = trained
+  model_dir = str(tmp_path / 'copy')
+  shutil.copytree(source_dir, model_dir)
+  flags = [f.replace(source_dir, model_dir) for f in flags]
+  flags.append('--gin.padir.train.train.infer_eval_dataset_cfg=None')
   # Corrupt the newest checkpoint: it is reported and training redoes steps 3-4 from step 2.
   for root, _, files in os.walk(os.path.join(model_dir, '4', 'params')):
     for name in files:
@@ -128,10 +183,12 @@ def _subprocess_env(tmp_path, devices):
 
 
 def test_kill_9_and_rerun_resumes_bit_identically(data_dir, tmp_path):
-  env = _subprocess_env(tmp_path, 2)
-  steps = 48
+  env = _subprocess_env(tmp_path, 1)
+  steps = 20
   command = lambda d: [sys.executable, '-c', NO_TF_MAIN, *train_testlib.train_flags(
-      data_dir, str(tmp_path / d), steps, period=4, extra=['--gin.LOG_PERIOD=1'])]
+      data_dir, str(tmp_path / d), steps, period=2,
+      extra=['--gin.padir.train.train.infer_eval_dataset_cfg=None',
+             '--gin.padir.train.train.train_eval_dataset_cfg=None'])]
   reference = subprocess.run(command('straight'), env=env, capture_output=True, text=True,
                              timeout=300)
   assert reference.returncode == 0, reference.stderr[-3000:]
@@ -184,8 +241,10 @@ def test_two_process_distributed_run_writes_one_checkpoint(data_dir, tmp_path):
   env = _subprocess_env(tmp_path, 4)
   port = _free_port()
   model_dir = str(tmp_path / 'multi')
-  flags = train_testlib.train_flags(data_dir, model_dir, 3, period=3,
-                                    extra=['--gin.EVAL_PERIOD=100'])
+  flags = train_testlib.train_flags(
+      data_dir, model_dir, 3, period=3,
+      extra=['--gin.padir.train.train.infer_eval_dataset_cfg=None',
+             '--gin.padir.train.train.train_eval_dataset_cfg=None'])
   procs = [subprocess.Popen(
       [sys.executable, '-c', NO_TF_MAIN, *flags, f'--coordinator_address=127.0.0.1:{port}',
        '--num_processes=2', f'--process_id={i}'],

@@ -17,7 +17,8 @@ def write_reverse_task(root: str, num_train: int = 64, num_validation: int = 16,
                        seed: int = 0) -> str:
   """Exports a reverse-the-sequence task (byte vocabulary) as arrays under ``root``."""
   rng = np.random.default_rng(seed)
-  fingerprint = vocab_lib.load_tokenizer(VOCABULARY).fingerprint()
+  tokenizer = vocab_lib.load_tokenizer(VOCABULARY)
+  fingerprint = tokenizer.fingerprint()
   for split, n in (('train', num_train), ('validation', num_validation)):
     enc = np.zeros((n, LENGTH), np.int32)
     dec = np.zeros((n, LENGTH), np.int32)
@@ -33,6 +34,10 @@ def write_reverse_task(root: str, num_train: int = 64, num_validation: int = 16,
         {'task': 'reverse', 'split': split, 'converter': 'padir',
          'task_feature_lengths': {'inputs': LENGTH, 'targets': LENGTH},
          'vocabulary': fingerprint})
+    if split == 'validation':  # sources and two references per row (multi-reference BLEU)
+      sources = [tokenizer.decode(row) for row in enc]
+      refs = [[tokenizer.decode(row), tokenizer.decode(row).upper()] for row in dec]
+      arrays_lib.write_text(os.path.join(root, split), sources, refs)
   return root
 
 
@@ -44,6 +49,21 @@ TINY_NETWORK = [
     '--gin.padir.builders.network_config.num_encoder_layers=1',
     '--gin.padir.builders.network_config.num_decoder_layers=1',
 ]
+
+
+def run_flags(run: str, data_dir: str, extra: list[str], objective: str = 'padir'
+              ) -> list[str]:
+  """Flags of ``padir eval`` / ``padir infer`` for a model trained with :func:`train_flags`."""
+  return [
+      '--gin_file=models/tiny.gin',
+      f'--gin_file=objectives/{objective}.gin',
+      f'--gin_file=runs/{run}.gin',
+      *TINY_NETWORK,
+      f"--gin.MIXTURE_OR_TASK_NAME='{data_dir}'",
+      f"--gin.VOCABULARY='{VOCABULARY}'",
+      f"--gin.TASK_FEATURE_LENGTHS={{'inputs': {LENGTH}, 'targets': {LENGTH}}}",
+      *extra,
+  ]
 
 
 def train_flags(data_dir: str, model_dir: str, steps: int, *, objective: str = 'padir',
@@ -66,6 +86,6 @@ def train_flags(data_dir: str, model_dir: str, steps: int, *, objective: str = '
       f'--gin.EVAL_PERIOD={max(steps, 1)}',
       '--gin.EVAL_STEPS=2',
       '--gin.LOG_PERIOD=1',
-      '--gin.padir.train.train.infer_eval_dataset_cfg=None',
+      '--gin.INFER_EVAL_EXAMPLES=8',
       *(extra or []),
   ]
