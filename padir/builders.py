@@ -60,7 +60,8 @@ def build_model(model_cls: Callable[..., Any] = models_lib.PadirModel,
                 task_feature_lengths: Mapping[str, int],
                 network: Mapping[str, Any] | None = None,
                 mask_range_length: int = 0,
-                vocab_multiple: int = 128) -> Any:
+                vocab_multiple: int = 128,
+                model_kwargs: Mapping[str, Any] | None = None) -> Any:
   """Builds a padir model for a vocabulary and task feature lengths.
 
   Args:
@@ -73,6 +74,7 @@ def build_model(model_cls: Callable[..., Any] = models_lib.PadirModel,
     mask_range_length: reserve this many [MASK_i] ids (for the 'mask_range' input scheme; use
       the target length).
     vocab_multiple: round the embedding rows up to a multiple of this.
+    model_kwargs: more arguments of ``model_cls`` (they win over its gin bindings).
 
   Returns:
     The model.
@@ -93,7 +95,7 @@ def build_model(model_cls: Callable[..., Any] = models_lib.PadirModel,
       network.get('size', 'tiny'), vocab_size=vocab_size, decoder_mode=decoder_mode,
       length_id=ids.length, max_target_length=int(task_feature_lengths['targets']),
       **overrides)
-  model = model_cls(network_config=config, special_ids=ids)
+  model = model_cls(network_config=config, special_ids=ids, **dict(model_kwargs or {}))
   model.vocabulary = tokenizer
   return model
 

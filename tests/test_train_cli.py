@@ -182,7 +182,7 @@ def _subprocess_env(tmp_path, devices):
   return env
 
 
-def test_kill_9_and_rerun_resumes_bit_identically(data_dir, tmp_path):
+def test_kill_9_and_sigterm_then_rerun_resume_bit_identically(data_dir, tmp_path):
   env = _subprocess_env(tmp_path, 1)
   steps = 20
   command = lambda d: [sys.executable, '-c', NO_TF_MAIN, *train_testlib.train_flags(
@@ -208,9 +208,26 @@ def test_kill_9_and_rerun_resumes_bit_identically(data_dir, tmp_path):
   assert 0 < max(interrupted.all_steps()) < steps
   interrupted.close()
 
+  # Rerun; once it has resumed and trained a step, SIGTERM: it saves at that step and exits 143.
+  proc = subprocess.Popen(command('killed'), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  seen = []
+  for line in proc.stdout:
+    seen.append(line)
+    if line.startswith('step ') and any(s.startswith('Resumed from') for s in seen):
+      proc.send_signal(signal.SIGTERM)
+      break
+  rest = proc.communicate(timeout=120)[0]
+  assert proc.returncode == train.SIGTERM_EXIT_CODE, ''.join(seen) + rest
+  assert 'SIGTERM: saved a checkpoint at step' in rest
+  saved_at = int(rest.split('SIGTERM: saved a checkpoint at step ')[1].split()[0])
+  interrupted = checkpoints.CheckpointManager(str(tmp_path / 'killed'))
+  assert saved_at in interrupted.all_steps() and saved_at < steps
+  interrupted.close()
+
   rerun = subprocess.run(command('killed'), env=env, capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert 'Resumed from' in rerun.stdout
+  assert f'(step {saved_at})' in rerun.stdout
   straight, _, s1 = checkpoints.load_params(str(tmp_path / 'straight'))
   resumed, _, s2 = checkpoints.load_params(str(tmp_path / 'killed'))
   assert s1 == s2 == steps
