@@ -55,7 +55,8 @@ def test_train_main_reports_missing_macros(capsys):
 
 @pytest.mark.parametrize('experiment', sorted(
     p.name for p in (gin_utils.GIN_DIR / 'experiments').glob('*.gin')))
-def test_shipped_experiments_parse(experiment):
+def test_shipped_experiments_parse(experiment, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # includes resolve from the package, not the working directory
   bindings = ["MODEL_DIR = '/tmp/x'", "VOCABULARY = 'byte'"]
   gin_utils.parse_gin([f'experiments/{experiment}'], bindings)
   assert gin.query_parameter('TRAIN_STEPS/macro.value') > 0

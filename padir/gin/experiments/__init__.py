@@ -1,0 +1,1 @@
+"""Gin files (experiments); see docs/gin.md."""

@@ -1,0 +1,1 @@
+"""Gin files (models); see docs/gin.md."""

@@ -1,0 +1,1 @@
+"""Gin files (objectives); see docs/gin.md."""

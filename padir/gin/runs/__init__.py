@@ -1,0 +1,1 @@
+"""Gin files (runs); see docs/gin.md."""
