@@ -82,6 +82,10 @@ def predict_refine(model,
     tokens [B, L] and the aux dict of `padir.refine_decoding.refine_decode`.
   """
   config = _with_overrides(decode_config or RefineConfig(), decode_kwargs)
+  if config.canvas_init is None:  # decode from the fill the model was trained with
+    corruption = getattr(model, 'corruption', None)
+    scheme = getattr(corruption, 'decoder_input_scheme', 'mask')
+    config = dataclasses.replace(config, canvas_init=scheme)
   ids: SpecialIds = model.special_ids
   max_length = _decode_length(model, batch)
   lengths = None

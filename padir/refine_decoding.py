@@ -58,7 +58,9 @@ class RefineConfig:
     length_beam: odd number of lengths around each predicted one (offsets -b//2..b//2).
     restarts: parallel restarts per length (different random canvases / samples).
     canvas_init: 'mask' ([MASK] everywhere), 'random' (random real pieces) or 'mask_range'
-      ([MASK_i] at position i; needs SpecialIds with mask_range_length >= the canvas width).
+      ([MASK_i] at position i; needs SpecialIds with mask_range_length >= the canvas width);
+      None = the fill the model was trained with (``PadirModel.corruption``'s
+      ``decoder_input_scheme`` in `padir.decoding.predict_refine`), 'mask' otherwise.
     remask: the rejection rule, replacement and update mode (`padir.remasking.RemaskConfig`).
     temperature: 0 = argmax; > 0 samples (precision-safe Gumbel-max).
     top_k: sample among the k most likely tokens (0 = all).
@@ -83,7 +85,7 @@ class RefineConfig:
   top_k_lengths: int = 1
   length_beam: int = 1
   restarts: int = 1
-  canvas_init: str = 'random'
+  canvas_init: str | None = None
   remask: RemaskConfig = dataclasses.field(default_factory=RemaskConfig)
   temperature: float = 0.0
   top_k: int = 0
@@ -109,7 +111,7 @@ class RefineConfig:
     if self.length_beam % 2 == 0:
       raise ValueError(f'RefineConfig.length_beam={self.length_beam} must be odd (offsets '
                        '-b//2..b//2 around each predicted length).')
-    if self.canvas_init not in CANVAS_INITS:
+    if self.canvas_init is not None and self.canvas_init not in CANVAS_INITS:
       raise ValueError(f'RefineConfig.canvas_init={self.canvas_init!r} is not one of '
                        f'{CANVAS_INITS}.')
     if self.scoring not in SCORINGS:
@@ -119,8 +121,9 @@ class RefineConfig:
     if not isinstance(self.remask, RemaskConfig):
       raise ValueError('RefineConfig.remask must be a padir.remasking.RemaskConfig.')
     sampling.check_sampling_args(self.temperature, self.top_k, self.top_p)
-    if self.restarts > 1 and not (self.canvas_init == 'random' or self.temperature > 0 or
-                                  self.remask.choice_temperature > 0):
+    if self.restarts > 1 and self.canvas_init is not None and not (
+        self.canvas_init == 'random' or self.temperature > 0 or
+        self.remask.choice_temperature > 0):
       raise ValueError(
           f'RefineConfig.restarts={self.restarts} would decode identical copies: restarts '
           "need canvas_init='random', temperature > 0 or remask.choice_temperature > 0.")
@@ -503,6 +506,8 @@ def refine_decode(fns: Any,
     ``best_candidate`` [B]; optionally ``candidates`` [B, N, L], ``history_tokens`` and
     ``history_confidence`` [B, N, T, L].
   """
+  if config.canvas_init is None:
+    config = dataclasses.replace(config, canvas_init='mask')
   config.check_width(max_length, ids)
   batch = encoder_tokens.shape[0]
   n_cand = config.num_candidates

@@ -195,7 +195,7 @@ class _Bench:
     s = self.s
     if rule == 'keep_all':
       config = rd.RefineConfig(num_iterations=iterations, length_beam=length_beam,
-                               early_stop=False)
+                               canvas_init='random', early_stop=False)
     else:
       config = rd.RefineConfig(num_iterations=iterations, length_beam=length_beam,
                                canvas_init='mask', early_stop=False,
