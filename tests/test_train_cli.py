@@ -1,6 +1,7 @@
 """End-to-end tests of ``padir.train``: outputs, corrupt checkpoints, NaN stop, kill -9 resume,
 and a 2-process jax.distributed run. Subprocess runs use a TensorFlow-free interpreter."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -52,9 +53,8 @@ def test_train_writes_outputs(trained):
   model_dir, out, _ = trained
   assert 'step 4/4' in out and 'tok/s' in out and 'ETA' in out
   assert 'eval at step 4: loss' in out and 'bleu' in out
-  assert sorted(os.listdir(model_dir)) == sorted(
-      ['2', '4', 'config.gin', 'operative_config.gin', 'model-info.txt', 'metrics.jsonl',
-       'tensorboard'])
+  assert {'2', '4', 'config.gin', 'operative_config.gin', 'model-info.txt',
+          'metrics.jsonl'} <= set(os.listdir(model_dir))
   assert 'total_steps = %TRAIN_STEPS' in open(os.path.join(model_dir, 'config.gin')).read()
   operative = open(os.path.join(model_dir, 'operative_config.gin')).read()
   assert 'padir.optimizers.adafactor' in operative and 'emb_dim = 32' in operative
@@ -68,8 +68,11 @@ def test_train_writes_outputs(trained):
   for key in ('loss', 'bleu', 'chrf', 'mean_iterations', 'num_examples'):
     assert key in evals[0]
   assert evals[0]['num_examples'] == 8
-  events = os.listdir(os.path.join(model_dir, 'tensorboard', 'train'))
-  assert any(f.startswith('events') for f in events)
+  if importlib.util.find_spec('tensorboardX') is not None:
+    events = os.listdir(os.path.join(model_dir, 'tensorboard', 'train'))
+    assert any(f.startswith('events') for f in events)
+  else:
+    assert 'TensorBoard summaries are off: install tensorboardX' in out
   assert 'total parameters' in open(os.path.join(model_dir, 'model-info.txt')).read()
 
 
