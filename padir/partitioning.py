@@ -95,7 +95,8 @@ class Partitioner:
   def __init__(self,
                mesh_shape: Sequence[int] = (-1, 1, 1),
                logical_axis_rules: LogicalRules | None = None,
-               devices: Sequence[Any] | None = None):
+               devices: Sequence[Any] | None = None,
+               num_devices: int | None = None):
     """Builds the mesh.
 
     Args:
@@ -103,8 +104,17 @@ class Partitioner:
       logical_axis_rules: (logical name, mesh axis | tuple of mesh axes | None) pairs;
         defaults to :func:`standard_logical_axis_rules`.
       devices: the devices to use (default: all, ``jax.devices()``).
+      num_devices: use only the first N of them (single-process runs; None: all).
     """
     devices = list(jax.devices() if devices is None else devices)
+    if num_devices is not None:
+      if jax.process_count() > 1:
+        raise ValueError('Partitioner.num_devices is for single-process runs; a multi-process '
+                         'job uses every device of every process.')
+      if not 1 <= num_devices <= len(devices):
+        raise ValueError(f'Partitioner.num_devices={num_devices} must be in [1, '
+                         f'{len(devices)}] (the available devices).')
+      devices = devices[:num_devices]
     shape = resolve_mesh_shape(mesh_shape, len(devices))
     self.mesh = jax.make_mesh(shape, MESH_AXES,
                               axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),

@@ -39,6 +39,14 @@ def test_rules_map_params_and_activations():
   assert p.mesh_spec(P('batch', 'length', 'embed')) == P(('data', 'fsdp'), None, None)
 
 
+def test_num_devices_uses_a_prefix_of_the_devices():
+  p = partitioning.Partitioner((-1, 1, 1), num_devices=2)
+  assert p.mesh_shape == {'data': 2, 'fsdp': 1, 'tensor': 1}
+  assert list(p.mesh.devices.flat) == jax.devices()[:2]
+  with pytest.raises(ValueError, match=r'num_devices=9 must be in \[1, 8\]'):
+    partitioning.Partitioner((-1, 1, 1), num_devices=9)
+
+
 def test_unknown_mesh_axis_in_rules():
   with pytest.raises(ValueError, match="mesh axis 'model'"):
     partitioning.Partitioner((-1, 1, 1), logical_axis_rules=[('mlp', 'model')])

@@ -41,7 +41,9 @@ def data_dir(tmp_path_factory):
 def trained(data_dir, tmp_path_factory):
   """A 4-step run (checkpoints 2 and 4, validation loss and BLEU at step 4) and its output."""
   model_dir = str(tmp_path_factory.mktemp('trained') / 'run')
-  flags = train_testlib.train_flags(data_dir, model_dir, 4, period=2)
+  # One device for training (fast compiles); eval and infer then restore onto all 8.
+  flags = train_testlib.train_flags(data_dir, model_dir, 4, period=2,
+                                    extra=['--gin.padir.partitioning.Partitioner.num_devices=1'])
   lines = []
   code = train.run_main(flags, lambda: train.train(print_fn=lines.append), 'padir train',
                         train.__doc__)
@@ -114,7 +116,8 @@ def test_resume_survives_a_corrupt_checkpoint(trained, tmp_path, capsys):
   model_dir = str(tmp_path / 'copy')
   shutil.copytree(source_dir, model_dir)
   flags = [f.replace(source_dir, model_dir) for f in flags]
-  flags.append('--gin.padir.train.train.infer_eval_dataset_cfg=None')
+  flags += ['--gin.padir.train.train.infer_eval_dataset_cfg=None',
+            '--gin.padir.train.train.train_eval_dataset_cfg=None']
   # Corrupt the newest checkpoint: it is reported and training redoes steps 3-4 from step 2.
   for root, _, files in os.walk(os.path.join(model_dir, '4', 'params')):
     for name in files:
@@ -165,7 +168,7 @@ def test_nan_loss_stops_without_saving_a_bad_checkpoint(tmp_path):
   model_dir = str(tmp_path / 'nan')
   with pytest.raises(trainer_lib.NonFiniteLossError, match='loss is nan at step 4'):
     train.train(model=model, train_dataset_cfg=data,
-                partitioner=partitioning.Partitioner((-1, 1, 1)),
+                partitioner=partitioning.Partitioner((-1, 1, 1), num_devices=1),
                 optimizer=optimizers.adafactor(learning_rate=0.01), model_dir=model_dir,
                 total_steps=6, log_period=3, print_fn=lambda _: None,
                 checkpoint_cfg=checkpoints.CheckpointConfig(period=2), tensorboard=False)
