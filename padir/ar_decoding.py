@@ -3,7 +3,8 @@
 All three run the encoder once, compute the cross-attention keys/values once (when the cache
 is created) and loop in one ``lax.while_loop`` that ends as soon as every row has finished
 (EOS) or ``max_length`` tokens were produced. Rows of different source lengths mix freely
-(padding is masked by the network). Output: tokens up to and including EOS, pad (0) after.
+(padding is masked by the network). Output: tokens up to and including EOS, pad (0) after;
+the pad id itself is never generated.
 
 Beam search follows T5X: the 2K best extensions of the K alive beams are split into finished
 ones (ending in EOS, scored ``log p / ((5 + len) / 6) ** alpha``) and alive ones (the K best
@@ -137,12 +138,16 @@ def _finish(tokens: Array, eos_id: int) -> Array:
   return jnp.where(after, 0, tokens)
 
 
-def _forbid_early_eos(logits: Array, step: Array, config: ARConfig) -> Array:
-  """Masks EOS while fewer than ``config.min_length`` tokens were produced."""
-  if config.min_length <= 0:
-    return logits
-  early = step < config.min_length - 1  # step i produces token i + 1
-  return logits.at[:, config.eos_id].add(jnp.where(early, _NEG, 0.0))
+def _forbidden(vocab: int, step: Array, config: ARConfig) -> Array:
+  """[V] additive mask: never the pad id (0); no EOS before ``config.min_length`` tokens.
+
+  It steers the choice only; scores stay the model's own log-probabilities.
+  """
+  mask = jnp.zeros((vocab,), jnp.float32).at[0].set(_NEG)
+  if config.min_length > 0:
+    early = step < config.min_length - 1  # step i produces token i + 1
+    mask = mask.at[config.eos_id].set(jnp.where(early, _NEG, 0.0))
+  return mask
 
 
 def _greedy_or_sample(fns, params, encoder_tokens, max_length: int, config: ARConfig,
@@ -156,16 +161,16 @@ def _greedy_or_sample(fns, params, encoder_tokens, max_length: int, config: ARCo
   def body(s):
     i, cache, last, out, done, logp = s
     logits, cache = fns.step(params, cache, encoded, encoder_tokens, last)  # [B, V]
-    logits = _forbid_early_eos(logits, i, config)
+    vocab = logits.shape[-1]
+    steered = logits + _forbidden(vocab, i, config)
     if sample:
       step_keys = sampling.fold_keys(keys, i)
-      vocab = logits.shape[-1]
       noise = jax.vmap(lambda k: sampling.gumbel_noise(k, (vocab,)))(step_keys)
-      filtered = sampling.filter_logits(logits, config.top_k, config.top_p)
+      filtered = sampling.filter_logits(steered, config.top_k, config.top_p)
       tok = sampling.argmax(filtered.astype(noise.dtype) / config.temperature + noise)
-      lp = sampling.log_prob_of(logits, tok)
     else:
-      tok, lp = sampling.argmax_and_log_prob(logits)
+      tok = sampling.argmax(steered)
+    lp = sampling.log_prob_of(logits, tok)
     tok = jnp.where(done, 0, tok)
     logp = logp + jnp.where(done, 0.0, lp)
     out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))
@@ -213,9 +218,8 @@ def _beam_search(fns, params, encoder_tokens, max_length: int,
   def body(s):
     i = s['i']
     logits, cache = fns.step(params, s['cache'], encoded_rep, enc_rep, s['last'].reshape(-1))
-    logits = _forbid_early_eos(logits, i, config)
     vocab = logits.shape[-1]
-    logp = jax.nn.log_softmax(logits).reshape(batch, k, vocab)
+    logp = (jax.nn.log_softmax(logits) + _forbidden(vocab, i, config)).reshape(batch, k, vocab)
     cand = (s['alive_lp'][..., None] + logp).reshape(batch, k * vocab)
     top_lp, top_idx = jax.lax.top_k(cand, 2 * k)  # [B, 2K]
     origin = top_idx // vocab
@@ -258,10 +262,14 @@ def _beam_search(fns, params, encoder_tokens, max_length: int,
     return (s['i'] < max_length) & ~jnp.all(met)
 
   s = jax.lax.while_loop(cond, body, state)
-  none = ~jnp.any(s['fin_flag'], axis=1)  # no beam ever ended: fall back to alive ones
+  # Sources with fewer than K finished beams (the loop hit max_length) fill up with alive
+  # beams, scored at max_length; after an early stop every alive beam ranks below them.
   alive_score = s['alive_lp'] / _penalty(max_length, alpha)
-  beams = jnp.where(none[:, None, None], s['alive_seq'], s['fin_seq'])
-  scores = jnp.where(none[:, None], alive_score, s['fin_score'])
+  fin_score = jnp.where(s['fin_flag'], s['fin_score'], 2 * _NEG)
+  pool_score = jnp.concatenate([fin_score, alive_score], axis=1)  # [B, 2K]
+  pool_seq = jnp.concatenate([s['fin_seq'], s['alive_seq']], axis=1)
+  scores, pick = jax.lax.top_k(pool_score, k)
+  beams = jnp.take_along_axis(pool_seq, pick[..., None], axis=1)
   beams = jax.vmap(lambda b: _finish(b, eos))(beams)
   tokens = beams[:, 0]
   lengths = jnp.sum(tokens > 0, axis=1).astype(jnp.int32)

@@ -18,7 +18,8 @@ VOCAB = 64
 
 @pytest.fixture(scope='module')
 def tiny():
-  cfg = T5Config.preset('tiny', vocab_size=VOCAB, decoder_mode='causal', dropout_rate=0.0)
+  cfg = T5Config.preset('tiny', num_encoder_layers=1, num_decoder_layers=1,
+                        vocab_size=VOCAB, decoder_mode='causal', dropout_rate=0.0)
   model = Transformer(cfg)
   rng = np.random.RandomState(0)
   sources = rng.randint(3, VOCAB, (4, 9)).astype(np.int32)

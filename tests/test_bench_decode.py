@@ -14,11 +14,11 @@ def test_run_benchmark_rows_summary_and_report(tmp_path):
       configs=('tiny',), vocab_size=256, source_length=6, output_length=6, latency_batch=1,
       throughput_batch=0, iterations=(1, 2), length_beams=(1,), latency_budget_s=0.0,
       throughput_budget_s=0.0, max_repeats=1, min_repeats=1, huggingface=False,
-      deep_shallow=False, mask_predict=False)
+      deep_shallow=False, mask_predict=False, ar_beam=0)
   result = bench_decode.run_benchmark(settings, log=lambda _: None)
   labels = {(r['label'], r['batch']) for r in result['rows']}
-  assert labels == {('AR greedy (KV cache)', 1), ('AR beam 4', 1),
-                    ('PaDIR T=1, length beam 1', 1), ('PaDIR T=2, length beam 1', 1)}
+  assert labels == {('AR greedy (KV cache)', 1), ('PaDIR T=1, length beam 1', 1),
+                    ('PaDIR T=2, length beam 1', 1)}
   assert 'tiny/b1/decoder_pass' in result['parts'] and 'tiny/b1/encoder' in result['parts']
   row = next(r for r in result['rows'] if r['method'] == 'padir' and r['iterations'] == 2)
   assert row['runs'] == 1 and row['median_ms'] > 0 and 'vs_ar_greedy' in row

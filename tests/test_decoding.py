@@ -31,7 +31,8 @@ def sources():
 
 def test_refine_decoder_same_on_one_device_and_eight_device_mesh(sources):
   assert len(jax.devices()) == 8
-  cfg = T5Config.preset('tiny', vocab_size=96, decoder_mode='bidirectional',
+  cfg = T5Config.preset('tiny', num_encoder_layers=1, num_decoder_layers=1,
+                        vocab_size=96, decoder_mode='bidirectional',
                         length_id=IDS.length, max_target_length=L, dropout_rate=0.0)
   model = Transformer(cfg)
   params = _init(model, L)
@@ -52,7 +53,8 @@ def test_refine_decoder_same_on_one_device_and_eight_device_mesh(sources):
 
 
 def test_ar_decoder_same_on_one_device_and_eight_device_mesh(sources):
-  cfg = T5Config.preset('tiny', vocab_size=96, decoder_mode='causal', dropout_rate=0.0)
+  cfg = T5Config.preset('tiny', num_encoder_layers=1, num_decoder_layers=1,
+                        vocab_size=96, decoder_mode='causal', dropout_rate=0.0)
   model = Transformer(cfg)
   params = _init(model, L)
   config = decoding.ARConfig(method='beam', beam_size=2)
@@ -65,7 +67,8 @@ def test_ar_decoder_same_on_one_device_and_eight_device_mesh(sources):
 def test_models_predict_batch_with_aux(sources):
   from padir import models  # pylint: disable=g-import-not-at-top
   shapes = {'encoder_input_tokens': (1, 9), 'decoder_target_tokens': (1, L)}
-  pcfg = T5Config.preset('tiny', vocab_size=96, decoder_mode='bidirectional',
+  pcfg = T5Config.preset('tiny', num_encoder_layers=1, num_decoder_layers=1,
+                        vocab_size=96, decoder_mode='bidirectional',
                          length_id=IDS.length, max_target_length=L, dropout_rate=0.0)
   padir_model = models.PadirModel(pcfg, IDS)
   ar_model = models.EncoderDecoderModel(pcfg.replace(decoder_mode='causal',

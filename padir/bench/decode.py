@@ -181,7 +181,8 @@ class _Bench:
   def ar(self, which: str, method: str, batch: int) -> dict[str, float]:
     from padir import ar_decoding as ad  # pylint: disable=g-import-not-at-top
     s = self.s
-    config = ad.ARConfig(method=method, beam_size=s.ar_beam, length_penalty=s.length_penalty,
+    config = ad.ARConfig(method=method, beam_size=max(1, s.ar_beam),
+                         length_penalty=s.length_penalty,
                          min_length=s.output_length)
     fns = ad.ARFns(self.models[which])
     fn = self.jax.jit(lambda p, e: ad.ar_decode(fns, p, e, max_length=s.output_length,
@@ -285,13 +286,16 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = print) -> dic
 
     for batch in batches:
       add('ar_greedy', 'AR greedy (KV cache)', lambda b: bench.ar('ar', 'greedy', b), batch)
-      add('ar_beam', f'AR beam {settings.ar_beam}', lambda b: bench.ar('ar', 'beam', b), batch)
+      if settings.ar_beam:
+        add('ar_beam', f'AR beam {settings.ar_beam}', lambda b: bench.ar('ar', 'beam', b),
+            batch)
       if settings.deep_shallow:
         enc = bench.ds_cfg.num_encoder_layers
         add('ar_greedy_deep_shallow', f'AR greedy, deep-shallow {enc}-1',
             lambda b: bench.ar('ds', 'greedy', b), batch)
-        add('ar_beam_deep_shallow', f'AR beam {settings.ar_beam}, deep-shallow {enc}-1',
-            lambda b: bench.ar('ds', 'beam', b), batch)
+        if settings.ar_beam:
+          add('ar_beam_deep_shallow', f'AR beam {settings.ar_beam}, deep-shallow {enc}-1',
+              lambda b: bench.ar('ds', 'beam', b), batch)
       for beam in settings.length_beams:
         for t in settings.iterations:
           add('padir', f'PaDIR T={t}, length beam {beam}',
@@ -304,8 +308,9 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = print) -> dic
       if settings.huggingface:
         add('hf_greedy', 'HF T5 generate greedy (PyTorch)', lambda b: bench.huggingface(1, b),
             batch)
-        add('hf_beam', f'HF T5 generate beam {settings.ar_beam} (PyTorch)',
-            lambda b: bench.huggingface(settings.ar_beam, b), batch)
+        if settings.ar_beam:
+          add('hf_beam', f'HF T5 generate beam {settings.ar_beam} (PyTorch)',
+              lambda b: bench.huggingface(settings.ar_beam, b), batch)
       for part, fn in (('encoder', bench.encoder_pass), ('decoder_pass', bench.decoder_pass)):
         timing = fn(batch)
         result['parts'][f'{preset}/b{batch}/{part}'] = timing
@@ -456,6 +461,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, str]:
                       help='0 skips the throughput rows')
   parser.add_argument('--iterations', default=','.join(map(str, d.iterations)))
   parser.add_argument('--length_beams', default=','.join(map(str, d.length_beams)))
+  parser.add_argument('--ar_beam', type=int, default=d.ar_beam, help='0 skips beam search rows')
   parser.add_argument('--latency_budget_s', type=float, default=d.latency_budget_s)
   parser.add_argument('--throughput_budget_s', type=float, default=d.throughput_budget_s)
   parser.add_argument('--max_repeats', type=int, default=d.max_repeats)
@@ -469,6 +475,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, str]:
       source_length=args.source_length, output_length=args.output_length,
       latency_batch=args.latency_batch, throughput_batch=args.throughput_batch,
       iterations=_ints(args.iterations), length_beams=_ints(args.length_beams),
+      ar_beam=args.ar_beam,
       latency_budget_s=args.latency_budget_s, throughput_budget_s=args.throughput_budget_s,
       max_repeats=args.max_repeats, huggingface=not args.no_huggingface,
       deep_shallow=not args.no_deep_shallow, mask_predict=not args.no_mask_predict)
