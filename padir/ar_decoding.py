@@ -162,14 +162,14 @@ def _greedy_or_sample(fns, params, encoder_tokens, max_length: int, config: ARCo
     i, cache, last, out, done, logp = s
     logits, cache = fns.step(params, cache, encoded, encoder_tokens, last)  # [B, V]
     vocab = logits.shape[-1]
-    steered = logits + _forbidden(vocab, i, config)
     if sample:
+      steered = logits + _forbidden(vocab, i, config)
       step_keys = sampling.fold_keys(keys, i)
       noise = jax.vmap(lambda k: sampling.gumbel_noise(k, (vocab,)))(step_keys)
       filtered = sampling.filter_logits(steered, config.top_k, config.top_p)
       tok = sampling.argmax(filtered.astype(noise.dtype) / config.temperature + noise)
     else:
-      tok = sampling.argmax(steered)
+      tok, _ = sampling.greedy_choice(logits, _forbidden(vocab, i, config))
     lp = sampling.log_prob_of(logits, tok)
     tok = jnp.where(done, 0, tok)
     logp = logp + jnp.where(done, 0.0, lp)

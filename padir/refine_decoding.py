@@ -324,19 +324,19 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
     logits = fns.logits(params, encoded, encoder_tokens, canvas,
                         None if k_width == width else idx, cross_kv)  # [N, K, V]
     logits = logits.astype(jnp.float32)
-    if config.real_pieces_only:
-      logits = logits + output_bias(ids, logits.shape[-1])
+    vocab = logits.shape[-1]
+    bias = output_bias(ids, vocab) if config.real_pieces_only else None
     step_keys = sampling.fold_keys(keys, t1)
-    top = jnp.max(logits, axis=-1, keepdims=True)
-    log_z = top[..., 0] + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))  # [N, K]
+    # Confidences are log-probabilities over the ids that may be proposed.
+    greedy_k, log_z = sampling.greedy_choice(logits, bias)  # [N, K]
     if config.temperature > 0:
-      vocab = logits.shape[-1]
       noise_keys = _position_keys(step_keys, idx)  # [N, K, 2]
       noise = jax.vmap(jax.vmap(lambda k: sampling.gumbel_noise(k, (vocab,))))(noise_keys)
-      filtered = sampling.filter_logits(logits, config.top_k, config.top_p)
+      allowed = logits if bias is None else logits + bias
+      filtered = sampling.filter_logits(allowed, config.top_k, config.top_p)
       new_k = sampling.argmax(filtered.astype(noise.dtype) / config.temperature + noise)
     else:
-      new_k = sampling.argmax(logits)
+      new_k = greedy_k
     lp_k = _gather_last(logits, new_k) - log_z  # [N, K]
     new_tok = _scatter(canvas, idx, new_k)
     new_lp = _scatter(conf, idx, lp_k)
@@ -344,7 +344,9 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
     proposed = jnp.where(predicted, new_tok, canvas)
     conf_in = jnp.where(predicted, new_lp, conf)
     eligible = open_ if mode == 'commit' else editable
-    logits_sum = s['logits_sum'] + logits if keep_sum else None
+    logits_sum = None
+    if keep_sum:  # the ensemble also only ever picks ids that may be proposed
+      logits_sum = s['logits_sum'] + (logits if bias is None else logits + bias)
     choice_keys = sampling.fold_keys(step_keys, 0xc401ce) if rm.needs_rng else None
     # The rules count n over the positions they may touch (a clamped EOS is not one).
     new_canvas, rejected = remasking.remask(rm, proposed, conf_in, canvas, x0, editable, t1,

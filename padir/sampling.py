@@ -38,6 +38,52 @@ def argmax(x: jax.Array) -> jax.Array:
   return jnp.min(jnp.where(x == top, idx, size), axis=-1).astype(jnp.int32)
 
 
+def _chunk_size(size: int) -> int | None:
+  """A divisor of ``size`` near its square root (at least 8 chunks), or None."""
+  best = None
+  for c in range(16, size // 8 + 1):
+    if size % c == 0 and (best is None or abs(c * c - size) < abs(best * best - size)):
+      best = c
+  return best
+
+
+def greedy_choice(logits: jax.Array,
+                  bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Argmax of ``logits + bias`` and the log-normaliser of ``logits + bias``.
+
+  The vocabulary is split into chunks: a max over each chunk (a plain reduction that XLA
+  runs fast), the best chunk, then the argmax inside it. Neither ``logits + bias`` nor any
+  other [..., V] intermediate is materialised, which matters on CPU where large temporaries
+  and index reductions are slow. Ties resolve to the lowest index.
+
+  Args:
+    logits: [..., V] float logits.
+    bias: optional [V] additive bias (e.g. -1e9 on ids that may never be chosen).
+
+  Returns:
+    (tokens [...] int32, log_z [...] float32 = logsumexp(logits + bias)).
+  """
+  logits = logits.astype(jnp.float32)
+  size = logits.shape[-1]
+  bias = jnp.zeros((size,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+  chunk = _chunk_size(size)
+  if chunk is None:
+    biased = logits + bias
+    tokens = argmax(biased)
+    top = jnp.max(biased, axis=-1)
+  else:
+    n = size // chunk
+    xc = logits.reshape(logits.shape[:-1] + (n, chunk))
+    bc = bias.reshape(n, chunk)
+    chunk_max = jnp.max(xc + bc, axis=-1)  # [..., n]
+    top = jnp.max(chunk_max, axis=-1)
+    best = argmax(chunk_max)  # [...]
+    inside = jnp.take_along_axis(xc, best[..., None, None], axis=-2)[..., 0, :]
+    tokens = best * chunk + argmax(inside + jnp.take(bc, best, axis=0))
+  log_z = top + jnp.log(jnp.sum(jnp.exp(logits + bias - top[..., None]), axis=-1))
+  return tokens.astype(jnp.int32), log_z
+
+
 def argmax_and_log_prob(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Greedy token and its log-probability in one pass over the logits.
 

@@ -21,6 +21,20 @@ def test_argmax_matches_jnp_including_ties():
   np.testing.assert_allclose(lp, jnp.max(jax.nn.log_softmax(x), axis=-1), rtol=1e-5)
 
 
+@pytest.mark.parametrize('vocab', [160, 163])  # chunked (5 x 32) and prime (fallback)
+def test_greedy_choice_matches_argmax_and_logsumexp(vocab):
+  x = jax.random.normal(jax.random.PRNGKey(5), (2, 7, vocab))
+  x = x.at[0, 0, 40].set(9.0).at[0, 0, 99].set(9.0)  # tie across chunks: lowest index
+  x = x.at[1, 1, 3].set(50.0)  # a forbidden id with the largest logit
+  bias = jnp.zeros((vocab,)).at[3].set(-1e9)
+  tokens, log_z = sampling.greedy_choice(x, bias)
+  np.testing.assert_array_equal(tokens, jnp.argmax(x + bias, axis=-1))
+  assert int(tokens[0, 0]) == 40 and int(tokens[1, 1]) != 3
+  np.testing.assert_allclose(log_z, jax.nn.logsumexp(x + bias, axis=-1), rtol=1e-5)
+  plain, _ = sampling.greedy_choice(x)
+  np.testing.assert_array_equal(plain, jnp.argmax(x, axis=-1))
+
+
 def test_gumbel_tails_are_not_truncated():
   top = 2**23 - 1
   hi = jnp.array([0, 0, top, top, 2**22 - 1, 2**22], jnp.uint32)
