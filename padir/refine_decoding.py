@@ -338,8 +338,9 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
     else:
       new_k = greedy_k
     lp_k = _gather_last(logits, new_k) - log_z  # [N, K]
-    new_tok = _scatter(canvas, idx, new_k)
-    new_lp = _scatter(conf, idx, lp_k)
+    dense = k_width == width  # idx is the identity: no scatter / gather needed
+    new_tok = new_k if dense else _scatter(canvas, idx, new_k)
+    new_lp = lp_k if dense else _scatter(conf, idx, lp_k)
     predicted = editable if mode == 'all' else open_
     proposed = jnp.where(predicted, new_tok, canvas)
     conf_in = jnp.where(predicted, new_lp, conf)
@@ -355,8 +356,11 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
     # Confidence of each token: the log-probability it had when proposed. A replaced
     # position that was predicted gets the current log-probability of its replacement; the
     # fixed slots (EOS) are scored at the first iteration (every iteration in mode 'all').
-    lp_cur = _scatter(jnp.zeros_like(conf),
-                      idx, _gather_last(logits, _gather(new_canvas, idx)) - log_z)
+    if dense:
+      lp_cur = _gather_last(logits, new_canvas) - log_z
+    else:
+      lp_cur = _scatter(jnp.zeros_like(conf),
+                        idx, _gather_last(logits, _gather(new_canvas, idx)) - log_z)
     fixed = valid & ~editable
     if mode != 'all':
       fixed = fixed & (t1 == 1)
