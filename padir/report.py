@@ -1,0 +1,394 @@
+r"""The quickstart report: speed-quality table, target checks, BLEU-latency plot.
+
+``padir quickstart`` collects its measurements into one JSON-serialisable dict (the *results*)
+and calls :func:`write_report`, which writes three files next to each other::
+
+  report.json   the results, with the target checks added under "targets"
+  report.md     the tables (test split quality and batch-1 latency, per-iteration error modes,
+                small-config latency), the targets with their margins, and the set-up
+  report.png    BLEU against batch-1 latency for AR and PaDIR at 1/2/4/8 iterations
+
+Re-render the markdown and plot from a saved JSON (for example after editing a caption)::
+
+  python -m padir.report path/to/report.json [--output_dir=DIR]
+
+The results dict (every key except ``systems`` is optional):
+
+* ``systems``: one dict per decoded system on the test split: ``name``, ``label``, ``model``
+  ('teacher', 'student_distilled', 'student_raw'), ``kind`` ('ar' or 'padir'),
+  ``iterations`` (PaDIR: the maximum number of passes), ``bleu``, ``chrf``,
+  ``repetition_rate``, ``mean_length_error``, ``mean_abs_length_error``, ``exact_length``,
+  ``mean_iterations``, ``num_examples`` and ``latency_ms`` (``{'mean', 'median', 'p90'}``,
+  batch 1) where measured.
+* ``per_iteration``: model -> rows ``{'iteration', 'repetition_rate', 'bleu', ...}`` of the
+  canvas after each pass of the longest PaDIR decode.
+* ``latency_small``: ``{'config', 'output_length', 'length_beam', 'systems': [{'name',
+  'label', 'iterations', 'latency_ms'}]}`` for randomly initialised networks of a larger
+  preset decoding a fixed number of tokens.
+* ``setup``: free-form facts (hardware, data sizes, model sizes, steps, stage times,
+  decoding settings), rendered as a list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+FORMAT = 'padir-quickstart-report'
+FORMAT_VERSION = 1
+REPORT_NAME = 'report'
+# Quality targets of the quickstart (issue: PaDIR within 1 BLEU of its AR teacher).
+MAX_BLEU_GAP = 1.0
+HEADLINE_ITERATIONS = 4
+
+_QUALITY_COLUMNS = (
+    ('bleu', 'BLEU', '{:.2f}'),
+    ('chrf', 'chrF', '{:.1f}'),
+    ('repetition_rate', 'repetition', '{:.4f}'),
+    ('mean_length_error', 'length err.', '{:+.2f}'),
+    ('mean_abs_length_error', '\\|length err.\\|', '{:.2f}'),
+    ('mean_iterations', 'passes used', '{:.2f}'),
+)
+
+
+def _system(results: Mapping[str, Any], model: str, kind: str,
+            iterations: int | None = None, name_suffix: str = '') -> dict[str, Any] | None:
+  """The first system of ``model`` / ``kind`` (PaDIR: with ``iterations``)."""
+  for s in results.get('systems', []):
+    if s.get('model') != model or s.get('kind') != kind:
+      continue
+    if kind == 'padir' and s.get('iterations') != iterations:
+      continue
+    if name_suffix and not str(s.get('name', '')).endswith(name_suffix):
+      continue
+    return s
+  return None
+
+
+def _latency(system: Mapping[str, Any] | None, key: str = 'median') -> float | None:
+  if not system or not isinstance(system.get('latency_ms'), Mapping):
+    return None
+  value = system['latency_ms'].get(key)
+  return None if value is None else float(value)
+
+
+def _padir_by_iterations(results: Mapping[str, Any], model: str) -> list[dict[str, Any]]:
+  rows = [s for s in results.get('systems', [])
+          if s.get('model') == model and s.get('kind') == 'padir']
+  return sorted(rows, key=lambda s: s['iterations'])
+
+
+def check_targets(results: Mapping[str, Any],
+                  headline_iterations: int = HEADLINE_ITERATIONS,
+                  max_gap: float = MAX_BLEU_GAP) -> dict[str, Any]:
+  """Checks the quickstart's three targets against the measured systems.
+
+  1. ``padir_vs_teacher``: PaDIR (distilled, ``headline_iterations`` passes) is within
+     ``max_gap`` BLEU of the AR teacher decoding greedily.
+  2. ``distillation_helps``: at ``headline_iterations`` passes the student trained on distilled
+     data has a higher BLEU than the one trained on the raw references.
+  3. ``repetition_falls``: the distilled student's repetition rate does not rise from one
+     iteration count to the next, and is lower at the most iterations than at one.
+
+  Args:
+    results: the results dict (see the module docstring).
+    headline_iterations: the PaDIR iteration count of targets 1 and 2.
+    max_gap: the largest BLEU gap that passes target 1.
+
+  Returns:
+    ``{target: {'met': bool | None, 'detail': str, ...numbers}}``; ``met`` is None when a
+    system the target needs was not measured.
+  """
+  out: dict[str, Any] = {}
+  teacher = _system(results, 'teacher', 'ar', name_suffix='greedy')
+  student = _system(results, 'student_distilled', 'padir', headline_iterations)
+  raw = _system(results, 'student_raw', 'padir', headline_iterations)
+
+  if teacher and student:
+    gap = float(teacher['bleu']) - float(student['bleu'])
+    met = gap <= max_gap
+    detail = (f'PaDIR (distilled, {headline_iterations} iterations) {student["bleu"]:.2f} BLEU vs '
+              f'AR teacher (greedy) {teacher["bleu"]:.2f}: gap {gap:+.2f} BLEU '
+              f'(target <= {max_gap:.1f}); ')
+    detail += 'met.' if met else f'missed by {gap - max_gap:.2f} BLEU.'
+    entry = {'met': met, 'gap_bleu': gap, 'teacher_bleu': float(teacher['bleu']),
+             'student_bleu': float(student['bleu']), 'max_gap_bleu': max_gap, 'detail': detail}
+    t_lat, s_lat = _latency(teacher), _latency(student)
+    if t_lat and s_lat:
+      entry['speedup'] = t_lat / s_lat
+      entry['detail'] += f' Batch-1 latency: {s_lat:.1f} ms vs {t_lat:.1f} ms ({t_lat / s_lat:.2f}x).'
+    out['padir_vs_teacher'] = entry
+  else:
+    out['padir_vs_teacher'] = {'met': None, 'detail': 'not measured (needs the AR teacher '
+                               f'greedy and PaDIR distilled at {headline_iterations} iterations).'}
+
+  if student and raw:
+    margin = float(student['bleu']) - float(raw['bleu'])
+    met = margin > 0
+    detail = (f'PaDIR at {headline_iterations} iterations: distilled {student["bleu"]:.2f} BLEU vs '
+              f'raw {raw["bleu"]:.2f}: {margin:+.2f} BLEU; ')
+    detail += 'met.' if met else f'missed by {-margin:.2f} BLEU.'
+    out['distillation_helps'] = {'met': met, 'margin_bleu': margin,
+                                 'distilled_bleu': float(student['bleu']),
+                                 'raw_bleu': float(raw['bleu']), 'detail': detail}
+  else:
+    out['distillation_helps'] = {'met': None, 'detail': 'not measured (needs both students).'}
+
+  series = [(s['iterations'], float(s['repetition_rate']))
+            for s in _padir_by_iterations(results, 'student_distilled')
+            if s.get('repetition_rate') is not None]
+  if len(series) >= 2:
+    rises = [(a, b) for (a, ra), (b, rb) in zip(series, series[1:]) if rb > ra]
+    first, last = series[0][1], series[-1][1]
+    met = not rises and last < first
+    shown = ', '.join(f'{t}: {r:.4f}' for t, r in series)
+    detail = f'repetition rate by iterations (distilled student) {shown}; '
+    if met:
+      detail += 'met.'
+    elif rises:
+      detail += ('missed: it rises from ' +
+                 ', '.join(f'{a} to {b} iterations' for a, b in rises) + '.')
+    else:
+      detail += f'missed: {series[-1][0]} iterations do not lower it ({last:.4f} vs {first:.4f}).'
+    out['repetition_falls'] = {'met': met, 'series': [[t, r] for t, r in series],
+                               'detail': detail}
+  else:
+    out['repetition_falls'] = {'met': None, 'detail': 'not measured (needs the distilled '
+                               'student at two or more iteration counts).'}
+  return out
+
+
+def _fmt(value: Any, pattern: str) -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return '-'
+  return pattern.format(value)
+
+
+def _quality_table(results: Mapping[str, Any]) -> list[str]:
+  teacher = _system(results, 'teacher', 'ar', name_suffix='greedy')
+  base = _latency(teacher)
+  head = ['system', 'iterations'] + [label for _, label, _ in _QUALITY_COLUMNS] + \
+         ['latency ms (median)', 'speedup vs AR greedy']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for s in results.get('systems', []):
+    lat = _latency(s)
+    cells = [s.get('label', s.get('name', '?')), _fmt(s.get('iterations'), '{}')]
+    cells += [_fmt(s.get(key), pattern) for key, _, pattern in _QUALITY_COLUMNS]
+    cells.append(_fmt(lat, '{:.1f}'))
+    cells.append(_fmt(base / lat if (base and lat) else None, '{:.2f}x'))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def _per_iteration_tables(results: Mapping[str, Any]) -> list[str]:
+  lines: list[str] = []
+  for model, rows in (results.get('per_iteration') or {}).items():
+    if not rows:
+      continue
+    has_bleu = any('bleu' in r for r in rows)
+    lines += ['', f'Canvas after each pass ({model}, one decode with {len(rows)} passes; rows '
+              'that stopped early keep their final canvas):', '']
+    head = ['pass', 'repetition'] + (['BLEU'] if has_bleu else []) + ['mean length']
+    lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in rows:
+      cells = [str(r['iteration']), _fmt(r.get('repetition_rate'), '{:.4f}')]
+      if has_bleu:
+        cells.append(_fmt(r.get('bleu'), '{:.2f}'))
+      cells.append(_fmt(r.get('mean_length'), '{:.2f}'))
+      lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def _small_latency_table(results: Mapping[str, Any]) -> list[str]:
+  small = results.get('latency_small')
+  if not small or not small.get('systems'):
+    return []
+  systems = small['systems']
+  base = next((_latency(s) for s in systems if s.get('name') == 'ar_greedy'), None)
+  lines = ['', f'## Batch-1 latency at the {small.get("config", "?")} size', '',
+           f'Randomly initialised networks of the `{small.get("config")}` preset (the quality '
+           f'does not matter for speed), every output exactly {small.get("output_length")} tokens '
+           '(EOS included): AR greedy runs that many steps, PaDIR runs every pass (no early '
+           f'stop) with length beam {small.get("length_beam")}. Same sources, same process, '
+           'systems interleaved sentence by sentence.', '',
+           '| system | iterations | latency ms (median) | mean | p90 | speedup vs AR greedy |',
+           '|---|---|---|---|---|---|']
+  for s in systems:
+    lat = _latency(s)
+    lines.append('| ' + ' | '.join([
+        s.get('label', s.get('name', '?')), _fmt(s.get('iterations'), '{}'),
+        _fmt(lat, '{:.1f}'), _fmt(_latency(s, 'mean'), '{:.1f}'),
+        _fmt(_latency(s, 'p90'), '{:.1f}'),
+        _fmt(base / lat if (base and lat) else None, '{:.2f}x')]) + ' |')
+  return lines
+
+
+def _setup_lines(setup: Any, indent: str = '') -> list[str]:
+  lines = []
+  if isinstance(setup, Mapping):
+    for key, value in setup.items():
+      if isinstance(value, Mapping) or (isinstance(value, list) and value and
+                                        isinstance(value[0], Mapping)):
+        lines.append(f'{indent}- {key}:')
+        lines += _setup_lines(value, indent + '  ')
+      else:
+        lines.append(f'{indent}- {key}: {_value_text(value)}')
+  elif isinstance(setup, list):
+    for item in setup:
+      lines += _setup_lines(item, indent)
+  return lines
+
+
+def _value_text(value: Any) -> str:
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  if isinstance(value, (list, tuple)):
+    return ', '.join(_value_text(v) for v in value)
+  return str(value)
+
+
+def render_markdown(results: Mapping[str, Any], plot_name: str | None = None) -> str:
+  """The markdown report of a results dict (targets are checked when absent)."""
+  targets = results.get('targets') or check_targets(results)
+  title = results.get('title', 'padir quickstart')
+  lines = [f'# {title}', '']
+  if results.get('summary'):
+    lines += [str(results['summary']), '']
+  lines += ['## Targets', '']
+  names = {'padir_vs_teacher': 'PaDIR within 1 BLEU of its AR teacher',
+           'distillation_helps': 'distillation helps',
+           'repetition_falls': 'repetition falls with iterations'}
+  for key, label in names.items():
+    entry = targets.get(key, {})
+    mark = {True: 'MET', False: 'MISSED', None: 'NOT MEASURED'}[entry.get('met')]
+    lines.append(f'- **{label}: {mark}.** {entry.get("detail", "")}')
+  lines += ['', '## Test split: quality and batch-1 latency', '']
+  if results.get('test_description'):
+    lines += [str(results['test_description']), '']
+  lines += _quality_table(results)
+  lines += _per_iteration_tables(results)
+  if plot_name:
+    lines += ['', f'![BLEU against batch-1 latency]({plot_name})']
+  lines += _small_latency_table(results)
+  if results.get('setup'):
+    lines += ['', '## Set-up', ''] + _setup_lines(results['setup'])
+  if results.get('notes'):
+    lines += ['', '## Notes', ''] + [f'- {n}' for n in results['notes']]
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results: Mapping[str, Any], path: str) -> str | None:
+  """BLEU (y) against median batch-1 latency (x) of every system with both; None if none."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg', force=True)
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  systems = [s for s in results.get('systems', [])
+             if _latency(s) is not None and s.get('bleu') is not None]
+  if not systems:
+    return None
+  fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+  styles = {'student_distilled': ('o-', 'PaDIR, distilled'),
+            'student_raw': ('s--', 'PaDIR, raw data')}
+  for model, (style, label) in styles.items():
+    rows = [s for s in _padir_by_iterations(results, model) if s in systems]
+    if not rows:
+      continue
+    xs, ys = [_latency(s) for s in rows], [float(s['bleu']) for s in rows]
+    ax.plot(xs, ys, style, label=label)
+    for s, x, y in zip(rows, xs, ys):
+      ax.annotate(f'T={s["iterations"]}', (x, y), textcoords='offset points', xytext=(4, 4),
+                  fontsize=8)
+  markers = iter('^vD*')
+  for s in systems:
+    if s.get('kind') == 'ar':
+      ax.plot([_latency(s)], [float(s['bleu'])], next(markers, 'x'), markersize=9,
+              label=s.get('label', s.get('name')))
+  ax.set_xlabel('batch-1 latency per sentence, median (ms)')
+  ax.set_ylabel('test BLEU')
+  ax.set_title(results.get('plot_title', 'BLEU vs latency'))
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def write_report(results: Mapping[str, Any], output_dir: str,
+                 name: str = REPORT_NAME) -> dict[str, str]:
+  """Writes ``<name>.json``, ``<name>.md`` and ``<name>.png`` into ``output_dir``.
+
+  Args:
+    results: the results dict (see the module docstring); it is not modified.
+    output_dir: the directory (created when missing).
+    name: the file stem.
+
+  Returns:
+    ``{'json': path, 'markdown': path, 'plot': path}`` (no 'plot' when no system has both a
+    BLEU and a latency).
+  """
+  if not results.get('systems'):
+    raise ValueError('The results have no systems to report; run the evaluation first.')
+  os.makedirs(output_dir, exist_ok=True)
+  full = dict(results)
+  full.setdefault('format', FORMAT)
+  full.setdefault('format_version', FORMAT_VERSION)
+  full['targets'] = check_targets(full)
+  paths = {'json': os.path.join(output_dir, f'{name}.json'),
+           'markdown': os.path.join(output_dir, f'{name}.md')}
+  plot_path = plot(full, os.path.join(output_dir, f'{name}.png'))
+  if plot_path:
+    paths['plot'] = plot_path
+  _write_atomic(paths['json'], json.dumps(full, indent=2, sort_keys=True) + '\n')
+  _write_atomic(paths['markdown'],
+                render_markdown(full, os.path.basename(plot_path) if plot_path else None))
+  return paths
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def load_results(path: str) -> dict[str, Any]:
+  """Reads a results JSON written by :func:`write_report`."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} does not exist; padir quickstart writes it as '
+                            f'<output_dir>/report/{REPORT_NAME}.json.')
+  with open(path, encoding='utf-8') as f:
+    results = json.load(f)
+  if results.get('format') != FORMAT:
+    raise ValueError(f'{path} is not a quickstart report (format {results.get("format")!r}, '
+                     f'expected {FORMAT!r}).')
+  return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """``python -m padir.report report.json [--output_dir=DIR]``: re-renders a report."""
+  parser = argparse.ArgumentParser(prog='python -m padir.report',
+                                   description='Re-renders a quickstart report from its JSON.')
+  parser.add_argument('results', help='report.json written by padir quickstart')
+  parser.add_argument('--output_dir', default=None,
+                      help='where to write (default: the JSON file\'s directory)')
+  args = parser.parse_args(argv)
+  try:
+    results = load_results(args.results)
+    out = args.output_dir or os.path.dirname(os.path.abspath(args.results))
+    paths = write_report(results, out,
+                         name=os.path.splitext(os.path.basename(args.results))[0])
+  except (FileNotFoundError, ValueError) as err:
+    print(f'python -m padir.report: {err}', file=sys.stderr)
+    return 2
+  print('\n'.join(f'{k}: {v}' for k, v in paths.items()))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

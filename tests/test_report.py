@@ -1,0 +1,102 @@
+"""Tests for padir.report: target checks, markdown, JSON and the BLEU-latency plot."""
+
+import json
+import os
+
+import pytest
+
+from padir import report
+
+
+def _system(name, model, kind, bleu, rep, latency, iterations=None):
+  return {'name': name, 'label': name.replace('_', ' '), 'model': model, 'kind': kind,
+          'iterations': iterations, 'bleu': bleu, 'chrf': bleu * 2, 'repetition_rate': rep,
+          'mean_length_error': -0.5, 'mean_abs_length_error': 1.5, 'num_examples': 100,
+          'mean_iterations': iterations,
+          'latency_ms': None if latency is None else {'mean': latency, 'median': latency,
+                                                      'p90': latency * 1.2}}
+
+
+def _results(distilled_t4=19.5, raw_t4=17.0, reps=(0.08, 0.05, 0.03, 0.03)):
+  systems = [_system('ar_greedy', 'teacher', 'ar', 20.0, 0.01, 100.0),
+             _system('ar_beam4', 'teacher', 'ar', 21.0, 0.01, None)]
+  for t, rep in zip((1, 2, 4, 8), reps):
+    bleu = distilled_t4 - 4 + t if t < 4 else distilled_t4
+    systems.append(_system(f'padir_distilled_t{t}', 'student_distilled', 'padir', bleu, rep,
+                           10.0 * t, t))
+    systems.append(_system(f'padir_raw_t{t}', 'student_raw', 'padir', raw_t4, rep * 2,
+                           10.0 * t, t))
+  return {
+      'title': 'synthetic', 'systems': systems,
+      'per_iteration': {'student_distilled': [
+          {'iteration': 1, 'repetition_rate': 0.1, 'bleu': 12.0, 'mean_length': 20.0},
+          {'iteration': 2, 'repetition_rate': 0.05, 'bleu': 15.0, 'mean_length': 21.0}]},
+      'latency_small': {'config': 'small', 'output_length': 26, 'length_beam': 3,
+                        'systems': [{'name': 'ar_greedy', 'label': 'AR greedy',
+                                     'latency_ms': {'median': 300.0, 'mean': 310.0,
+                                                    'p90': 330.0}},
+                                    {'name': 'padir_t4', 'label': 'PaDIR 4 it.',
+                                     'iterations': 4,
+                                     'latency_ms': {'median': 100.0, 'mean': 101.0,
+                                                    'p90': 105.0}}]},
+      'setup': {'hardware': {'cpu': 'test cpu', 'cpu_count': 2}, 'steps': [1, 2]},
+  }
+
+
+def test_check_targets_met_and_missed_with_margins():
+  met = report.check_targets(_results())
+  assert met['padir_vs_teacher']['met'] is True
+  assert met['padir_vs_teacher']['gap_bleu'] == pytest.approx(0.5)
+  assert met['padir_vs_teacher']['speedup'] == pytest.approx(100.0 / 40.0)
+  assert met['distillation_helps']['met'] is True
+  assert met['distillation_helps']['margin_bleu'] == pytest.approx(2.5)
+  assert met['repetition_falls']['met'] is True
+
+  missed = report.check_targets(_results(distilled_t4=16.0, raw_t4=17.0,
+                                         reps=(0.08, 0.09, 0.03, 0.03)))
+  assert missed['padir_vs_teacher']['met'] is False
+  assert 'missed by 3.00 BLEU' in missed['padir_vs_teacher']['detail']
+  assert missed['distillation_helps']['met'] is False
+  assert 'missed by 1.00 BLEU' in missed['distillation_helps']['detail']
+  assert missed['repetition_falls']['met'] is False
+  assert 'from 1 to 2 iterations' in missed['repetition_falls']['detail']
+
+  flat = report.check_targets(_results(reps=(0.03, 0.03, 0.03, 0.03)))
+  assert flat['repetition_falls']['met'] is False  # not lower at 8 than at 1
+
+  empty = report.check_targets({'systems': [_system('ar_greedy', 'teacher', 'ar', 20, 0, 1)]})
+  assert all(v['met'] is None for v in empty.values())
+
+
+def test_write_report_files_and_rerender(tmp_path, capsys):
+  paths = report.write_report(_results(), str(tmp_path))
+  assert set(paths) == {'json', 'markdown', 'plot'}
+  with open(paths['plot'], 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  saved = json.loads(open(paths['json'], encoding='utf-8').read())
+  assert saved['format'] == report.FORMAT
+  assert saved['targets']['padir_vs_teacher']['met'] is True
+  md = open(paths['markdown'], encoding='utf-8').read()
+  assert '**PaDIR within 1 BLEU of its AR teacher: MET.**' in md
+  assert '| padir distilled t4 | 4 | 19.50 |' in md
+  assert '2.50x' in md  # speedup of 4 iterations (40 ms) over AR greedy (100 ms)
+  assert '| 2 | 0.0500 | 15.00 | 21.00 |' in md  # per-iteration table
+  assert '## Batch-1 latency at the small size' in md and '3.00x' in md
+  assert '- cpu: test cpu' in md and '![BLEU against batch-1 latency](report.png)' in md
+
+  os.remove(paths['markdown'])
+  assert report.main([paths['json']]) == 0
+  assert os.path.isfile(paths['markdown'])
+  assert report.main([str(tmp_path / 'missing.json')]) == 2
+  assert 'does not exist' in capsys.readouterr().err
+
+
+def test_report_without_latency_has_no_plot_and_rejects_empty(tmp_path):
+  results = _results()
+  for s in results['systems']:
+    s['latency_ms'] = None
+  paths = report.write_report(results, str(tmp_path))
+  assert 'plot' not in paths
+  assert 'latency ms (median)' in open(paths['markdown'], encoding='utf-8').read()
+  with pytest.raises(ValueError, match='no systems'):
+    report.write_report({'systems': []}, str(tmp_path))
