@@ -20,8 +20,9 @@ have exactly ``--output_length`` tokens: AR decoders cannot emit EOS earlier (``
 Hugging Face's ``min_new_tokens``), PaDIR decodes at that length with early stopping off, and
 the canvas width equals the AR cache length. Sources have ``--source_length`` tokens.
 
-Times are medians of repeated calls after a warm-up call (which compiles). The JSON holds
-every row (median and min, runs) and the hardware; the markdown holds the tables.
+Times are the best (min) of repeated calls after a warm-up call (which compiles): on a shared
+machine the minimum is the least disturbed by other processes. The JSON holds every row
+(min, median, runs) and the hardware; the markdown holds the tables.
 """
 
 from __future__ import annotations
@@ -269,7 +270,8 @@ class _LazyParams:
 
 def _row(preset, method, label, batch, timing, **extra) -> dict[str, Any]:
   row = dict(config=preset, method=method, label=label, batch=batch, **extra, **timing)
-  row['sentences_per_s'] = batch / (timing['median_ms'] / 1e3)
+  row['ms'] = timing['min_ms']  # best of the runs: the least disturbed by other processes
+  row['sentences_per_s'] = batch / (row['ms'] / 1e3)
   return row
 
 
@@ -286,8 +288,8 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = print) -> dic
     def add(method, label, fn, batch, **extra):
       timing = fn(batch)
       rows.append(_row(preset, method, label, batch, timing, **extra))
-      log(f'{preset:6s} b={batch:<3d} {label:40s} {timing["median_ms"]:10.1f} ms '
-          f'(min {timing["min_ms"]:.1f}, {timing["runs"]} runs)')
+      log(f'{preset:6s} b={batch:<3d} {label:40s} {timing["min_ms"]:10.1f} ms '
+          f'(median {timing["median_ms"]:.1f}, {timing["runs"]} runs)')
 
     for batch in batches:
       add('ar_greedy', 'AR greedy (KV cache)', lambda b: bench.ar('ar', 'greedy', b), batch)
@@ -319,7 +321,7 @@ def run_benchmark(settings: Settings, log: Callable[[str], None] = print) -> dic
       for part, fn in (('encoder', bench.encoder_pass), ('decoder_pass', bench.decoder_pass)):
         timing = fn(batch)
         result['parts'][f'{preset}/b{batch}/{part}'] = timing
-        log(f'{preset:6s} b={batch:<3d} {part:40s} {timing["median_ms"]:10.1f} ms')
+        log(f'{preset:6s} b={batch:<3d} {part:40s} {timing["min_ms"]:10.1f} ms')
   result['hardware']['load_average_end'] = (list(os.getloadavg())
                                             if hasattr(os, 'getloadavg') else None)
   result['summary'] = summarize(result)
@@ -350,20 +352,20 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         continue
       for row in rows:
         if row['config'] == preset and row['batch'] == batch:
-          row['vs_ar_greedy'] = ar['median_ms'] / row['median_ms']
+          row['vs_ar_greedy'] = ar['ms'] / row['ms']
       t1 = _find(rows, config=preset, method='padir', batch=batch, iterations=1, length_beam=1)
       its = [r for r in rows if r['config'] == preset and r['batch'] == batch and
              r['method'] == 'padir' and r['length_beam'] == 1]
       t_max = max(its, key=lambda r: r['iterations']) if its else None
       dec = result['parts'].get(f'{preset}/b{batch}/decoder_pass')
       if t1 and t_max and t_max['iterations'] > 1 and dec:
-        per_it = (t_max['median_ms'] - t1['median_ms']) / (t_max['iterations'] - 1)
+        per_it = (t_max['ms'] - t1['ms']) / (t_max['iterations'] - 1)
         out[f'batch{batch}_iteration_ms'] = per_it
-        out[f'batch{batch}_decoder_pass_ms'] = dec['median_ms']
-        out[f'batch{batch}_iteration_over_decoder_pass'] = per_it / dec['median_ms']
+        out[f'batch{batch}_decoder_pass_ms'] = dec['min_ms']
+        out[f'batch{batch}_iteration_over_decoder_pass'] = per_it / dec['min_ms']
       t4 = _find(rows, config=preset, method='padir', batch=batch, iterations=4, length_beam=1)
       if t4:
-        out[f'batch{batch}_padir4_speedup_vs_ar_greedy'] = ar['median_ms'] / t4['median_ms']
+        out[f'batch{batch}_padir4_speedup_vs_ar_greedy'] = ar['ms'] / t4['ms']
     summary[preset] = out
   return summary
 
@@ -388,8 +390,8 @@ def to_markdown(result: dict[str, Any]) -> str:
       f'Random weights, vocabulary {s["vocab_size"]}, sources of {s["source_length"]} tokens, '
       f'outputs of exactly {s["output_length"]} tokens (AR: EOS masked before, PaDIR: '
       'decoded at that length with early stopping off, canvas width = KV-cache length). '
-      'Times are medians after a compiling warm-up call. "x AR" = AR greedy time / row time '
-      '(> 1: faster than AR greedy).',
+      'Times are the best of several calls after a compiling warm-up call (the JSON also has '
+      'medians). "x AR" = AR greedy time / row time (> 1: faster than AR greedy).',
       '',
   ]
   for preset in s['configs']:
@@ -403,7 +405,7 @@ def to_markdown(result: dict[str, Any]) -> str:
       a = _find(rows, label=label, batch=lb)
       b = _find(rows, label=label, batch=tb)
       cell = lambda r, key, fmt: (fmt.format(r[key]) if r and key in r else '-')
-      lines.append(f'| {label} | {cell(a, "median_ms", "{:.1f}")} | '
+      lines.append(f'| {label} | {cell(a, "ms", "{:.1f}")} | '
                    f'{cell(a, "vs_ar_greedy", "{:.2f}")} | '
                    f'{cell(b, "sentences_per_s", "{:.1f}")} | '
                    f'{cell(b, "vs_ar_greedy", "{:.2f}")} |')
@@ -413,8 +415,8 @@ def to_markdown(result: dict[str, Any]) -> str:
       enc = parts.get(f'{preset}/b{batch}/encoder')
       dec = parts.get(f'{preset}/b{batch}/decoder_pass')
       if enc and dec:
-        text = (f'- batch {batch}: encoder pass {enc["median_ms"]:.1f} ms, plain decoder '
-                f'forward pass {dec["median_ms"]:.1f} ms')
+        text = (f'- batch {batch}: encoder pass {enc["min_ms"]:.1f} ms, plain decoder '
+                f'forward pass {dec["min_ms"]:.1f} ms')
         if f'batch{batch}_iteration_ms' in sm:
           text += (f', one refinement iteration {sm[f"batch{batch}_iteration_ms"]:.1f} ms '
                    f'(x{sm[f"batch{batch}_iteration_over_decoder_pass"]:.2f} of the pass)')
