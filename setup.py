@@ -41,6 +41,9 @@ setuptools.setup(
             'torch==2.13.0',
             'transformers>=4.50,<6',
             'safetensors>=0.4,<1',
+            'nbclient>=0.10,<1',
+            'nbformat>=5.10,<6',
+            'ipykernel>=6.29,<8',
         ],
     },
     entry_points={
