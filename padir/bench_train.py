@@ -192,8 +192,8 @@ def _report(results: list[Result], peak: float, args: argparse.Namespace, comman
       f'({peak.flops_per_cpu_sec / 1e9:.1f} GFLOP per CPU second)',
       f'- batch {args.batch_size} x {args.length} source + {args.length} target tokens, '
       f'Adafactor, dropout {args.dropout_rate}; PaDIR with 2 unrolled decoder stages', '',
-      '| size | objective | params | s/step (fastest) | tokens/s | model GFLOP/step | XLA GFLOP/step | '
-      'MFU (wall) | MFU (CPU time) | compile s |',
+      '| size | objective | params | s/step (fastest) | tokens/s | model GFLOP/step | '
+      'XLA GFLOP/step | MFU (wall) | MFU (CPU time) | compile s |',
       '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
   ]
   for r in results:

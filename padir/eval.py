@@ -144,7 +144,7 @@ evaluate = gin_utils.configurable(evaluate, module='padir.eval')
 
 def main(argv: Sequence[str] | None = None) -> int:
   """``python -m padir.eval`` / ``padir eval``."""
-  return train_lib.run_main(argv, lambda: evaluate(), 'padir eval', __doc__)  # pylint: disable=unnecessary-lambda
+  return train_lib.run_main(argv, evaluate, 'padir eval', __doc__)
 
 
 if __name__ == '__main__':

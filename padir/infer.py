@@ -149,7 +149,7 @@ infer = gin_utils.configurable(infer, module='padir.infer')
 
 def main(argv: Sequence[str] | None = None) -> int:
   """``python -m padir.infer`` / ``padir infer``."""
-  return train_lib.run_main(argv, lambda: infer(), 'padir infer', __doc__)  # pylint: disable=unnecessary-lambda
+  return train_lib.run_main(argv, infer, 'padir infer', __doc__)
 
 
 if __name__ == '__main__':

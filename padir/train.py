@@ -40,7 +40,7 @@ from padir import distributed
 from padir import evaluation
 from padir import gin_utils
 from padir import optimizers as optimizers_lib
-from padir import partitioning as partitioning_lib  # pylint: disable=unused-import
+from padir import partitioning as partitioning_lib
 from padir import summaries
 from padir import trainer as trainer_lib
 

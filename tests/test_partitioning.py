@@ -1,4 +1,4 @@
-"""Tests of padir.partitioning: mesh shapes, rule mapping, divisibility errors, derived shardings."""
+"""Tests of padir.partitioning: mesh shapes, rules, divisibility errors, derived shardings."""
 
 import jax
 import jax.numpy as jnp
