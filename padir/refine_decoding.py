@@ -213,7 +213,8 @@ def repeat_rows(tree: Any, repeats: int) -> Any:
 
 def _position_keys(row_keys: Array, positions: Array) -> Array:
   """[N, 2] row keys and [N, K] positions -> [N, K, 2] keys."""
-  return sampling.fold_keys(jnp.broadcast_to(row_keys[:, None, :], positions.shape + (2,)), positions)
+  keys = jnp.broadcast_to(row_keys[:, None, :], positions.shape + (2,))
+  return sampling.fold_keys(keys, positions)
 
 
 def candidate_lengths(lengths: Array, config: RefineConfig, max_length: int) -> Array:
@@ -236,7 +237,8 @@ def initial_canvas(lengths: Array, keys: Array, width: int, config: RefineConfig
     fill = (ids.mask_range_start + pos).astype(jnp.int32)
   else:
     lo, hi = ids.random_token_range
-    pkeys = _position_keys(sampling.fold_keys(keys, 0x5eed), jnp.broadcast_to(pos, (keys.shape[0], width)))
+    pkeys = _position_keys(sampling.fold_keys(keys, 0x5eed),
+                           jnp.broadcast_to(pos, (keys.shape[0], width)))  # [N, W, 2]
     fill = jax.vmap(jax.vmap(lambda k: jax.random.randint(k, (), lo, hi, jnp.int32)))(pkeys)
   canvas = jnp.where(pos < lengths[:, None] - 1, fill, ids.pad)
   return jnp.where(pos == lengths[:, None] - 1, ids.eos, canvas).astype(jnp.int32)
@@ -309,7 +311,7 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
       iterations=jnp.zeros((n_rows,), jnp.int32),
   )
   if keep_sum:
-    state['logits_sum'] = jnp.zeros((n_rows, width, fns_vocab(fns, params)), jnp.float32)
+    state['logits_sum'] = jnp.zeros((n_rows, width, fns_vocab(fns)), jnp.float32)
   if config.return_history:
     state['hist_tokens'] = jnp.zeros((big_t, n_rows, width), jnp.int32)
     state['hist_conf'] = jnp.zeros((big_t, n_rows, width), jnp.float32)
@@ -429,7 +431,7 @@ def _gather_last(x: Array, idx: Array) -> Array:
   return jnp.take_along_axis(x, idx[..., None], axis=-1)[..., 0]
 
 
-def fns_vocab(fns, params) -> int:
+def fns_vocab(fns) -> int:
   """Output vocabulary size of the decoder (for the logits-sum buffer)."""
   if hasattr(fns, 'vocab_size'):
     return int(fns.vocab_size)
@@ -589,11 +591,6 @@ def refine_decode(fns: Any,
     aux['history_tokens'] = res['hist_tokens'].reshape(batch, n_cand, t, max_length)
     aux['history_confidence'] = res['hist_conf'].reshape(batch, n_cand, t, max_length)
   return tokens, aux
-
-
-def num_candidate_rows(batch: int, config: RefineConfig) -> int:
-  """Rows the decoder processes per call: batch * num_candidates."""
-  return int(np.int64(batch) * config.num_candidates)
 
 
 gin_utils.configurable(RefineConfig, module='padir.refine_decoding')

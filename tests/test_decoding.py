@@ -30,6 +30,7 @@ def sources():
 
 
 def test_refine_decoder_same_on_one_device_and_eight_device_mesh(sources):
+  from padir.partitioning import Partitioner  # pylint: disable=g-import-not-at-top
   assert len(jax.devices()) == 8
   cfg = T5Config.preset('tiny', num_encoder_layers=1, num_decoder_layers=1,
                         vocab_size=96, decoder_mode='bidirectional',
@@ -38,8 +39,15 @@ def test_refine_decoder_same_on_one_device_and_eight_device_mesh(sources):
   params = _init(model, L)
   config = decoding.RefineConfig(num_iterations=3, length_beam=3, temperature=0.5)
   single = decoding.refine_decoder(model, config, IDS, L)
-  sharded = decoding.refine_decoder(model, config, IDS, L, mesh=decoding.data_mesh())
-  assert sharded.batch_shards == 8
+  # 4-way data x 2-way tensor parallel; parameters sharded by the logical axis rules.
+  part = Partitioner(mesh_shape=(4, 1, 2))
+  logical = nn.get_partition_spec(jax.eval_shape(lambda: model.init(
+      {'params': jax.random.PRNGKey(0)}, jnp.ones((1, 9), jnp.int32),
+      jnp.ones((1, L), jnp.int32), enable_dropout=False))['params'])
+  sharded = decoding.refine_decoder(
+      model, config, IDS, L, mesh=part.mesh, batch_axes=('data', 'fsdp'),
+      param_shardings=part.param_shardings(logical, params), logical_axis_rules=part.rules)
+  assert sharded.batch_shards == 4
   key = jax.random.PRNGKey(3)
   t1, a1 = single(params, sources, key)
   t8, a8 = sharded(params, sources, key)

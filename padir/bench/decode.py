@@ -436,7 +436,19 @@ def to_markdown(result: dict[str, Any]) -> str:
     got = small[key]
     lines.append(f'- One refinement iteration / one plain decoder pass: {got:.2f} '
                  f'(target <= {target}: {"met" if got <= target else "missed"}).')
-  lines.append('')
+  lines += [
+      '',
+      '## Notes',
+      '',
+      '- AR decoding at batch 1 streams every decoder weight once per token (memory-bound); a '
+      'refinement iteration streams them once per pass for all positions but does L times the '
+      'arithmetic, so on a CPU a pass is far from free. At large batch AR amortises the weight '
+      'reads over the batch and wins throughput.',
+      '- Random weights never converge, so every PaDIR row runs all its iterations. A trained '
+      'model stops rows at fixed points (`aux["iterations"]`), which these numbers do not show.',
+      '- Length beam b multiplies the rows of every pass by b.',
+      '',
+  ]
   return '\n'.join(lines)
 
 
