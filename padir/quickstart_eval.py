@@ -172,27 +172,28 @@ def measure_latency(decoders: Mapping[str, Callable[[np.ndarray], Any]],
   return {name: latency_stats(t) for name, t in times.items()}
 
 
-def ar_latency_decoder(model: Any, params: Any, config: ARConfig,
-                       max_length: int) -> Callable[[np.ndarray], Any]:
-  """A jitted batch-1 AR decoder of a trained `EncoderDecoderModel` on one device."""
-  config = dataclasses.replace(config, eos_id=model.special_ids.eos)
-  decoder = decoding.ar_decoder(model.module, config, max_length)
-  params = jax.device_put(params, jax.devices()[0])
-  return lambda tokens: decoder(params, tokens)
+def batch1(decoder: decoding.ShardedDecoder, params: Any,
+           lengths: np.ndarray | None = None) -> Callable[[np.ndarray], Any]:
+  """``tokens [1, S] -> outputs`` of a jitted decoder with ``params`` on one device.
 
-
-def refine_latency_decoder(model: Any, params: Any, config: RefineConfig, max_length: int,
-                           lengths: int | None = None) -> Callable[[np.ndarray], Any]:
-  """A jitted batch-1 refinement decoder of a `PadirModel` on one device.
-
-  With ``lengths`` every candidate length is that number (no length head involved).
+  One decoder (one compilation) serves several parameter sets of the same network.
   """
-  decoder = decoding.refine_decoder(model.module, config, model.special_ids, max_length)
   params = jax.device_put(params, jax.devices()[0])
   if lengths is None:
     return lambda tokens: decoder(params, tokens)
-  fixed = np.full((1, config.top_k_lengths), lengths, np.int32)
-  return lambda tokens: decoder(params, tokens, lengths=fixed)
+  return lambda tokens: decoder(params, tokens, lengths=lengths)
+
+
+def ar_greedy_decoder(model: Any, max_length: int,
+                      min_length: int = 0) -> decoding.ShardedDecoder:
+  """The jitted AR greedy decoder of an `EncoderDecoderModel` (no mesh: batch-1 timing)."""
+  config = ARConfig(method='greedy', eos_id=model.special_ids.eos, min_length=min_length)
+  return decoding.ar_decoder(model.module, config, max_length)
+
+
+def refine_decoder(model: Any, config: RefineConfig, max_length: int) -> decoding.ShardedDecoder:
+  """The jitted refinement decoder of a `PadirModel` (no mesh: batch-1 timing)."""
+  return decoding.refine_decoder(model.module, config, model.special_ids, max_length)
 
 
 def preset_config(config: T5Config, preset: str) -> T5Config:
@@ -227,11 +228,12 @@ def fixed_length_decoders(ar_model: Any, padir_model: Any, preset: str, output_l
   ar_params = ar.get_initial_variables(key_ar, shapes).params
   nar_params = nar.get_initial_variables(key_nar, shapes).params
   count = lambda p: int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(p)))
-  decoders = {'ar_greedy': ar_latency_decoder(
-      ar, ar_params, ARConfig(method='greedy', min_length=output_length), output_length)}
+  decoders = {'ar_greedy': batch1(ar_greedy_decoder(ar, output_length, output_length),
+                                  ar_params)}
   for t in iterations:
     config = dataclasses.replace(refine, num_iterations=t, early_stop=False,
                                  return_history=False, canvas_buckets=())
-    decoders[f'padir_t{t}'] = refine_latency_decoder(nar, nar_params, config, output_length,
-                                                     lengths=output_length)
+    lengths = np.full((1, config.top_k_lengths), output_length, np.int32)
+    decoders[f'padir_t{t}'] = batch1(refine_decoder(nar, config, output_length), nar_params,
+                                     lengths)
   return decoders, {'ar': count(ar_params), 'padir': count(nar_params)}

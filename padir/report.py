@@ -25,6 +25,7 @@ The results dict (every key except ``systems`` is optional):
 * ``latency_small``: ``{'config', 'output_length', 'length_beam', 'systems': [{'name',
   'label', 'iterations', 'latency_ms'}]}`` for randomly initialised networks of a larger
   preset decoding a fixed number of tokens.
+* ``headline_iterations``: the PaDIR iteration count the targets are checked at (default 4).
 * ``setup``: free-form facts (hardware, data sizes, model sizes, steps, stage times,
   decoding settings), rendered as a list.
 """
@@ -83,7 +84,7 @@ def _padir_by_iterations(results: Mapping[str, Any], model: str) -> list[dict[st
 
 
 def check_targets(results: Mapping[str, Any],
-                  headline_iterations: int = HEADLINE_ITERATIONS,
+                  headline_iterations: int | None = None,
                   max_gap: float = MAX_BLEU_GAP) -> dict[str, Any]:
   """Checks the quickstart's three targets against the measured systems.
 
@@ -96,13 +97,16 @@ def check_targets(results: Mapping[str, Any],
 
   Args:
     results: the results dict (see the module docstring).
-    headline_iterations: the PaDIR iteration count of targets 1 and 2.
+    headline_iterations: the PaDIR iteration count of targets 1 and 2 (default: the results'
+      ``headline_iterations``, else 4).
     max_gap: the largest BLEU gap that passes target 1.
 
   Returns:
     ``{target: {'met': bool | None, 'detail': str, ...numbers}}``; ``met`` is None when a
     system the target needs was not measured.
   """
+  if headline_iterations is None:
+    headline_iterations = int(results.get('headline_iterations', HEADLINE_ITERATIONS))
   out: dict[str, Any] = {}
   teacher = _system(results, 'teacher', 'ar', name_suffix='greedy')
   student = _system(results, 'student_distilled', 'padir', headline_iterations)

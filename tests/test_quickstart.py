@@ -1,0 +1,140 @@
+"""End-to-end test of padir quickstart: every stage on a tiny slice of the Bible corpus, then
+a rerun that skips the finished stages, a resumed stage, and a refused configuration change."""
+
+import json
+import os
+
+import gin
+import pytest
+
+from padir import quickstart
+from padir.data import corpus
+from padir.data import tasks
+from padir.data import vocab
+
+TASK = 'quickstart_test_tiny'
+LENGTH = 16
+STAGE_FILES = [f'{s}.json' for s in quickstart.STAGES if s != 'report']
+
+
+def _register_tiny_task(root):
+  """Short verses of the embedded corpus as a TSV task with both English references."""
+  tok = vocab.load_tokenizer('bible')
+  paths = {}
+  for split, n in (('train', 48), ('validation', 8), ('test', 16)):
+    rows = corpus.read_bible(split)
+    picked = [i for i in range(len(rows['es']))
+              if max(len(tok.encode(rows[c][i])) for c in ('es', 'en', 'en_kjv')) < LENGTH][:n]
+    paths[split] = os.path.join(root, f'{split}.tsv')
+    corpus.write_tsv(paths[split], ('es', 'en', 'en_kjv'),
+                     [(rows['es'][i], rows['en'][i], rows['en_kjv'][i]) for i in picked])
+  tasks.register_tsv_task(TASK, **paths, source_column='es', target_column='en',
+                          reference_columns=['en', 'en_kjv'], vocabulary='bible')
+
+
+FLAGS = [
+    f"--gin.padir.quickstart.QuickstartConfig.task='{TASK}'",
+    f'--gin.MAX_LENGTH={LENGTH}',
+    '--gin.TEACHER_STEPS=2', '--gin.STUDENT_STEPS=2', '--gin.STUDENT_TRAIN_EXAMPLES=24',
+    '--gin.BATCH_SIZE=8', '--gin.EVAL_BATCH_SIZE=8', '--gin.EVAL_STEPS=1',
+    '--gin.CHECKPOINT_PERIOD=2', '--gin.LOG_PERIOD=1',
+    '--gin.padir.builders.network_config.emb_dim=32',
+    '--gin.padir.builders.network_config.num_heads=2',
+    '--gin.padir.builders.network_config.head_dim=16',
+    '--gin.padir.builders.network_config.mlp_dim=64',
+    '--gin.padir.builders.network_config.num_encoder_layers=1',
+    '--gin.padir.builders.network_config.num_decoder_layers=1',
+    '--gin.padir.quickstart.QuickstartConfig.distill_batch_size=8',
+    '--gin.padir.quickstart.QuickstartConfig.distill_beam_size=2',
+    '--gin.padir.quickstart.QuickstartConfig.eval_batch_size=8',
+    '--gin.padir.quickstart.QuickstartConfig.eval_beam_size=0',
+    '--gin.padir.quickstart.QuickstartConfig.iterations=(1, 2)',
+    '--gin.padir.quickstart.QuickstartConfig.bench_examples=2',
+    "--gin.padir.quickstart.QuickstartConfig.small_preset='tiny'",
+    '--gin.padir.quickstart.QuickstartConfig.small_iterations=(2,)',
+    '--gin.padir.quickstart.QuickstartConfig.small_bench_examples=1',
+    '--no_progress',
+]
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('quickstart'))
+  _register_tiny_task(root)
+  out = os.path.join(root, 'run')
+  code = quickstart.main(FLAGS + [f'--output_dir={out}'])
+  yield out, code
+  gin.clear_config()
+
+
+def _load(path):
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def test_every_stage_runs_and_the_report_has_its_fields(run):
+  out, code = run
+  assert code == 0
+  assert sorted(os.listdir(os.path.join(out, 'stages'))) == sorted(STAGE_FILES)
+  results = _load(os.path.join(out, 'report', 'report.json'))
+  names = [s['name'] for s in results['systems']]
+  assert names == ['ar_greedy', 'padir_distilled_t1', 'padir_distilled_t2', 'padir_raw_t1',
+                   'padir_raw_t2']
+  for system in results['systems']:
+    for key in ('bleu', 'chrf', 'repetition_rate', 'mean_length_error', 'num_examples'):
+      assert isinstance(system[key], (int, float)), (system['name'], key)
+    assert system['num_examples'] == 16
+    assert system['latency_ms']['median'] > 0
+  assert set(results['targets']) == {'padir_vs_teacher', 'distillation_helps',
+                                     'repetition_falls'}
+  assert all(t['met'] in (True, False) for t in results['targets'].values())
+  assert [r['iteration'] for r in results['per_iteration']['student_distilled']] == [1, 2]
+  small = results['latency_small']
+  assert small['config'] == 'tiny' and [s['name'] for s in small['systems']] == [
+      'ar_greedy', 'padir_t2']
+  assert results['setup']['data']['train subset (students)'] == 24
+  assert results['setup']['models']['teacher']['steps'] == 2
+  md = open(os.path.join(out, 'report', 'report.md'), encoding='utf-8').read()
+  assert '## Targets' in md and 'PaDIR distilled, 2 it.' in md
+  assert os.path.getsize(os.path.join(out, 'report', 'report.png')) > 0
+  # The students trained on what the stages produced: the distilled export and the subset.
+  distilled = _load(os.path.join(out, 'distill', 'distill.json'))
+  assert distilled['num_rows'] + distilled['num_empty'] == 24
+  assert os.path.isfile(os.path.join(out, 'eval', 'decodes', 'padir_distilled_t2.npz'))
+
+
+def test_rerun_skips_finished_stages_and_resumes_a_missing_one(run, capsys):
+  out, _ = run
+  capsys.readouterr()
+  # A stage that died after training but before its marker, and one missing evaluation.
+  os.remove(os.path.join(out, 'stages', 'student_raw.json'))
+  os.remove(os.path.join(out, 'stages', 'evaluate.json'))
+  os.remove(os.path.join(out, 'eval', 'padir_raw_t2.json'))
+  before = os.path.getmtime(os.path.join(out, 'eval', 'padir_raw_t1.json'))
+  assert quickstart.main(FLAGS + [f'--output_dir={out}']) == 0
+  printed = capsys.readouterr().out
+  for stage in ('data', 'teacher', 'distill', 'student_distilled', 'benchmark'):
+    assert f'{stage}: done' in printed and 'skipped' in printed
+  assert 'already at step 2' in printed  # student_raw resumed from its checkpoint
+  assert 'PaDIR raw, 2 it.' in printed and 'PaDIR raw, 1 it.' not in printed
+  assert os.path.getmtime(os.path.join(out, 'eval', 'padir_raw_t1.json')) == before
+  assert sorted(os.listdir(os.path.join(out, 'stages'))) == sorted(STAGE_FILES)
+
+
+def test_changed_configuration_is_refused(run, capsys):
+  out, _ = run
+  flags = [f for f in FLAGS if not f.startswith('--gin.TEACHER_STEPS')]
+  assert quickstart.main(flags + ['--gin.TEACHER_STEPS=3', f'--output_dir={out}']) == 1
+  err = capsys.readouterr().err
+  assert 'another configuration' in err and 'teacher_steps' in err
+  assert quickstart.main(FLAGS + ['--stages=data,nope', f'--output_dir={out}']) == 2
+  assert "unknown stage(s) ['nope']" in capsys.readouterr().err
+
+
+def test_canvas_mismatch_is_a_clear_error(run, capsys):
+  out, _ = run
+  flags = FLAGS + ["--gin.padir.refine_decoding.RefineConfig.canvas_init='mask'",
+                   f'--output_dir={out}_mismatch', '--stages=student_distilled']
+  assert quickstart.main(flags) == 1
+  err = capsys.readouterr().err
+  assert "trained on 'mask_range' canvases" in err and "from 'mask' canvases" in err
