@@ -53,8 +53,18 @@ def test_train_main_reports_missing_macros(capsys):
   assert 'MODEL_DIR' in err and 'VOCABULARY' in err and '--gin.MODEL_DIR=' in err
 
 
-@pytest.mark.parametrize('experiment', sorted(
-    p.name for p in (gin_utils.GIN_DIR / 'experiments').glob('*.gin')))
+# Training experiments (those built on runs/train.gin; other commands have their own files).
+TRAIN_EXPERIMENTS = sorted(p.name for p in (gin_utils.GIN_DIR / 'experiments').glob('*.gin')
+                           if "include 'padir/gin/runs/train.gin'" in p.read_text())
+
+
+def test_training_experiments_are_shipped():
+  assert {'bible_es_en_padir.gin', 'bible_es_en_ar.gin', 'bible_es_en_padir_tiny.gin',
+          'wmt14_ende_padir.gin', 'wmt14_ende_ar.gin', 'wmt16_enro_padir.gin',
+          'wmt16_enro_ar.gin'} <= set(TRAIN_EXPERIMENTS)
+
+
+@pytest.mark.parametrize('experiment', TRAIN_EXPERIMENTS)
 def test_shipped_experiments_parse(experiment, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # includes resolve from the package, not the working directory
   bindings = ["MODEL_DIR = '/tmp/x'", "VOCABULARY = 'byte'"]
