@@ -22,6 +22,7 @@ Gin names: ``padir.models.EncoderDecoderModel`` and ``padir.models.PadirModel``.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
@@ -73,7 +74,7 @@ def _dropout_args(rng: Array | None) -> dict[str, Any]:
   return dict(enable_dropout=True, rngs={'dropout': rng})
 
 
-class _BaseModel:
+class _BaseModel(abc.ABC):
   """Shared T5X-contract plumbing: network, initialisation, loss knobs."""
 
   _DECODER_MODE = ''
@@ -167,8 +168,9 @@ class _BaseModel:
     """
     return self._loss(params, batch, rng, enable_dropout=rng is not None)
 
+  @abc.abstractmethod
   def _loss(self, params, batch, rng, enable_dropout):
-    raise NotImplementedError
+    """(loss, metrics) of one batch; each model defines its own."""
 
 
 @gin_utils.configurable

@@ -23,6 +23,7 @@ arrays record :meth:`Tokenizer.fingerprint` and :func:`check_fingerprint` compar
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import hashlib
@@ -147,7 +148,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
   return digest.hexdigest()
 
 
-class Tokenizer:
+class Tokenizer(abc.ABC):
   """Encodes and decodes text without TensorFlow; same ids as the matching seqio vocabulary.
 
   Attributes:
@@ -167,12 +168,13 @@ class Tokenizer:
   def vocab_size(self) -> int:
     return self.num_real_pieces + self.extra_ids
 
+  @abc.abstractmethod
   def encode(self, text: str) -> list[int]:
     """Token ids of ``text`` (no EOS)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def _decode_real(self, ids: list[int]) -> str:
-    raise NotImplementedError
+    """Text of ids that are all real pieces (or UNK)."""
 
   def decode(self, ids: Sequence[int]) -> str:
     """Text of ``ids`` up to the first EOS; pad, unk-free special and extra ids are dropped."""
