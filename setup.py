@@ -30,6 +30,7 @@ setuptools.setup(
         'sacrebleu>=2.4,<3',
         'matplotlib>=3.8,<4',
         'tqdm>=4.66,<5',
+        'tensorboardX>=2.6,<3',
         'seqio>=0.0.19,<0.1',
         'tensorflow>=2.18,<2.22',
         'tensorflow-text>=2.18,<2.22',

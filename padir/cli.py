@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'eval': ('padir.eval', 'metrics of a checkpoint on a task split'),
     'infer': ('padir.infer', 'decode a task split or a text file into a TSV'),
     'distill': ('padir.distill', 'decode a training set with a teacher into a distilled task'),
+    'average': ('padir.average_checkpoints', 'average the last N checkpoints of a run'),
     'bench': ('padir.bench', 'speed benchmarks (decode, train, data)'),
     'launch': ('padir.launch.__main__', 'run training on a TPU pod, SLURM cluster or local processes'),
     'analyze': ('padir.analysis', 'error modes of a set of decodes'),
