@@ -407,7 +407,8 @@ gin_utils.configurable(default_teacher_decoding, module='padir.distill')
 
 def main(argv: Sequence[str] | None = None) -> int:
   """``python -m padir.distill`` / ``padir distill``."""
-  return train_lib.run_main(argv, lambda: distill(), 'padir distill', __doc__)  # pylint: disable=unnecessary-lambda
+  entry = lambda: distill()  # pylint: disable=unnecessary-lambda  (gin resolves at call time)
+  return train_lib.run_main(argv, entry, 'padir distill', __doc__)
 
 
 if __name__ == '__main__':

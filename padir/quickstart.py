@@ -38,7 +38,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import sys
@@ -50,6 +49,7 @@ import jax
 import numpy as np
 
 from padir import gin_utils
+from padir import quickstart_eval as qs_eval
 from padir.ar_decoding import ARConfig
 from padir.refine_decoding import RefineConfig
 
@@ -181,45 +181,10 @@ def _latest_step(model_dir: str) -> int:
   return max(steps, default=0)
 
 
-def _write_json(path: str, value: Any) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2, sort_keys=True, default=str)
-    f.write('\n')
-  os.replace(path + '.tmp', path)
-
-
-def _read_json(path: str) -> Any:
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
-
-
-def environment() -> dict[str, Any]:
-  """Hardware and software facts for the report."""
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    if names:
-      cpu = names[0]
-  except OSError:
-    pass
-  import flax  # pylint: disable=g-import-not-at-top
-  device = jax.devices()[0]
-  return {
-      'cpu': cpu,
-      'cpu_count': os.cpu_count(),
-      'jax_backend': jax.default_backend(),
-      'devices': f'{jax.device_count()} x {getattr(device, "device_kind", device.platform)}',
-      'platform': platform.platform(),
-      'python': platform.python_version(),
-      'jax': jax.__version__,
-      'flax': flax.__version__,
-  }
-
-
 class Quickstart:
   """One quickstart run in ``output_dir`` (see the module docstring)."""
+
+  STAGES = STAGES
 
   def __init__(self, config: QuickstartConfig, output_dir: str, gin_files: Sequence[str],
                gin_bindings: Sequence[str], *, progress: bool = True,
@@ -252,12 +217,12 @@ class Quickstart:
   def distilled_data(self) -> str:
     return self.path('distill', 'arrays')
 
-  def _bar(self, total: int | None, desc: str, unit: str, initial: int = 0):
+  def bar(self, total: int | None, desc: str, unit: str, initial: int = 0):
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not self.progress,
                 dynamic_ncols=True)
 
-  def _say(self, bar: Any, line: str) -> None:
+  def say(self, bar: Any, line: str) -> None:
     if self.progress and bar is not None:
       bar.write(line)
     else:
@@ -282,12 +247,12 @@ class Quickstart:
     return {'MODEL_DIR': self.path(stage), 'MIXTURE_OR_TASK_NAME': data_dir,
             'TRAIN_STEPS': steps}
 
-  def _teacher_model(self) -> Any:
+  def teacher_model(self) -> Any:
     self._parse(self.cfg.teacher_gin_files,
                 self._stage_macros('teacher', self.full_data, self.cfg.teacher_steps))
     return stage_model()
 
-  def _student_model(self, stage: str = 'student_distilled') -> Any:
+  def student_model(self, stage: str = 'student_distilled') -> Any:
     data = self.distilled_data if stage == 'student_distilled' else self.subset_data
     self._parse(self.cfg.student_gin_files,
                 self._stage_macros(stage, data, self.cfg.student_steps))
@@ -308,7 +273,7 @@ class Quickstart:
               'gin_bindings': self.gin_bindings}
     path = self.path('quickstart.json')
     if os.path.isfile(path):
-      saved = _read_json(path)
+      saved = qs_eval.read_json(path)
       if saved != record:
         keys = sorted(k for k in set(saved.get('config', {})) | set(record['config'])
                       if saved.get('config', {}).get(k) != record['config'].get(k))
@@ -321,7 +286,7 @@ class Quickstart:
             f'{", ".join(keys)}). Rerun with the same flags to resume it, or pick another '
             '--output_dir.')
     else:
-      _write_json(path, record)
+      qs_eval.write_json(path, record)
 
   def run(self, stages: Sequence[str] = STAGES) -> dict[str, str]:
     """Runs (or resumes) the stages; returns the report's paths."""
@@ -336,7 +301,7 @@ class Quickstart:
       marker = self.path('stages', f'{name}.json')
       if name != 'report' and os.path.isfile(marker):
         self.print(f'[{number}/{len(STAGES)}] {name}: done '
-                   f'({_read_json(marker)["seconds"]:.0f}s), skipped.')
+                   f'({qs_eval.read_json(marker)["seconds"]:.0f}s), skipped.')
         continue
       self.print(f'[{number}/{len(STAGES)}] {name}: {_STAGE_TEXT[name]}')
       began = time.time()
@@ -347,7 +312,7 @@ class Quickstart:
                    ', '.join(f'{k} {v}' for k, v in result.items()))
         paths = result
       else:
-        _write_json(marker, {'seconds': seconds, 'result': result,
+        qs_eval.write_json(marker, {'seconds': seconds, 'result': result,
                              'finished': datetime.datetime.now().isoformat(timespec='seconds')})
         self.print(f'[{number}/{len(STAGES)}] {name}: finished in {seconds:.0f}s.')
     self.print(f'quickstart: this invocation took {time.time() - start:.0f}s; report in '
@@ -356,7 +321,7 @@ class Quickstart:
 
   def stage_result(self, name: str) -> dict[str, Any] | None:
     marker = self.path('stages', f'{name}.json')
-    return _read_json(marker) if os.path.isfile(marker) else None
+    return qs_eval.read_json(marker) if os.path.isfile(marker) else None
 
   # ------------------------------------------------------------------ 1. data
 
@@ -365,13 +330,13 @@ class Quickstart:
     from padir.data import export  # pylint: disable=g-import-not-at-top
     self._register_task()
     counts = {}
-    with self._bar(3, 'export', 'split') as bar:
+    with self.bar(3, 'export', 'split') as bar:
       for split in ('train', 'validation', 'test'):
         split_dir = os.path.join(self.full_data, split)
         meta_path = os.path.join(split_dir, arrays_lib.METADATA_FILE)
         if os.path.isfile(meta_path) and os.path.isfile(
             os.path.join(split_dir, arrays_lib.TEXT_FILE)):
-          meta = _read_json(meta_path)
+          meta = qs_eval.read_json(meta_path)
         else:
           meta = export.export_split(self.task_name, split, self.lengths, split_dir,
                                      write_text=True)
@@ -411,12 +376,12 @@ class Quickstart:
     self._parse(base_files, self._stage_macros(stage, data_dir, steps))
     model = stage_model()
     model_dir = self.path(stage)
-    with self._bar(steps, stage, 'step', initial=min(_latest_step(model_dir), steps)) as bar:
+    with self.bar(steps, stage, 'step', initial=min(_latest_step(model_dir), steps)) as bar:
 
       def printer(line: str) -> None:
         match = _STEP_LINE.match(line)
         if match is None:
-          self._say(bar, line)
+          self.say(bar, line)
           return
         step = int(match.group(1))
         if self.progress:
@@ -448,12 +413,12 @@ class Quickstart:
                        self.cfg.teacher_steps)
 
   def _stage_student_distilled(self) -> dict[str, Any]:
-    self._student_model('student_distilled')  # checks the canvas settings before training
+    self.student_model('student_distilled')  # checks the canvas settings before training
     return self._train('student_distilled', self.cfg.student_gin_files, self.distilled_data,
                        self.cfg.student_steps)
 
   def _stage_student_raw(self) -> dict[str, Any]:
-    self._student_model('student_raw')
+    self.student_model('student_raw')
     return self._train('student_raw', self.cfg.student_gin_files, self.subset_data,
                        self.cfg.student_steps)
 
@@ -463,7 +428,7 @@ class Quickstart:
     from padir import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
     from padir import distill as distill_lib  # pylint: disable=g-import-not-at-top
     from padir import partitioning  # pylint: disable=g-import-not-at-top
-    teacher = self._teacher_model()
+    teacher = self.teacher_model()
     self._register_task()
     decoding = ARConfig(method='beam' if self.cfg.distill_beam_size > 1 else 'greedy',
                         beam_size=self.cfg.distill_beam_size,
@@ -482,212 +447,15 @@ class Quickstart:
     summary['decode_seconds'] = result.seconds or summary.get('decode_seconds', 0.0)
     return summary
 
-  # ------------------------------------------------------------------ 6. evaluation
-
-  def _systems(self) -> list[dict[str, Any]]:
-    """Every decoded system: name, label, model stage, kind, decode config."""
-    out = [{'name': 'ar_greedy', 'label': 'AR teacher, greedy', 'model': 'teacher',
-            'kind': 'ar', 'config': ARConfig(method='greedy')}]
-    if self.cfg.eval_beam_size > 1:
-      out.append({'name': f'ar_beam{self.cfg.eval_beam_size}',
-                  'label': f'AR teacher, beam {self.cfg.eval_beam_size}', 'model': 'teacher',
-                  'kind': 'ar', 'config': ARConfig(method='beam',
-                                                   beam_size=self.cfg.eval_beam_size)})
-    students = [('student_distilled', 'distilled')]
-    if self.cfg.raw_ablation:
-      students.append(('student_raw', 'raw'))
-    for stage, short in students:
-      for t in self.cfg.iterations:
-        config = dataclasses.replace(self.cfg.refine, num_iterations=t,
-                                     return_history=t == self.cfg.max_iterations)
-        out.append({'name': f'padir_{short}_t{t}', 'label': f'PaDIR {short}, {t} it.',
-                    'model': stage, 'kind': 'padir', 'iterations': t, 'config': config})
-    return out
-
-  def _load(self, model: Any, stage: str, tokenizer: Any, partitioner: Any):
-    from padir import eval as eval_lib  # pylint: disable=g-import-not-at-top
-    shapes = {'encoder_input_tokens': (self.cfg.eval_batch_size, self.lengths['inputs']),
-              'decoder_target_tokens': (self.cfg.eval_batch_size, self.lengths['targets'])}
-    params, shardings, step = eval_lib.load_for_inference(model, partitioner, self.path(stage),
-                                                          tokenizer, shapes)
-    return params, shardings, step
-
   def _stage_evaluate(self) -> dict[str, Any]:
-    from padir import evaluation  # pylint: disable=g-import-not-at-top
-    from padir import partitioning  # pylint: disable=g-import-not-at-top
-    from padir import quickstart_eval  # pylint: disable=g-import-not-at-top
-    from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
-    from padir.data import vocab  # pylint: disable=g-import-not-at-top
-    tokenizer = vocab.load_tokenizer(self.cfg.vocabulary)
-    partitioner = partitioning.Partitioner()
-    partitioner.check_batch_size(self.cfg.eval_batch_size, 'QuickstartConfig.eval_batch_size')
-    systems = self._systems()
-    test = arrays_lib.ArrayDataset.load(os.path.join(self.full_data, 'test'))
-    rows = test.num_examples if self.cfg.eval_examples is None else min(
-        test.num_examples, self.cfg.eval_examples)
-    batches = -(-rows // self.cfg.eval_batch_size)
-    todo = [s for s in systems if not os.path.isfile(self.path('eval', f'{s["name"]}.json'))]
-    loaded: dict[str, Any] = {}
-    predictors: dict[Any, Any] = {}
-    with self._bar(len(todo) * batches, 'evaluate', 'batch') as bar:
-      for system in todo:
-        stage = system['model']
-        if stage not in loaded:
-          model = self._teacher_model() if stage == 'teacher' else self._student_model(stage)
-          if system['kind'] == 'padir' and 'padir_model' in loaded:
-            model = loaded['padir_model']  # the same network: reuse its compiled decoders
-          params, shardings, step = self._load(model, stage, tokenizer, partitioner)
-          loaded[stage] = (model, params, shardings, step)
-          if system['kind'] == 'padir':
-            loaded['padir_model'] = model
-        model, params, shardings, step = loaded[stage]
-        key = (id(model), system['config'])
-        if key not in predictors:
-          predictors[key] = evaluation.Predictor(model, partitioner, shardings,
-                                                 {'decode_config': system['config']})
-        result = quickstart_eval.decode_and_score(
-            predictors[key], params, self.full_data, 'test', self.cfg.eval_batch_size,
-            tokenizer, max_examples=self.cfg.eval_examples,
-            save_prefix=self.path('eval', 'decodes', system['name']), progress=bar)
-        result.update({k: v for k, v in system.items() if k != 'config'})
-        result['checkpoint_step'] = step
-        result['decode_config'] = dataclasses.asdict(system['config'])
-        _write_json(self.path('eval', f'{system["name"]}.json'), result)
-        self._say(bar, f'  {system["label"]}: BLEU {result["bleu"]:.2f}, repetition '
-                  f'{result["repetition_rate"]:.4f}, length error '
-                  f'{result["mean_length_error"]:+.2f}')
-    return {'systems': [s['name'] for s in systems], 'test_examples': rows}
-
-  # ------------------------------------------------------------------ 7. benchmark
+    return qs_eval.evaluate(self)
 
   def _stage_benchmark(self) -> dict[str, Any]:
-    from padir import partitioning  # pylint: disable=g-import-not-at-top
-    from padir import quickstart_eval  # pylint: disable=g-import-not-at-top
-    from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
-    from padir.data import vocab  # pylint: disable=g-import-not-at-top
-    if not self.cfg.bench_examples:
-      return {'latency_ms': {}}
-    tokenizer = vocab.load_tokenizer(self.cfg.vocabulary)
-    partitioner = partitioning.Partitioner()
-    test = arrays_lib.ArrayDataset.load(os.path.join(self.full_data, 'test'), mmap=False)
-    sources = np.asarray(test.arrays['encoder_input_tokens'])[:self.cfg.bench_examples]
-    length = self.lengths['targets']
-    teacher = self._teacher_model()
-    t_params, _, _ = self._load(teacher, 'teacher', tokenizer, partitioner)
-    decoders = {'ar_greedy': quickstart_eval.batch1(
-        quickstart_eval.ar_greedy_decoder(teacher, length), t_params)}
-    students = [('student_distilled', 'distilled')]
-    if self.cfg.raw_ablation:
-      students.append(('student_raw', 'raw'))
-    student = self._student_model()
-    refiners = {t: quickstart_eval.refine_decoder(
-        student, dataclasses.replace(self.cfg.refine, num_iterations=t, return_history=False),
-        length) for t in self.cfg.iterations}  # one compilation serves both students
-    for stage, short in students:
-      s_params, _, _ = self._load(student, stage, tokenizer, partitioner)
-      for t in self.cfg.iterations:
-        decoders[f'padir_{short}_t{t}'] = quickstart_eval.batch1(refiners[t], s_params)
-    with self._bar(len(sources), 'latency (batch 1)', 'sentence') as bar:
-      latency = quickstart_eval.measure_latency(decoders, sources, progress=bar)
-    result: dict[str, Any] = {'latency_ms': latency, 'bench_examples': int(len(sources))}
-    if self.cfg.small_preset:
-      targets = np.asarray(test.arrays['decoder_target_tokens'])
-      n = int(np.median((targets > 0).sum(axis=1)))
-      small, counts = quickstart_eval.fixed_length_decoders(
-          teacher, student, self.cfg.small_preset, n, self.cfg.refine,
-          self.cfg.small_iterations, self.lengths['inputs'])
-      few = sources[:self.cfg.small_bench_examples]
-      with self._bar(len(few), f'latency ({self.cfg.small_preset})', 'sentence') as bar:
-        small_latency = quickstart_eval.measure_latency(small, few, progress=bar)
-      result['small'] = {'config': self.cfg.small_preset, 'output_length': n,
-                         'latency_ms': small_latency, 'params': counts,
-                         'bench_examples': int(len(few))}
-    return result
-
-  # ------------------------------------------------------------------ 8. report
+    return qs_eval.benchmark(self)
 
   def results(self) -> dict[str, Any]:
-    """The report's results dict, from the stage markers and the evaluation files."""
-    data = (self.stage_result('data') or {}).get('result', {})
-    bench = (self.stage_result('benchmark') or {}).get('result', {})
-    latency = bench.get('latency_ms', {})
-    systems = []
-    per_iteration = {}
-    for system in self._systems():
-      path = self.path('eval', f'{system["name"]}.json')
-      if not os.path.isfile(path):
-        continue
-      row = _read_json(path)
-      if system['name'] in latency:
-        row['latency_ms'] = latency[system['name']]
-      if 'per_iteration' in row:
-        per_iteration[row['model']] = row.pop('per_iteration')
-      systems.append(row)
-    refine = self.cfg.refine
-    results: dict[str, Any] = {
-        'title': f'padir quickstart: {self.cfg.task} (AR teacher -> distillation -> PaDIR)',
-        'systems': systems,
-        'headline_iterations': 4 if 4 in self.cfg.iterations else self.cfg.max_iterations,
-        'per_iteration': per_iteration,
-        'plot_title': f'{self.cfg.task} test, batch-1 latency on {jax.default_backend()}',
-    }
-    test = data.get('splits', {}).get('test', {})
-    results['test_description'] = (
-        f'Test split of `{self.cfg.task}`: {test.get("num_examples", "?")} sentences '
-        f'({"filtered to" if self.cfg.overlong == "filter" else "truncated at"} '
-        f'{self.lengths["inputs"]} source / {self.lengths["targets"]} target tokens), '
-        'multi-reference BLEU and chrF (sacrebleu 13a, both English Bibles). Repetition = share '
-        'of tokens equal to the previous one; length error = predicted minus reference '
-        'length in tokens (first reference). Latency: batch 1, median over '
-        f'{bench.get("bench_examples", 0)} test sentences, systems interleaved; PaDIR length '
-        f'beam {refine.length_beam} x top-{refine.top_k_lengths} lengths, '
-        f'{refine.canvas_init} canvas, remasking rule {refine.remask.rule}.')
-    small = bench.get('small')
-    if small:
-      results['latency_small'] = {
-          'config': small['config'], 'output_length': small['output_length'],
-          'length_beam': refine.length_beam,
-          'systems': [{'name': name, 'label': 'AR greedy' if name == 'ar_greedy' else
-                       f'PaDIR {name.split("_t")[-1]} it.',
-                       'iterations': None if name == 'ar_greedy' else int(name.split('_t')[-1]),
-                       'latency_ms': value} for name, value in small['latency_ms'].items()]}
-    results['setup'] = self._setup(data, bench)
-    return results
-
-  def _setup(self, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[str, Any]:
-    setup: dict[str, Any] = {'hardware': environment()}
-    distill = (self.stage_result('distill') or {}).get('result', {})
-    splits = data.get('splits', {})
-    setup['data'] = {
-        'task': f'{self.cfg.task} (registered as {data.get("task", self.task_name)})',
-        'feature lengths': f'{self.lengths["inputs"]} / {self.lengths["targets"]} tokens, '
-                           f'over-long sentences {self.cfg.overlong}ed',
-        'train (teacher)': splits.get('train', {}).get('num_examples'),
-        'train subset (students)': data.get('subset_train_examples'),
-        'distilled rows': distill.get('num_rows'),
-        'validation': splits.get('validation', {}).get('num_examples'),
-        'test': splits.get('test', {}).get('num_examples'),
-    }
-    models = {}
-    for stage in ('teacher', 'student_distilled', 'student_raw'):
-      marker = self.stage_result(stage)
-      if marker:
-        r = marker['result']
-        models[stage] = {'model': r.get('model'), 'parameters': r.get('params'),
-                         'steps': r.get('step'), 'network': r.get('network'),
-                         'final train loss': r.get('train_metrics', {}).get('loss'),
-                         'validation loss': r.get('eval_metrics', {}).get('loss')}
-    setup['models'] = models
-    setup['distillation'] = (f'beam {self.cfg.distill_beam_size}, length penalty '
-                             f'{self.cfg.distill_length_penalty}; '
-                             f'{distill.get("num_empty", 0)} empty outputs dropped')
-    setup['PaDIR decoding'] = {k: v for k, v in dataclasses.asdict(self.cfg.refine).items()
-                               if k not in ('return_history', 'return_all_candidates')}
-    if bench.get('small'):
-      setup['small-size latency networks'] = bench['small'].get('params')
-    setup['stage seconds'] = {name: round(marker['seconds'], 1) for name in STAGES
-                              if (marker := self.stage_result(name))}
-    return setup
+    """The report's results dict (`padir.report`), from the stage markers and eval files."""
+    return qs_eval.collect_results(self)
 
   def _stage_report(self) -> dict[str, str]:
     from padir import report  # pylint: disable=g-import-not-at-top
@@ -719,7 +487,7 @@ def load_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> Quicks
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog='padir quickstart', description=__doc__.split('\n\n')[0].split(': ', 1)[-1],
+      prog='padir quickstart', description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=f'Gin flags: --gin_file=F (repeatable, read after {DEFAULT_GIN_FILE}), '
       '--gin.NAME=VALUE, --gin_bindings="NAME = VALUE". See docs/quickstart.md.')

@@ -10,12 +10,18 @@
 * :func:`fixed_length_decoders`: AR greedy and PaDIR decoders of randomly initialised networks
   of a larger preset that always produce exactly ``n`` tokens (speed does not depend on what
   the weights say, only on how many steps and passes run).
+
+It also holds the bodies of the quickstart's evaluate and benchmark stages (:func:`evaluate`,
+:func:`benchmark`) and the assembly of the report's results (:func:`collect_results`); they take
+the `padir.quickstart.Quickstart` run as their argument.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import platform
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -237,3 +243,272 @@ def fixed_length_decoders(ar_model: Any, padir_model: Any, preset: str, output_l
     decoders[f'padir_t{t}'] = batch1(refine_decoder(nar, config, output_length), nar_params,
                                      lengths)
   return decoders, {'ar': count(ar_params), 'padir': count(nar_params)}
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes ``value`` as JSON atomically (a temporary file, then a rename)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=2, sort_keys=True, default=str)
+    f.write('\n')
+  os.replace(path + '.tmp', path)
+
+
+def read_json(path: str) -> Any:
+  """Reads a JSON file."""
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def environment() -> dict[str, Any]:
+  """Hardware and software facts for the report."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    if names:
+      cpu = names[0]
+  except OSError:
+    pass
+  import flax  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0]
+  return {
+      'cpu': cpu,
+      'cpu_count': os.cpu_count(),
+      'jax_backend': jax.default_backend(),
+      'devices': f'{jax.device_count()} x {getattr(device, "device_kind", device.platform)}',
+      'platform': platform.platform(),
+      'python': platform.python_version(),
+      'jax': jax.__version__,
+      'flax': flax.__version__,
+  }
+
+
+# ----------------------------------------------------------------------------------------
+# Stage 6 of a quickstart run (`padir.quickstart.Quickstart`): evaluation.
+
+
+def decoded_systems(run: Any) -> list[dict[str, Any]]:
+  """Every decoded system of a quickstart run: name, label, model stage, kind, config."""
+  out = [{'name': 'ar_greedy', 'label': 'AR teacher, greedy', 'model': 'teacher',
+          'kind': 'ar', 'config': ARConfig(method='greedy')}]
+  if run.cfg.eval_beam_size > 1:
+    out.append({'name': f'ar_beam{run.cfg.eval_beam_size}',
+                'label': f'AR teacher, beam {run.cfg.eval_beam_size}', 'model': 'teacher',
+                'kind': 'ar', 'config': ARConfig(method='beam',
+                                                 beam_size=run.cfg.eval_beam_size)})
+  students = [('student_distilled', 'distilled')]
+  if run.cfg.raw_ablation:
+    students.append(('student_raw', 'raw'))
+  for stage, short in students:
+    for t in run.cfg.iterations:
+      config = dataclasses.replace(run.cfg.refine, num_iterations=t,
+                                   return_history=t == run.cfg.max_iterations)
+      out.append({'name': f'padir_{short}_t{t}', 'label': f'PaDIR {short}, {t} it.',
+                  'model': stage, 'kind': 'padir', 'iterations': t, 'config': config})
+  return out
+
+def load_params(run: Any, model: Any, stage: str, tokenizer: Any, partitioner: Any):
+  """Params-only restore of a stage's newest checkpoint: (params, shardings, step)."""
+  from padir import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  shapes = {'encoder_input_tokens': (run.cfg.eval_batch_size, run.lengths['inputs']),
+            'decoder_target_tokens': (run.cfg.eval_batch_size, run.lengths['targets'])}
+  params, shardings, step = eval_lib.load_for_inference(model, partitioner, run.path(stage),
+                                                        tokenizer, shapes)
+  return params, shardings, step
+
+def evaluate(run: Any) -> dict[str, Any]:
+  from padir import evaluation  # pylint: disable=g-import-not-at-top
+  from padir import partitioning  # pylint: disable=g-import-not-at-top
+  from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
+  from padir.data import vocab  # pylint: disable=g-import-not-at-top
+  tokenizer = vocab.load_tokenizer(run.cfg.vocabulary)
+  partitioner = partitioning.Partitioner()
+  partitioner.check_batch_size(run.cfg.eval_batch_size, 'QuickstartConfig.eval_batch_size')
+  systems = decoded_systems(run)
+  test = arrays_lib.ArrayDataset.load(os.path.join(run.full_data, 'test'))
+  rows = test.num_examples if run.cfg.eval_examples is None else min(
+      test.num_examples, run.cfg.eval_examples)
+  batches = -(-rows // run.cfg.eval_batch_size)
+  todo = [s for s in systems if not os.path.isfile(run.path('eval', f'{s["name"]}.json'))]
+  loaded: dict[str, Any] = {}
+  predictors: dict[Any, Any] = {}
+  with run.bar(len(todo) * batches, 'evaluate', 'batch') as bar:
+    for system in todo:
+      stage = system['model']
+      if stage not in loaded:
+        model = run.teacher_model() if stage == 'teacher' else run.student_model(stage)
+        if system['kind'] == 'padir' and 'padir_model' in loaded:
+          model = loaded['padir_model']  # the same network: reuse its compiled decoders
+        params, shardings, step = load_params(run, model, stage, tokenizer, partitioner)
+        loaded[stage] = (model, params, shardings, step)
+        if system['kind'] == 'padir':
+          loaded['padir_model'] = model
+      model, params, shardings, step = loaded[stage]
+      key = (id(model), system['config'])
+      if key not in predictors:
+        predictors[key] = evaluation.Predictor(model, partitioner, shardings,
+                                               {'decode_config': system['config']})
+      result = decode_and_score(
+          predictors[key], params, run.full_data, 'test', run.cfg.eval_batch_size,
+          tokenizer, max_examples=run.cfg.eval_examples,
+          save_prefix=run.path('eval', 'decodes', system['name']), progress=bar)
+      result.update({k: v for k, v in system.items() if k != 'config'})
+      result['checkpoint_step'] = step
+      result['decode_config'] = dataclasses.asdict(system['config'])
+      write_json(run.path('eval', f'{system["name"]}.json'), result)
+      run.say(bar, f'  {system["label"]}: BLEU {result["bleu"]:.2f}, repetition '
+                f'{result["repetition_rate"]:.4f}, length error '
+                f'{result["mean_length_error"]:+.2f}')
+  return {'systems': [s['name'] for s in systems], 'test_examples': rows}
+
+# ----------------------------------------------------------------------------------------
+# Stage 7: batch-1 latency.
+
+
+def _load_average() -> float | None:
+  """The 1-minute load average of the machine (None where the OS does not report it)."""
+  try:
+    return round(os.getloadavg()[0], 2)
+  except (AttributeError, OSError):
+    return None
+
+
+def benchmark(run: Any) -> dict[str, Any]:
+  from padir import partitioning  # pylint: disable=g-import-not-at-top
+  from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
+  from padir.data import vocab  # pylint: disable=g-import-not-at-top
+  if not run.cfg.bench_examples:
+    return {'latency_ms': {}}
+  tokenizer = vocab.load_tokenizer(run.cfg.vocabulary)
+  partitioner = partitioning.Partitioner()
+  test = arrays_lib.ArrayDataset.load(os.path.join(run.full_data, 'test'), mmap=False)
+  sources = np.asarray(test.arrays['encoder_input_tokens'])[:run.cfg.bench_examples]
+  length = run.lengths['targets']
+  teacher = run.teacher_model()
+  t_params, _, _ = load_params(run, teacher, 'teacher', tokenizer, partitioner)
+  decoders = {'ar_greedy': batch1(
+      ar_greedy_decoder(teacher, length), t_params)}
+  students = [('student_distilled', 'distilled')]
+  if run.cfg.raw_ablation:
+    students.append(('student_raw', 'raw'))
+  student = run.student_model()
+  refiners = {t: refine_decoder(
+      student, dataclasses.replace(run.cfg.refine, num_iterations=t, return_history=False),
+      length) for t in run.cfg.iterations}  # one compilation serves both students
+  for stage, short in students:
+    s_params, _, _ = load_params(run, student, stage, tokenizer, partitioner)
+    for t in run.cfg.iterations:
+      decoders[f'padir_{short}_t{t}'] = batch1(refiners[t], s_params)
+  load_before = _load_average()
+  with run.bar(len(sources), 'latency (batch 1)', 'sentence') as bar:
+    latency = measure_latency(decoders, sources, progress=bar)
+  result: dict[str, Any] = {'latency_ms': latency, 'bench_examples': int(len(sources)),
+                            'load_average': [load_before, _load_average()]}
+  if run.cfg.small_preset:
+    targets = np.asarray(test.arrays['decoder_target_tokens'])
+    n = int(np.median((targets > 0).sum(axis=1)))
+    small, counts = fixed_length_decoders(
+        teacher, student, run.cfg.small_preset, n, run.cfg.refine,
+        run.cfg.small_iterations, run.lengths['inputs'])
+    few = sources[:run.cfg.small_bench_examples]
+    with run.bar(len(few), f'latency ({run.cfg.small_preset})', 'sentence') as bar:
+      small_latency = measure_latency(small, few, progress=bar)
+    result['small'] = {'config': run.cfg.small_preset, 'output_length': n,
+                       'latency_ms': small_latency, 'params': counts,
+                       'bench_examples': int(len(few))}
+  return result
+
+# ----------------------------------------------------------------------------------------
+# Stage 8: the results dict of the report.
+
+
+def collect_results(run: Any) -> dict[str, Any]:
+  """The report's results dict of a run, from its stage markers and evaluation files."""
+  data = (run.stage_result('data') or {}).get('result', {})
+  bench = (run.stage_result('benchmark') or {}).get('result', {})
+  latency = bench.get('latency_ms', {})
+  systems = []
+  per_iteration = {}
+  for system in decoded_systems(run):
+    path = run.path('eval', f'{system["name"]}.json')
+    if not os.path.isfile(path):
+      continue
+    row = read_json(path)
+    if system['name'] in latency:
+      row['latency_ms'] = latency[system['name']]
+    if 'per_iteration' in row:
+      per_iteration[row['model']] = row.pop('per_iteration')
+    systems.append(row)
+  refine = run.cfg.refine
+  results: dict[str, Any] = {
+      'title': f'padir quickstart: {run.cfg.task} (AR teacher -> distillation -> PaDIR)',
+      'systems': systems,
+      'headline_iterations': 4 if 4 in run.cfg.iterations else run.cfg.max_iterations,
+      'per_iteration': per_iteration,
+      'plot_title': f'{run.cfg.task} test, batch-1 latency on {jax.default_backend()}',
+  }
+  test = data.get('splits', {}).get('test', {})
+  results['test_description'] = (
+      f'Test split of `{run.cfg.task}`: {test.get("num_examples", "?")} sentences '
+      f'({"filtered to" if run.cfg.overlong == "filter" else "truncated at"} '
+      f'{run.lengths["inputs"]} source / {run.lengths["targets"]} target tokens), '
+      'multi-reference BLEU and chrF (sacrebleu 13a, both English Bibles). Repetition = share '
+      'of tokens equal to the previous one; length error = predicted minus reference '
+      'length in tokens (first reference). Latency: batch 1, median over '
+      f'{bench.get("bench_examples", 0)} test sentences, systems interleaved; PaDIR length '
+      f'beam {refine.length_beam} x top-{refine.top_k_lengths} lengths, '
+      f'{refine.canvas_init} canvas, remasking rule {refine.remask.rule}.')
+  small = bench.get('small')
+  if small:
+    results['latency_small'] = {
+        'config': small['config'], 'output_length': small['output_length'],
+        'length_beam': refine.length_beam,
+        'systems': [{'name': name, 'label': 'AR greedy' if name == 'ar_greedy' else
+                     f'PaDIR {name.split("_t")[-1]} it.',
+                     'iterations': None if name == 'ar_greedy' else int(name.split('_t')[-1]),
+                     'latency_ms': value} for name, value in small['latency_ms'].items()]}
+  results['setup'] = _setup(run, data, bench)
+  return results
+
+def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[str, Any]:
+  flags = [f'--gin_file={f}' for f in run.gin_files[1:]]
+  flags += [f'--gin_bindings="{b}"' for b in run.gin_bindings]
+  setup: dict[str, Any] = {'command': ' '.join(['padir quickstart'] + flags),
+                           'hardware': environment()}
+  distill = (run.stage_result('distill') or {}).get('result', {})
+  splits = data.get('splits', {})
+  setup['data'] = {
+      'task': f'{run.cfg.task} (registered as {data.get("task", run.task_name)})',
+      'feature lengths': f'{run.lengths["inputs"]} / {run.lengths["targets"]} tokens, '
+                         f'over-long sentences {run.cfg.overlong}ed',
+      'train (teacher)': splits.get('train', {}).get('num_examples'),
+      'train subset (students)': data.get('subset_train_examples'),
+      'distilled rows': distill.get('num_rows'),
+      'validation': splits.get('validation', {}).get('num_examples'),
+      'test': splits.get('test', {}).get('num_examples'),
+  }
+  models = {}
+  for stage in ('teacher', 'student_distilled', 'student_raw'):
+    marker = run.stage_result(stage)
+    if marker:
+      r = marker['result']
+      models[stage] = {'model': r.get('model'), 'parameters': r.get('params'),
+                       'steps': r.get('step'), 'network': r.get('network'),
+                       'final train loss': r.get('train_metrics', {}).get('loss'),
+                       'validation loss': r.get('eval_metrics', {}).get('loss')}
+  setup['models'] = models
+  setup['distillation'] = (f'beam {run.cfg.distill_beam_size}, length penalty '
+                           f'{run.cfg.distill_length_penalty}; '
+                           f'{distill.get("num_empty", 0)} empty outputs dropped')
+  setup['PaDIR decoding'] = {k: v for k, v in dataclasses.asdict(run.cfg.refine).items()
+                             if k not in ('return_history', 'return_all_candidates')}
+  if bench.get('small'):
+    setup['small-size latency networks'] = bench['small'].get('params')
+  seconds = {name: round(marker['seconds'], 1) for name in run.STAGES
+             if (marker := run.stage_result(name))}
+  setup['stage seconds'] = seconds
+  setup['total seconds (stages 1-7)'] = round(sum(seconds.values()), 1)
+  if bench.get('load_average'):
+    setup['load average (1 min) before / after the latency runs'] = bench['load_average']
+  return setup
