@@ -174,6 +174,38 @@ def _count_params(params: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
 
 
+class TrainDisplay:
+  """Shows a training stage: a progress bar fed by `padir.train`'s step callback.
+
+  With ``progress`` the bar advances at every step and shows the logged loss and accuracies;
+  the trainer's own step lines are then dropped (the bar has them) and its other lines are
+  written above the bar. Without ``progress`` every line is printed as is.
+  """
+
+  _SHOWN = (('loss', 'loss'), ('accuracy', 'acc'), ('length_accuracy', 'len_acc'))
+
+  def __init__(self, bar: Any, progress: bool, say: Callable[[str], Any]):
+    self._bar = bar
+    self._progress = progress
+    self._say = say
+
+  def print(self, line: str) -> None:
+    """The trainer's ``print_fn``."""
+    if self._progress and _STEP_LINE.match(line):
+      return
+    self._say(line)
+
+  def on_step(self, step: int, metrics: Mapping[str, float] | None) -> None:
+    """The trainer's ``step_callback``."""
+    if not self._progress:
+      return
+    self._bar.update(step - self._bar.n)
+    if metrics:
+      self._bar.set_postfix_str(' | '.join(
+          f'{label} {metrics[key]:.4g}' for key, label in self._SHOWN if key in metrics),
+                                refresh=False)
+
+
 def _latest_step(model_dir: str) -> int:
   if not os.path.isdir(model_dir):
     return 0
@@ -378,21 +410,8 @@ class Quickstart:
     model_dir = self.path(stage)
     with self.bar(steps, stage, 'step', initial=min(_latest_step(model_dir), steps)) as bar:
 
-      def printer(line: str) -> None:
-        match = _STEP_LINE.match(line)
-        if match is None:
-          self.say(bar, line)
-          return
-        step = int(match.group(1))
-        if self.progress:
-          bar.update(step - bar.n)
-          shown = [p for p in match.group(3).split(' | ')
-                   if p.split(' ')[0] in ('loss', 'acc', 'len_acc')]
-          bar.set_postfix_str(' | '.join(shown), refresh=True)
-        else:
-          self.print(line)
-
-      result = train_lib.train(print_fn=printer)
+      display = TrainDisplay(bar, self.progress, lambda line: self.say(bar, line))
+      result = train_lib.train(print_fn=display.print, step_callback=display.on_step)
     if result.stopped_by_signal:
       raise _Stopped(f'{stage} stopped by SIGTERM at step {result.step}; rerun to resume.')
     return {

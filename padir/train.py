@@ -46,6 +46,9 @@ from padir import trainer as trainer_lib
 
 SIGTERM_EXIT_CODE = 143
 
+# step_callback(step, metrics or None): see `train`.
+StepCallback = Callable[[int, Mapping[str, float] | None], Any]
+
 
 @dataclasses.dataclass
 class TrainResult:
@@ -136,7 +139,8 @@ def train(*,
           random_seed: int = 0,
           num_microbatches: int = 1,
           tensorboard: bool = True,
-          print_fn: Callable[[str], Any] = print) -> TrainResult:
+          print_fn: Callable[[str], Any] = print,
+          step_callback: StepCallback | None = None) -> TrainResult:
   """Trains ``model`` for ``total_steps`` steps, resuming from ``model_dir`` when possible.
 
   Args:
@@ -159,6 +163,10 @@ def train(*,
     num_microbatches: gradient accumulation.
     tensorboard: write TensorBoard summaries (needs tensorboardX).
     print_fn: console output.
+    step_callback: called on the chief process after every step as
+      ``step_callback(step, metrics)``: ``metrics`` is the dict of training metrics logged at
+      that step (loss, accuracy, rates; at log steps and the last step) and ``None`` at other
+      steps. For progress bars and custom logging; it must not block for long.
 
   Returns:
     TrainResult.
@@ -243,10 +251,10 @@ def train(*,
   last_saved = step if restored is not None else None
   stopped = False
 
-  def flush() -> None:
+  def flush() -> dict[str, float] | None:
     nonlocal last_train
     if not len(window):
-      return
+      return None
     metrics, losses = window.reduce()
     trainer_lib.check_finite(losses)
     tokens = metrics.get('num_input_tokens', 0.0) + metrics.get('num_target_tokens', 0.0)
@@ -256,6 +264,7 @@ def train(*,
     if is_chief:
       print_fn(progress.line(step, metrics, rates))
     last_train = metrics
+    return metrics
 
   def save() -> None:
     nonlocal last_saved
@@ -277,8 +286,9 @@ def train(*,
       step += 1
       window.add(step, metrics)
       last_step = step == total_steps
-      if step % log_period == 0 or last_step:
-        flush()
+      logged = flush() if step % log_period == 0 or last_step else None
+      if step_callback is not None and is_chief:
+        step_callback(step, logged)
       if step % eval_period == 0 or last_step:
         start = time.time()
         flush()

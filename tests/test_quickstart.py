@@ -138,3 +138,23 @@ def test_canvas_mismatch_is_a_clear_error(run, capsys):
   assert quickstart.main(flags) == 1
   err = capsys.readouterr().err
   assert "trained on 'mask_range' canvases" in err and "from 'mask' canvases" in err
+
+
+def test_train_display_drives_the_bar_from_the_step_callback():
+  import io  # pylint: disable=g-import-not-at-top
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  out, said = io.StringIO(), []
+  with tqdm(total=10, file=out, mininterval=0) as bar:
+    display = quickstart.TrainDisplay(bar, True, said.append)
+    display.on_step(1, None)
+    display.on_step(2, {'loss': 3.25, 'accuracy': 0.5, 'learning_rate': 0.01})
+    display.print('step 2/10 | loss 3.25 | acc 0.5 | 1.00 steps/s | 10 tok/s | ETA 8s')
+    display.print('Compiled the train step in 1.0s')
+    assert bar.n == 2
+    assert bar.postfix == 'loss 3.25 | acc 0.5'
+  assert said == ['Compiled the train step in 1.0s']  # the step line is on the bar
+  plain = []
+  display = quickstart.TrainDisplay(None, False, plain.append)
+  display.on_step(3, {'loss': 1.0})  # no bar: nothing to update
+  display.print('step 3/10 | loss 1.0')
+  assert plain == ['step 3/10 | loss 1.0']

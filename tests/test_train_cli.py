@@ -166,12 +166,19 @@ def test_nan_loss_stops_without_saving_a_bad_checkpoint(tmp_path):
                                                  num_decoder_layers=1)}))
   data = datasets.DatasetConfig(data_dir, 'train', 8, shuffle=False)
   model_dir = str(tmp_path / 'nan')
+  calls = []
   with pytest.raises(trainer_lib.NonFiniteLossError, match='loss is nan at step 4'):
     train.train(model=model, train_dataset_cfg=data,
                 partitioner=partitioning.Partitioner((-1, 1, 1), num_devices=1),
                 optimizer=optimizers.adafactor(learning_rate=0.01), model_dir=model_dir,
                 total_steps=6, log_period=3, print_fn=lambda _: None,
-                checkpoint_cfg=checkpoints.CheckpointConfig(period=2), tensorboard=False)
+                checkpoint_cfg=checkpoints.CheckpointConfig(period=2), tensorboard=False,
+                step_callback=lambda step, metrics: calls.append((step, metrics)))
+  # The callback sees every step, with the logged metrics at the log step (3) only; the
+  # checkpoint at step 4 finds the NaN before anything of step 4 is logged.
+  assert [step for step, _ in calls] == [1, 2, 3, 4]
+  assert [metrics is None for _, metrics in calls] == [True, True, False, True]
+  assert np.isfinite(calls[2][1]['loss']) and 'steps_per_sec' in calls[2][1]
   mgr = checkpoints.CheckpointManager(model_dir)
   assert mgr.all_steps() == [2]
   mgr.close()
