@@ -5,7 +5,10 @@ import pathlib
 import gin
 import pytest
 
+from padir import ar_decoding
 from padir import builders  # pylint: disable=unused-import
+from padir import datasets
+from padir import distill  # pylint: disable=unused-import
 from padir import eval as eval_lib  # pylint: disable=unused-import
 from padir import gin_utils
 from padir import infer  # pylint: disable=unused-import
@@ -53,26 +56,82 @@ def test_train_main_reports_missing_macros(capsys):
   assert 'MODEL_DIR' in err and 'VOCABULARY' in err and '--gin.MODEL_DIR=' in err
 
 
-# Training experiments (those built on runs/train.gin; other commands have their own files).
-TRAIN_EXPERIMENTS = sorted(p.name for p in (gin_utils.GIN_DIR / 'experiments').glob('*.gin')
-                           if "include 'padir/gin/runs/train.gin'" in p.read_text())
+def _run_files(path: pathlib.Path) -> set[str]:
+  """The runs/*.gin files an experiment includes, directly or through other experiments."""
+  runs = set()
+  for line in path.read_text().splitlines():
+    if line.startswith('include '):
+      name = line.split(None, 1)[1].strip().strip('\'"')
+      if '/runs/' in name:
+        runs.add(name.rsplit('/', 1)[1])
+      else:
+        runs |= _run_files(pathlib.Path(gin_utils.resolve_gin_file(name)))
+  return runs
+
+
+_EXPERIMENTS = sorted((gin_utils.GIN_DIR / 'experiments').glob('*.gin'))
+# Training experiments (those built on runs/train.gin only); distillation experiments add
+# runs/distill.gin on top of a teacher's training experiment.
+TRAIN_EXPERIMENTS = [p.name for p in _EXPERIMENTS if _run_files(p) == {'train.gin'}]
+DISTILL_EXPERIMENTS = [p.name for p in _EXPERIMENTS if 'distill.gin' in _run_files(p)]
 
 
 def test_training_experiments_are_shipped():
   assert {'bible_es_en_padir.gin', 'bible_es_en_ar.gin', 'bible_es_en_padir_tiny.gin',
           'wmt14_ende_padir.gin', 'wmt14_ende_ar.gin', 'wmt16_enro_padir.gin',
-          'wmt16_enro_ar.gin'} <= set(TRAIN_EXPERIMENTS)
+          'wmt16_enro_ar.gin', 'wmt14_ende_padir_distilled.gin',
+          'wmt16_enro_padir_distilled.gin'} <= set(TRAIN_EXPERIMENTS)
+  assert {'wmt14_ende_distill.gin', 'wmt16_enro_distill.gin'} <= set(DISTILL_EXPERIMENTS)
 
 
 @pytest.mark.parametrize('experiment', TRAIN_EXPERIMENTS)
 def test_shipped_experiments_parse(experiment, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # includes resolve from the package, not the working directory
-  bindings = ["MODEL_DIR = '/tmp/x'", "VOCABULARY = 'byte'"]
+  bindings = ["MODEL_DIR = '/tmp/x'", "VOCABULARY = 'byte'", "DISTILLED_DATA = '/tmp/d'"]
   gin_utils.parse_gin([f'experiments/{experiment}'], bindings)
   assert gin.query_parameter('TRAIN_STEPS/macro.value') > 0
   for run in ('eval', 'infer'):
     gin_utils.parse_gin([f'experiments/{experiment}', f'runs/{run}.gin'],
                         bindings + ["CHECKPOINT_PATH = '/tmp/x'", "INFER_OUTPUT_DIR = '/tmp/y'"])
+  gin.clear_config()
+
+
+@pytest.mark.parametrize('pair', ['wmt14_ende', 'wmt16_enro'])
+def test_distilled_students_train_on_distilled_data(pair, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  experiment = f'experiments/{pair}_padir_distilled.gin'
+  bindings = ["MODEL_DIR = '/tmp/x'", "VOCABULARY = 'byte'"]
+  with pytest.raises(ValueError, match='DISTILLED_DATA'):
+    gin_utils.parse_gin([experiment], bindings)
+  gin_utils.parse_gin([experiment], bindings + ["DISTILLED_DATA = '/data/distilled/arrays'"])
+  for scope in ('train', 'train_eval', 'infer_eval'):
+    with gin.config_scope(scope):
+      assert datasets.DatasetConfig().source == '/data/distilled/arrays'
+  # The rest is the raw-data PaDIR experiment (two unrolled stages, base size).
+  assert gin.query_parameter('padir.models.PadirModel.num_train_stages') == 2
+  assert gin.query_parameter('padir.builders.network_config.size') == 'base'
+  gin.clear_config()
+
+
+@pytest.mark.parametrize('experiment', DISTILL_EXPERIMENTS)
+def test_distill_experiments_parse(experiment, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  bindings = ["VOCABULARY = 'byte'", "CHECKPOINT_PATH = '/runs/teacher'",
+              "DISTILL_OUTPUT_DIR = '/data/out'", "MIXTURE_OR_TASK_NAME = '/data/arrays'"]
+  if experiment.startswith('wmt'):
+    with pytest.raises(ValueError, match='TASK_MODULE'):
+      gin_utils.parse_gin([f'experiments/{experiment}'], bindings)
+    bindings.append("TASK_MODULE = 'my_tasks'")
+  gin_utils.parse_gin([f'experiments/{experiment}'], bindings)
+  with gin.config_scope('distill'):
+    cfg = datasets.DatasetConfig()
+  assert (cfg.source, cfg.split, cfg.shuffle) == ('/data/arrays', 'train', False)
+  teacher = gin.get_configurable('padir.distill.default_teacher_decoding')()
+  assert isinstance(teacher, ar_decoding.ARConfig)
+  assert (teacher.method, teacher.beam_size) == ('beam', 4)
+  if experiment.startswith('wmt'):
+    assert cfg.module == 'my_tasks'
+    assert teacher.length_penalty == 0.6
   gin.clear_config()
 
 
