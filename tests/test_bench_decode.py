@@ -37,8 +37,15 @@ def test_cli_arguments_and_dispatch(capsys):
   with pytest.raises(SystemExit):
     bench_decode.parse_args(['--length_beams=2'])
   assert bench.main(['--help']) == 0
-  assert 'decode' in capsys.readouterr().out
+  listed = capsys.readouterr().out
+  assert all(f'  {name} ' in listed for name in ('decode', 'train', 'data'))
   assert bench.main(['nope']) == 2
+  assert 'unknown benchmark' in capsys.readouterr().err
+  # Dispatch reaches the named module: its own argument parser answers --help.
+  with pytest.raises(SystemExit) as exit_info:
+    bench.main(['train', '--help'])
+  assert exit_info.value.code == 0
+  assert 'python -m padir.bench_train' in capsys.readouterr().out
 
 
 def test_huggingface_reference_generates_the_requested_length():

@@ -1,7 +1,8 @@
 """Speed benchmarks: ``python -m padir.bench <name> [flags]`` (or ``padir bench <name>``).
 
-Each benchmark is a module ``padir.bench.<name>`` with a ``main(argv)`` function; ``decode``
-times AR and refinement decoding (`padir.bench.decode`).
+Each benchmark is a module with a ``main(argv)`` function: ``decode`` times AR and refinement
+decoding (`padir.bench.decode`), ``train`` the training step and its MFU (`padir.bench_train`),
+``data`` the input pipeline (`padir.data.benchmark`).
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ import importlib.util
 import sys
 from typing import Sequence
 
+# name -> (module, what it measures)
 BENCHMARKS = {
-    'decode': 'latency (batch 1) and throughput (batch 64) of AR and PaDIR decoding',
+    'decode': ('padir.bench.decode',
+               'latency (batch 1) and throughput (batch 64) of AR and PaDIR decoding'),
+    'train': ('padir.bench_train', 'training tokens/s and MFU against a measured matmul peak'),
+    'data': ('padir.data.benchmark', 'input pipeline examples/s (arrays and seqio)'),
 }
 
 
 def available() -> dict[str, str]:
   """Benchmarks whose module is present in this version of padir."""
-  found = dict(BENCHMARKS)
-  return {name: text for name, text in found.items()
-          if importlib.util.find_spec(f'padir.bench.{name}') is not None}
+  return {name: text for name, (module, text) in BENCHMARKS.items()
+          if importlib.util.find_spec(module) is not None}
 
 
 def _usage() -> str:
@@ -39,5 +43,5 @@ def main(argv: Sequence[str] | None = None) -> int:
   if name not in available():
     print(f'padir.bench: unknown benchmark {name!r}.\n\n{_usage()}', file=sys.stderr)
     return 2
-  module = importlib.import_module(f'padir.bench.{name}')
+  module = importlib.import_module(BENCHMARKS[name][0])
   return int(module.main(rest) or 0)
