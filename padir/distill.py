@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib
 import json
 import os
 import sys
@@ -231,6 +232,10 @@ def distill(*,
                      '"targets".')
   output_dir = os.path.abspath(os.path.expanduser(output_dir))
   split = dataset_cfg.split
+  if dataset_cfg.module:
+    # The user's task module registers the base task with its vocabulary; import it before
+    # anything looks the task up (a finished run re-registers the distilled task from it).
+    importlib.import_module(dataset_cfg.module)
   base = _base_task_of(dataset_cfg, base_task)
   task_name = task_name or (f'{base}_distilled' if base else None)
   decode_kwargs = dict(decode_kwargs) if decode_kwargs else {

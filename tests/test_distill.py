@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import sys
 
 import gin
 import numpy as np
@@ -95,9 +96,19 @@ def test_distill_shards_merge_register_export_and_resume(teacher, capsys):
   base_valid = arrays_lib.ArrayDataset.load(os.path.join(data, 'validation')).text()
   assert valid == base_valid
 
-  # A finished distillation is not redone.
-  assert distill.main(_flags(data, model_dir, out)) == 0
+  # A finished distillation is not redone, and the user's task module is still imported
+  # (it registers the base task that the distilled task is registered from again).
+  module = 'distill_test_user_tasks'
+  with open(os.path.join(root, f'{module}.py'), 'w', encoding='utf-8') as f:
+    f.write('IMPORTED = True\n')
+  sys.path.insert(0, root)
+  try:
+    assert distill.main(_flags(data, model_dir, out, [
+        f"--gin.distill/padir.datasets.DatasetConfig.module='{module}'"])) == 0
+  finally:
+    sys.path.remove(root)
   assert 'already holds a finished distillation' in capsys.readouterr().out
+  assert sys.modules[module].IMPORTED
 
 
 def test_distill_resumes_from_saved_chunks(teacher, capsys):
