@@ -33,6 +33,7 @@ from padir import gin_utils
 from padir import losses
 from padir import objectives
 from padir import remasking
+from padir import sampling
 from padir.network import T5Config, Transformer
 from padir.special_ids import SpecialIds
 
@@ -356,24 +357,27 @@ class PadirModel(_BaseModel):
 
   # ------------------------------------------------------------------ unrolled stages
 
-  def _proposal_logits(self, logits: Array) -> Array:
-    """Stage logits restricted to real pieces and EOS (the decoder's real_pieces_only)."""
+  def _proposal_bias(self, vocab_size: int) -> Array:
+    """[V] float32: 0 on the ids a stage may propose (real pieces, EOS), -1e9 elsewhere."""
     lo, hi = self.special_ids.random_token_range
-    vocab = jnp.arange(logits.shape[-1])
+    vocab = jnp.arange(vocab_size)
     allowed = ((vocab >= lo) & (vocab < hi)) | (vocab == self.special_ids.eos)
-    return jnp.where(allowed, jax.lax.stop_gradient(logits).astype(jnp.float32), -1e9)
+    return jnp.where(allowed, 0.0, -1e9).astype(jnp.float32)
 
-  def _next_canvas(self, logits: Array, canvas: Array, confidence: Array, open_: Array,
-                   initial: Array, editable: Array, stage: int, logits_sum: Array | None,
-                   rng: Array) -> tuple[Array, Array, Array]:
+  def _next_canvas(self, logits: Array, bias: Array, canvas: Array, confidence: Array,
+                   open_: Array, initial: Array, editable: Array, stage: int,
+                   logits_sum: Array | None, rng: Array) -> tuple[Array, Array, Array]:
     """Stage ``stage``'s argmax through the decoder's remasking rule (no gradient).
 
     Mirrors one iteration of `padir.refine_decoding`: proposals at the positions predicted in
     this update mode, `padir.remasking.remask` over the editable positions, confidences kept
-    as the log-probability a token had when proposed.
+    as the log-probability a token had when proposed, all under ``logits + bias`` (the
+    decoder's ``real_pieces_only``). The choice reads the logits without writing a restricted
+    [B, L, V] copy (`padir.sampling.greedy_choice`).
 
     Args:
-      logits: [B, L, V] restricted stage logits (`_proposal_logits`).
+      logits: [B, L, V] stage logits (gradients stopped here).
+      bias: [V] `_proposal_bias`.
       canvas: [B, L] this stage's decoder input.
       confidence: [B, L] float32 carried confidences.
       open_: [B, L] bool positions still open (update modes 'masked' / 'commit').
@@ -386,9 +390,15 @@ class PadirModel(_BaseModel):
     Returns:
       (next canvas [B, L] int32, confidences [B, L], open positions [B, L]).
     """
+    logits = jax.lax.stop_gradient(logits)
+    argmax, log_z = sampling.greedy_choice(logits, bias)  # [B, L], [B, L]
+
+    def log_prob(tokens: Array) -> Array:  # [B, L] -> [B, L] under logits + bias
+      picked = jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
+      return picked.astype(jnp.float32) + bias[tokens] - log_z
+
     update = self.remask.effective_update
-    argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    new_lp = remasking.token_confidence(logits, argmax)
+    new_lp = log_prob(argmax)
     predicted = editable if update == 'all' else open_
     proposed = jnp.where(predicted, argmax, canvas)
     conf_in = jnp.where(predicted, new_lp, confidence)
@@ -397,7 +407,7 @@ class PadirModel(_BaseModel):
         self.remask, proposed, conf_in, canvas, initial, editable, stage + 1,
         self.num_train_stages, eligible=eligible, logits_sum=logits_sum,
         rng=rng if self.remask.needs_rng else None)
-    lp_now = remasking.token_confidence(logits, tokens)
+    lp_now = log_prob(tokens)
     confidence = jnp.where(predicted & ~rejected, new_lp,
                            jnp.where(predicted & rejected, lp_now, confidence))
     if update == 'masked':
@@ -413,6 +423,15 @@ class PadirModel(_BaseModel):
                            enable_dropout: bool) -> StageOutputs:
     """Corrupts the targets and runs the unrolled refinement stages.
 
+    See `_unrolled_stages`; this stacks its per-stage outputs into [S, ...] arrays.
+    """
+    out = self._unrolled_stages(params, batch, rng, enable_dropout)
+    return out._replace(canvases=jnp.stack(out.canvases), logits=jnp.stack(out.logits))
+
+  def _unrolled_stages(self, params: Params, batch: Batch, rng: Array | None,
+                       enable_dropout: bool) -> StageOutputs:
+    """Corrupts the targets and runs the unrolled refinement stages.
+
     The encoder (and length head) runs once; each stage runs the decoder with a fresh dropout
     key. Stage s + 1's canvas is stage s's argmax over real pieces and EOS after
     `padir.remasking.remask` (iteration s + 1 of ``num_train_stages``; replacement ``initial`` =
@@ -426,7 +445,8 @@ class PadirModel(_BaseModel):
       enable_dropout: apply dropout (needs ``rng``).
 
     Returns:
-      `StageOutputs`.
+      `StageOutputs` whose ``canvases`` and ``logits`` are lists with one [B, L] / [B, L, V]
+      array per stage (the loss reads them without copying them into one [S, B, L, V] array).
     """
     enc, targets, _ = self._features(batch)
     if rng is None:
@@ -454,17 +474,18 @@ class PadirModel(_BaseModel):
       canvases.append(canvas)
       all_logits.append(logits)
       if stage + 1 < self.num_train_stages:
-        proposal_logits = self._proposal_logits(logits)
-        if need_sum:
-          logits_sum = proposal_logits if logits_sum is None else logits_sum + proposal_logits
+        bias = self._proposal_bias(logits.shape[-1])
+        if need_sum:  # the only case that keeps a restricted [B, L, V] buffer
+          restricted = jax.lax.stop_gradient(logits).astype(jnp.float32) + bias
+          logits_sum = restricted if logits_sum is None else logits_sum + restricted
         canvas, confidence, open_ = self._next_canvas(
-            proposal_logits, canvas, confidence, open_, initial, editable, stage, logits_sum,
+            logits, bias, canvas, confidence, open_, initial, editable, stage, logits_sum,
             jax.random.fold_in(k_remask, stage))
-    return StageOutputs(jnp.stack(canvases), jnp.stack(all_logits), length_logits, corruption)
+    return StageOutputs(canvases, all_logits, length_logits, corruption)
 
   def _loss(self, params, batch, rng, enable_dropout):
     _, targets, batch_weights = self._features(batch)
-    out = self.compute_stage_logits(params, batch, rng, enable_dropout)
+    out = self._unrolled_stages(params, batch, rng, enable_dropout)
     c = out.corruption
     nonpad = (targets > 0).astype(jnp.float32)
     metrics: dict[str, Array] = {}
