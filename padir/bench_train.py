@@ -131,10 +131,11 @@ class Result:
 
 def bench_size(size: str, objective: str, batch_size: int, length: int, steps: int,
                dtype: str, partitioner: partitioning.Partitioner,
-               dropout_rate: float = 0.1) -> Result:
+               dropout_rate: float = 0.1, padir_stages: int = 2) -> Result:
   model_cls = models.PadirModel if objective == 'padir' else models.EncoderDecoderModel
   network = {'size': size, 'overrides': {'dtype': dtype, 'dropout_rate': dropout_rate}}
-  kwargs = {'num_train_stages': 2} if objective == 'padir' else {}  # as objectives/padir.gin
+  # 2 unrolled stages as in objectives/padir.gin
+  kwargs = {'num_train_stages': padir_stages} if objective == 'padir' else {}
   model = builders.build_model(model_cls, vocabulary='bible',
                                task_feature_lengths={'inputs': length, 'targets': length},
                                network=network, model_kwargs=kwargs)
@@ -191,7 +192,8 @@ def _report(results: list[Result], peak: float, args: argparse.Namespace, comman
       f'{args.dtype}): **{peak.flops_per_sec / 1e9:.1f} GFLOP/s** '
       f'({peak.flops_per_cpu_sec / 1e9:.1f} GFLOP per CPU second)',
       f'- batch {args.batch_size} x {args.length} source + {args.length} target tokens, '
-      f'Adafactor, dropout {args.dropout_rate}; PaDIR with 2 unrolled decoder stages', '',
+      f'Adafactor, dropout {args.dropout_rate}; PaDIR with {args.padir_stages} unrolled '
+      'decoder stages', '',
       '| size | objective | params | s/step (fastest) | tokens/s | model GFLOP/step | '
       'XLA GFLOP/step | MFU (wall) | MFU (CPU time) | compile s |',
       '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
@@ -215,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--dropout_rate', type=float, default=0.1)
+  parser.add_argument('--padir_stages', type=int, default=2,
+                      help='unrolled decoder stages of the PaDIR objective')
   parser.add_argument('--matmul_size', type=int, default=2048)
   parser.add_argument('--output', default=None, help='also write the markdown report here')
   args = parser.parse_args(argv)
@@ -229,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       if objective not in ('padir', 'ar'):
         parser.error(f'--objectives: unknown {objective!r} (padir, ar)')
       r = bench_size(size, objective, args.batch_size, args.length, args.steps, args.dtype,
-                     partitioner, args.dropout_rate)
+                     partitioner, args.dropout_rate, args.padir_stages)
       print(f'{size} {objective}: {r.seconds_per_step:.3f} s/step, {r.tokens_per_sec:,.0f} '
             f'tokens/s, MFU {100 * r.mfu(peak):.1f}% wall, {100 * r.mfu_cpu(peak):.1f}% CPU time '
             '(against the peak measured so far)')
