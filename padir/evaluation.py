@@ -137,11 +137,16 @@ def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[st
       ``text.jsonl``): sources and references are taken from it.
 
   Returns:
-    (rows, stats): ``stats`` has ``decode_seconds``, ``num_examples``, ``examples_per_sec`` and
-    ``mean_iterations`` when the decoder reports iterations.
+    (rows, stats): ``stats`` has ``decode_seconds`` (all batches, the first one's compilation
+    included), ``num_examples``, ``examples_per_sec`` (over ``decode_seconds``), with two or
+    more batches ``first_batch_seconds`` and ``steady_examples_per_sec`` (the batches after
+    the first: the decoder's speed without compilation), and ``mean_iterations`` when the
+    decoder reports iterations. Seconds are wall time of the decode calls only (not
+    detokenization).
   """
   rows: list[DecodedRow] = []
   seconds = 0.0
+  first_seconds, first_rows, num_batches = 0.0, 0, 0
   iterations = []
   seen = 0
   for index, batch in enumerate(batches):
@@ -151,7 +156,9 @@ def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[st
     row_ids = getattr(batches, 'last_rows', None) if texts is not None else None
     row_ids = None if row_ids is None else np.array(row_ids)
     tokens, aux = predictor(params, batch, index)
-    seconds += time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    seconds += elapsed
+    num_batches += 1
     if all_processes:
       batch = {k: _gather(v) for k, v in batch.items()}
       row_ids = None if row_ids is None else _gather(row_ids)
@@ -173,10 +180,15 @@ def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[st
         references = [tokenizer.decode(targets[i])] if targets is not None else []
       rows.append(DecodedRow(source=source, references=references,
                              prediction=tokenizer.decode(out), tokens=out))
+    if num_batches == 1:
+      first_seconds, first_rows = elapsed, len(rows)
   if max_examples is not None:
     rows = rows[:max_examples * (jax.process_count() if all_processes else 1)]
   stats = {'decode_seconds': seconds, 'num_examples': float(len(rows)),
            'examples_per_sec': len(rows) / seconds if seconds > 0 else 0.0}
+  if num_batches > 1 and seconds > first_seconds:
+    stats['first_batch_seconds'] = first_seconds
+    stats['steady_examples_per_sec'] = (len(rows) - first_rows) / (seconds - first_seconds)
   if iterations:
     stats['mean_iterations'] = float(np.mean(iterations))
   return rows, stats

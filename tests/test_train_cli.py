@@ -88,6 +88,11 @@ def test_eval_and_infer_commands(trained, data_dir, tmp_path, capsys):
   result = json.load(open(os.path.join(out_dir, 'eval-validation-4.json')))
   assert result['step'] == 4 and result['metrics']['num_examples'] == 16
   assert {'loss', 'bleu', 'chrf'} <= set(result['metrics'])
+  # 16 examples in batches of 8: the second batch times the decoder without compilation.
+  m = result['metrics']
+  assert 0 < m['first_batch_seconds'] < m['decode_seconds']
+  assert m['steady_examples_per_sec'] == pytest.approx(
+      8 / (m['decode_seconds'] - m['first_batch_seconds']))
   header, *rows = open(os.path.join(out_dir, 'eval-validation-4.tsv')).read().splitlines()
   assert header.split('\t') == ['source', 'reference', 'prediction'] and len(rows) == 16
 
