@@ -160,21 +160,6 @@ class RemaskConfig:
     return self.choice_temperature > 0.0
 
 
-def token_confidence(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-  """Log-probability of ``tokens`` under ``logits``.
-
-  Args:
-    logits: [B, L, V] float logits.
-    tokens: [B, L] int ids.
-
-  Returns:
-    [B, L] float32 log-probabilities.
-  """
-  logits = logits.astype(jnp.float32)
-  picked = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return picked - jax.nn.logsumexp(logits, axis=-1)
-
-
 def stutter_mask(tokens: jax.Array, valid: jax.Array) -> jax.Array:
   """Positions that repeat their left neighbour.
 

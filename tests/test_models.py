@@ -15,6 +15,7 @@ from padir import losses
 from padir import models
 from padir import objectives
 from padir import remasking
+from padir import sampling
 from padir.network import T5Config, Transformer
 from padir.special_ids import special_ids
 
@@ -121,7 +122,7 @@ def test_unrolled_stages(padir2):
   allowed = ((vocab >= lo) & (vocab < hi)) | (vocab == IDS.eos)
   restricted = jnp.where(allowed, out.logits[0], -1e9)
   proposed = jnp.argmax(restricted, -1)
-  conf = remasking.token_confidence(restricted, proposed)
+  conf = sampling.log_prob_of(restricted, proposed)
   editable = (targets > 0) & (targets != IDS.eos)
   expected, rejected = remasking.remask(model.remask, proposed, conf, out.canvases[0],
                                         out.canvases[0], editable, 1, 2)

@@ -163,13 +163,6 @@ def test_remask_replacements_and_padding():
     remasking.replacement_tokens(RemaskConfig(replacement='logits_sum'), previous, initial)
 
 
-def test_token_confidence_matches_log_softmax():
-  logits = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 7))
-  tokens = jnp.array([[0, 6, 2], [1, 1, 5]])
-  expected = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], -1)[..., 0]
-  np.testing.assert_allclose(remasking.token_confidence(logits, tokens), expected, rtol=1e-6)
-
-
 @pytest.mark.parametrize('kwargs, match', [
     (dict(rule='nope'), 'rule'),
     (dict(replacement='zero'), 'replacement'),

@@ -112,3 +112,10 @@ def test_source_keys_ignore_batch_position_and_padding():
   np.testing.assert_array_equal(alone[0], keys[1])
   other_rng = sampling.source_keys(jax.random.PRNGKey(1), tokens)
   assert not bool(jnp.array_equal(other_rng[0], keys[0]))
+
+
+def test_log_prob_of_matches_log_softmax():
+  logits = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 7))
+  tokens = jnp.array([[0, 6, 2], [1, 1, 5]])
+  expected = jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[..., None], -1)[..., 0]
+  np.testing.assert_allclose(sampling.log_prob_of(logits, tokens), expected, rtol=1e-6)
