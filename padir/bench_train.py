@@ -134,7 +134,7 @@ def bench_size(size: str, objective: str, batch_size: int, length: int, steps: i
                dropout_rate: float = 0.1, padir_stages: int = 2) -> Result:
   model_cls = models.PadirModel if objective == 'padir' else models.EncoderDecoderModel
   network = {'size': size, 'overrides': {'dtype': dtype, 'dropout_rate': dropout_rate}}
-  # 2 unrolled stages as in objectives/padir.gin
+  # padir_stages defaults to the 2 unrolled stages of objectives/padir.gin
   kwargs = {'num_train_stages': padir_stages} if objective == 'padir' else {}
   model = builders.build_model(model_cls, vocabulary='bible',
                                task_feature_lengths={'inputs': length, 'targets': length},

@@ -50,6 +50,7 @@ import numpy as np
 
 from padir import gin_utils
 from padir import quickstart_eval as qs_eval
+from padir import summaries
 from padir.ar_decoding import ARConfig
 from padir.refine_decoding import RefineConfig
 
@@ -182,7 +183,7 @@ class TrainDisplay:
   written above the bar. Without ``progress`` every line is printed as is.
   """
 
-  _SHOWN = (('loss', 'loss'), ('accuracy', 'acc'), ('length_accuracy', 'len_acc'))
+  _SHOWN = summaries.METRIC_LABELS[:3]  # loss, accuracy, length accuracy
 
   def __init__(self, bar: Any, progress: bool, say: Callable[[str], Any]):
     self._bar = bar

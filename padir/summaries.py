@@ -100,6 +100,12 @@ class MetricWriter:
     self._tb = {}
 
 
+# Training metrics shown in console lines and progress bars, with their short labels; the
+# first three are the quality metrics (the rest: optimizer state).
+METRIC_LABELS = (('loss', 'loss'), ('accuracy', 'acc'), ('length_accuracy', 'len_acc'),
+                 ('learning_rate', 'lr'), ('grad_norm', 'gnorm'))
+
+
 class Progress:
   """Throughput and ETA between log lines: steps/s, tokens/s, seconds per step."""
 
@@ -131,8 +137,7 @@ class Progress:
   def line(self, step: int, metrics: Mapping[str, float], rates: Mapping[str, float]) -> str:
     """'step 200/1000 | loss 3.21 | acc 0.41 | lr 1.0e-02 | 4.1 steps/s | 12.3k tok/s | ETA 3m'."""
     parts = [f'step {step}/{self._total}']
-    for key, label in (('loss', 'loss'), ('accuracy', 'acc'), ('length_accuracy', 'len_acc'),
-                       ('learning_rate', 'lr'), ('grad_norm', 'gnorm')):
+    for key, label in METRIC_LABELS:
       if key in metrics:
         parts.append(f'{label} {_format_value(metrics[key])}')
     parts.append(f'{rates["steps_per_sec"]:.2f} steps/s')
