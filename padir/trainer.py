@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from padir import errors
 from padir import optimizers as optimizers_lib
 from padir import partitioning as partitioning_lib
 
@@ -47,7 +48,7 @@ class TrainState:
   opt_state: Any
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(errors.UserError, RuntimeError):
   """Training produced a NaN or Inf loss."""
 
 

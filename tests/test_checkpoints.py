@@ -130,3 +130,88 @@ def test_average_checkpoints_command(tmp_path, capsys):
   assert average_checkpoints.main([f'--model_dir={tmp_path / "run"}', f'--output_dir={out}',
                                    '--num_checkpoints=9']) == 1
   assert 'cannot average the last 9' in capsys.readouterr().err
+
+
+def _restore(directory, tx, **kwargs):
+  part = partitioning.Partitioner((-1, 1, 1))
+  params = _params(0.0)
+  mgr = checkpoints.CheckpointManager(directory)
+  try:
+    return mgr.restore_latest(_abstract(params, part), _abstract(tx.init(params), part), **kwargs)
+  finally:
+    mgr.close()
+
+
+def _save_with_opt_shapes(directory, steps, tx):
+  mgr = checkpoints.CheckpointManager(directory, keep=None)
+  for step in steps:
+    params = _params(float(step))
+    state = tx.init(params)
+    mgr.save(step, params, state, {}, checkpoints.make_metadata(
+        step, None, params, abstract_opt_state=state,
+        extra={'gin_config': 'OPTIMIZER = @padir.optimizers.adamw()\n'}))
+  mgr.close()
+
+
+@pytest.mark.parametrize('recorded', [True, False], ids=['new_metadata', 'old_metadata'])
+def test_another_optimizer_is_refused_and_nothing_moves(tmp_path, recorded):
+  if recorded:
+    _save_with_opt_shapes(tmp_path, [1, 2], optax.adamw(1e-3))
+  else:
+    _save_steps(tmp_path, [1, 2])  # adamw, metadata without optimizer-state shapes
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(checkpoints.IncompatibleCheckpointError) as err:
+    _restore(tmp_path, optax.adafactor(1e-3),
+             gin_config='OPTIMIZER = @padir.optimizers.adafactor()\n')
+  message = str(err.value)
+  assert 'another optimizer' in message and 'Nothing was moved' in message
+  assert 'init_from' in message and len(message.splitlines()) == 2
+  if recorded:
+    assert 'adamw() there, @padir.optimizers.adafactor() here' in message
+  assert sorted(os.listdir(tmp_path)) == before  # nothing moved, nothing deleted
+  assert not (tmp_path / checkpoints.CORRUPT_DIR).exists()
+  assert _restore(tmp_path, optax.adamw(1e-3)).step == 2  # the right optimizer still resumes
+
+
+def test_no_readable_checkpoint_stops_unless_told_to_start_over(tmp_path):
+  tx = _save_steps(tmp_path, [1, 2])
+  _corrupt(tmp_path / '1')
+  _corrupt(tmp_path / '2')
+  with pytest.raises(checkpoints.NoReadableCheckpointError,
+                     match=r'No checkpoint .* can be read \(steps \[1, 2\]'):
+    _restore(tmp_path, tx)
+  assert (tmp_path / '1').is_dir() and (tmp_path / '2').is_dir()  # nothing moved
+  lines = []
+  assert _restore(tmp_path, tx, start_over_if_unreadable=True, report=lines.append) is None
+  assert len(lines) == 2 and all('starting over from step 0' in line for line in lines)
+  assert sorted(os.listdir(tmp_path / checkpoints.CORRUPT_DIR)) == ['1', '2']
+
+
+def test_quarantine_never_overwrites_an_earlier_one(tmp_path):
+  tx = _save_steps(tmp_path, [1, 2])
+  earlier = tmp_path / checkpoints.CORRUPT_DIR / '2'
+  earlier.mkdir(parents=True)
+  (earlier / 'keep.txt').write_text('an earlier quarantined copy')
+  _corrupt(tmp_path / '2')
+  lines = []
+  assert _restore(tmp_path, tx, report=lines.append).step == 1
+  assert (earlier / 'keep.txt').read_text() == 'an earlier quarantined copy'
+  assert (tmp_path / checkpoints.CORRUPT_DIR / '2.1' / 'params').is_dir()
+  assert lines[0].endswith(f'moved to {tmp_path}/{checkpoints.CORRUPT_DIR}/2.1, resuming from '
+                           'step 1.')
+
+
+def test_unreadable_checkpoint_is_quiet_and_names_the_previous_step(tmp_path, capfd):
+  _save_steps(tmp_path, [1, 2, 3])
+  _corrupt(tmp_path / '3')
+  _corrupt(tmp_path / '2')
+  with pytest.raises(checkpoints.UnreadableCheckpointError) as err:
+    checkpoints.load_params(str(tmp_path))
+  message = str(err.value)
+  assert len(message.splitlines()) == 2 and len(message) < 600, message
+  assert message.startswith(f'Checkpoint {tmp_path}/3 cannot be read (')
+  assert 'tensorstore_spec' not in message
+  assert f'previous readable checkpoint is step 1: {tmp_path}/1' in message
+  captured = capfd.readouterr()
+  assert 'Event loop is closed' not in captured.err and 'absl' not in captured.err
+  assert (tmp_path / '3').is_dir()  # eval and infer never move anything
