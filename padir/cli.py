@@ -2,6 +2,8 @@
 
 ``padir <command> [flags]`` runs ``python -m padir.<module>`` for that command with the same
 flags, so ``padir train --gin_file=F`` and ``python -m padir.train --gin_file=F`` are the same.
+Every command prints one or two lines for a user mistake (`padir.errors`); ``--debug`` or
+``PADIR_DEBUG=1`` shows the full traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import importlib
 import importlib.util
 import sys
 from typing import Sequence
+
+from padir import errors
 
 # command -> (module with a main(argv) function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'bench': ('padir.bench', 'speed benchmarks (decode, train, data)'),
     'launch': ('padir.launch.__main__', 'run training on a TPU pod, SLURM cluster or local processes'),
     'analyze': ('padir.analysis', 'error modes of a set of decodes'),
+    'plan': ('padir.plan', 'memory, FLOPs and collectives of the train / decode steps on a pod '
+             '(compiled on simulated devices)'),
     'quickstart': ('padir.quickstart', 'AR teacher -> distillation -> PaDIR student report'),
 }
 
@@ -35,13 +41,14 @@ def available_commands() -> dict[str, tuple[str, str]]:
 def _usage(commands: dict[str, tuple[str, str]]) -> str:
   lines = ['usage: padir <command> [flags]', '', 'commands:']
   lines += [f'  {name:<11} {text}' for name, (_, text) in commands.items()]
-  lines += ['', "Run 'padir <command> --help' for a command's flags."]
+  lines += ['', "Run 'padir <command> --help' for a command's flags; add --debug (or set "
+            f"{errors.DEBUG_ENV}=1) for full tracebacks of errors."]
   return '\n'.join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Dispatches ``padir <command> ...`` to the command's module."""
-  argv = list(sys.argv[1:] if argv is None else argv)
+  argv = errors.pop_debug_flag(sys.argv[1:] if argv is None else argv)
   commands = available_commands()
   if not argv or argv[0] in ('-h', '--help', 'help'):
     print(_usage(commands))
@@ -50,9 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if name not in commands:
     print(f"padir: unknown command {name!r}.\n\n{_usage(commands)}", file=sys.stderr)
     return 2
-  module = importlib.import_module(commands[name][0])
-  result = module.main(rest)
-  return int(result or 0)
+  prog = f'padir {name}'
+  return errors.call(lambda: importlib.import_module(commands[name][0]).main(rest), prog)
 
 
 if __name__ == '__main__':

@@ -214,6 +214,16 @@ class Trainer:
     self.train_step_flops = _flops(compiled)
     self._train_step = compiled
 
+  @property
+  def compiled_train_step(self) -> Any:
+    """The ahead-of-time compiled train step (compiled on first use).
+
+    Its ``memory_analysis()``, ``cost_analysis()`` and ``as_text()`` describe the per-device
+    program (`padir.plan` reads them).
+    """
+    self.compile()
+    return self._train_step
+
   def check_batch(self, batch: Mapping[str, np.ndarray], global_shapes: bool = False) -> None:
     """Host-side check of a batch's features and shapes before it reaches the compiled step."""
     for name, shape in self.input_shapes.items():

@@ -2,7 +2,8 @@
 
 Each benchmark is a module with a ``main(argv)`` function: ``decode`` times AR and refinement
 decoding (`padir.bench.decode`), ``train`` the training step and its MFU (`padir.bench_train`),
-``data`` the input pipeline (`padir.data.benchmark`).
+``data`` the input pipeline (`padir.data.benchmark`), ``scale`` the pod-scale plan table
+(`padir.bench.scale`, compiled on simulated devices by `padir.plan`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import importlib.util
 import sys
 from typing import Sequence
 
+from padir import errors
+
 # name -> (module, what it measures)
 BENCHMARKS = {
     'decode': ('padir.bench.decode',
                'latency (batch 1) and throughput (batch 64) of AR and PaDIR decoding'),
     'train': ('padir.bench_train', 'training tokens/s and MFU against a measured matmul peak'),
     'data': ('padir.data.benchmark', 'input pipeline examples/s (arrays and seqio)'),
+    'scale': ('padir.bench.scale',
+              'pod-scale plan table: padir plan over sizes x objectives x TPU / GPU slices'),
 }
 
 
@@ -33,6 +38,7 @@ def _usage() -> str:
   return '\n'.join(lines)
 
 
+@errors.command('padir bench')
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the benchmark named by ``argv[0]`` with the remaining flags."""
   argv = list(sys.argv[1:] if argv is None else argv)
