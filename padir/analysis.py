@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from padir import errors
 from padir.special_ids import EOS_ID, FIRST_REAL_PIECE, PAD_ID
 
 
@@ -162,6 +163,7 @@ def format_report(report: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+@errors.command('padir analyze')
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='padir analyze',
                                    description='Error modes of a set of decodes.')

@@ -15,8 +15,10 @@ import sys
 from typing import Sequence
 
 from padir import checkpoints
+from padir import errors
 
 
+@errors.command('padir average')
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m padir.average_checkpoints',
                                    description=__doc__,

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from padir import builders
+from padir import errors
 from padir import models
 from padir import optimizers
 from padir import partitioning
@@ -207,6 +208,7 @@ def _report(results: list[Result], peak: float, args: argparse.Namespace, comman
   return '\n'.join(lines) + '\n'
 
 
+@errors.command('python -m padir.bench_train')
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m padir.bench_train', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from padir import errors
 from padir.data import corpus, vocab
 from padir.network import T5Config, Transformer, check_tokens, top_k_lengths
 
@@ -74,6 +75,7 @@ def run(num_sentences: int = 4, preset: str = 'tiny', max_length: int = 64) -> d
   return timings
 
 
+@errors.command('padir demo')
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='padir demo', description=__doc__.splitlines()[0])
   parser.add_argument('--num_sentences', type=int, default=4)

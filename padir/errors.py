@@ -135,12 +135,19 @@ _OS_HINTS = {
 
 
 def _os_message(err: OSError) -> str:
-  what = err.strerror or _first_line(str(err)) or type(err).__name__
-  path = f': {err.filename}' if err.filename else ''
+  """'<what>: <path> (<hint>).' also for an OSError gin re-raised with only its text."""
+  code, what, path = err.errno, err.strerror, err.filename
+  if what is None:  # gin re-raises OSError(message): recover the fields from the text
+    found = re.match(r"\[Errno (\d+)\] ([^:]+)(?:: '(.*)')?", _first_line(str(err)))
+    if found:
+      code, what, path = int(found.group(1)), found.group(2), found.group(3)
+    else:
+      what = _first_line(_without_gin_context(str(err))) or type(err).__name__
+  where = f': {path}' if path else ''
   if err.filename2:
-    path += f' -> {err.filename2}'
-  hint = _OS_HINTS.get(err.errno)
-  return f'{what}{path}' + (f' ({hint}).' if hint else '.')
+    where += f' -> {err.filename2}'
+  hint = _OS_HINTS.get(code)
+  return f'{what}{where}' + (f' ({hint}).' if hint else '.')
 
 
 def describe(err: BaseException) -> str | None:

@@ -13,18 +13,27 @@ T5X-style command lines::
   rewritten to the binding ``NAME = VALUE`` (strings need inner quotes: ``--gin.X="'text'"``).
 
 After parsing, every ``%gin.REQUIRED`` value still unset is reported in ONE error that lists each
-missing macro with an example flag (:func:`check_required`).
+missing macro with an example flag (:func:`check_required`), and a command-line binding that
+the run never uses is an error naming it and the closest real names
+(:func:`check_bindings_used`): a macro nothing refers to (``--gin.TRAIN_STEP=2``) or a scope
+nothing enters (``--gin.trian/padir.datasets.DatasetConfig.batch_size=8``). A binding that
+cannot be parsed is reported with the binding and the usual fix (inner quotes for strings).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import os
 import pathlib
+import re
+import tokenize
 from typing import Any, Callable, Iterable, Sequence
 
 import gin
 from gin import config as gin_config
+from gin import config_parser
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 GIN_DIR = PACKAGE_DIR / 'gin'
@@ -147,7 +156,7 @@ def _register_search_paths(extra: Iterable[str]) -> None:
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
               search_paths: Sequence[str] = (), finalize: bool = True,
-              required: bool = True) -> None:
+              required: bool = True, strict_bindings: bool = False) -> None:
   """Clears gin, then parses files and bindings (later ones override earlier ones).
 
   Args:
@@ -155,22 +164,156 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
     gin_bindings: binding strings such as ``"MODEL_DIR = '/x'"``.
     search_paths: extra gin search paths.
     finalize: lock the config after parsing.
-    required: fail with one message listing every ``%gin.REQUIRED`` value left unset.
+    required: the files are a run's whole config: fail with one message listing every
+      ``%gin.REQUIRED`` value left unset, and on a binding the config never uses
+      (:func:`check_bindings_used`).
+    strict_bindings: a binding is used only when this config uses it; otherwise a name some
+      shipped gin file uses passes too (for commands that parse one config per stage).
 
   Raises:
-    GinFlagError: for a gin file that cannot be found.
-    ValueError: missing required values (:func:`check_required`), or an unknown configurable
-      or parameter (gin's own message).
+    GinFlagError: for a gin file that cannot be found, a binding that cannot be parsed or is
+      never used, or an unknown configurable or parameter (with the closest names).
+    ValueError: missing required values (:func:`check_required`).
   """
   gin.clear_config(clear_constants=False)
   _register_search_paths(search_paths)
   files = [resolve_gin_file(f, search_paths) for f in gin_files]
-  gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False,
-                                      skip_unknown=False)
+  statements = [_parse_binding(b) for b in gin_bindings]
+  try:
+    gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False,
+                                        skip_unknown=False)
+  except ValueError as err:
+    raise _with_suggestions(err) from None
   if required:
     check_required()
+    check_bindings_used([s for group in statements for s in group], strict=strict_bindings)
   if finalize:
     gin.finalize()
+
+
+_VALUE_HINT = ('strings need inner quotes (--gin.MODEL_DIR="\'/tmp/run\'"); numbers, lists and '
+               'dicts are Python literals')
+
+
+def _parse_binding(binding: str) -> list[Any]:
+  """The statements of one binding string; a parse error names the binding and the fix.
+
+  Raises:
+    GinFlagError: the binding is not valid gin.
+  """
+  text = ' '.join(binding.split())
+  try:
+    return list(config_parser.ConfigParser(binding, gin_config.ParserDelegate(skip_unknown=True)))
+  except tokenize.TokenError:
+    raise GinFlagError(f'Cannot parse the gin binding "{text}": unbalanced brackets or '
+                       'quotes.') from None
+  except SyntaxError as err:
+    token = re.search(r"Failed to parse token '(.*)'", str(err.msg))
+    what = (f'{token.group(1)} is not a value' if token
+            else str(err.msg).splitlines()[0].rstrip('.').lower())
+    raise GinFlagError(f'Cannot parse the gin binding "{text}": {what}; {_VALUE_HINT}.') from None
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+  """' (did you mean A or B?)' with the closest candidates, or ''."""
+  close = difflib.get_close_matches(name, sorted(set(candidates)), n=3, cutoff=0.6)
+  return f' (did you mean {" or ".join(close)}?)' if close else ''
+
+
+def _with_suggestions(err: ValueError) -> ValueError:
+  """Gin's unknown-configurable / unknown-parameter error, as one line with close names."""
+  message = str(err)
+  first = message.splitlines()[0] if message else ''
+  unknown = re.match(r"No configurable matching '([^']+)'", first)
+  if unknown:
+    names = [k for k, _ in gin_config._REGISTRY.items()]  # pylint: disable=protected-access
+    return GinFlagError(first.rstrip('.') + _suggest(unknown.group(1), names) + '.')
+  param = re.match(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", first)
+  if param:
+    configurable = gin_config._REGISTRY.get_match(param.group(1))  # pylint: disable=protected-access
+    params = _parameter_names(configurable.wrapped) if configurable is not None else []
+    return GinFlagError(first.rstrip('.') + _suggest(param.group(2), params) + '.')
+  return err
+
+
+def _parameter_names(fn: Any) -> list[str]:
+  import inspect  # pylint: disable=g-import-not-at-top
+  target = fn.__init__ if isinstance(fn, type) else fn
+  try:
+    return [p for p in inspect.signature(target).parameters if p != 'self']
+  except (TypeError, ValueError):
+    return []
+
+
+def _references() -> tuple[set[str], set[str]]:
+  """(macro names, scope names) the parsed config refers to (``%NAME``, ``@scope/...``)."""
+  macros: set[str] = set()
+  scopes: set[str] = set()
+
+  def visit(value: Any) -> None:
+    if isinstance(value, gin_config.ConfigurableReference):
+      if value.selector == 'gin.macro':
+        macros.add('/'.join(value.scopes))
+      else:
+        scopes.update(value.scopes)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+      for v in value:
+        visit(v)
+    elif isinstance(value, dict):
+      for k, v in value.items():
+        visit(k)
+        visit(v)
+
+  for params in gin_config._CONFIG.values():  # pylint: disable=protected-access
+    for value in params.values():
+      visit(value)
+  return macros, scopes
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_references() -> tuple[frozenset[str], frozenset[str]]:
+  """(macro names, scope names) any shipped gin file refers to."""
+  macros: set[str] = set()
+  scopes: set[str] = set()
+  for path in GIN_DIR.rglob('*.gin'):
+    text = path.read_text(encoding='utf-8')
+    macros.update(re.findall(r'%([A-Za-z_][\w.]*)', text))
+    for scoped in re.findall(r'@([\w./]+)/[\w.]+', text):
+      scopes.update(scoped.split('/'))
+  return frozenset(macros), frozenset(scopes)
+
+
+def check_bindings_used(statements: Sequence[Any], strict: bool = True) -> None:
+  """Fails on command-line bindings the parsed config never uses (typos).
+
+  Args:
+    statements: gin statements of the command-line bindings (``_parse_binding``).
+    strict: only this config's references count; otherwise those of shipped gin files too.
+
+  Raises:
+    GinFlagError: one message naming every unused macro or scope and the closest real names.
+  """
+  macros, scopes = _references()
+  if not strict:
+    shipped_macros, shipped_scopes = _shipped_references()
+    macros |= shipped_macros
+    scopes |= shipped_scopes
+  problems = []
+  for statement in statements:
+    if not isinstance(statement, config_parser.BindingStatement):
+      continue
+    if not statement.arg_name and '.' not in statement.selector:  # NAME = value: a macro
+      name = '/'.join(filter(None, (statement.scope, statement.selector)))
+      if name not in macros:
+        problems.append(f'--gin.{name} is never used: no gin file refers to %{name}'
+                        f'{_suggest(name, macros)}')
+      continue
+    for scope in filter(None, statement.scope.split('/')):
+      if scope not in scopes:
+        problems.append(f'--gin.{statement.scope}/{statement.selector}.{statement.arg_name}: '
+                        f'the scope {scope!r} is never used{_suggest(scope, scopes)}')
+  if problems:
+    raise GinFlagError('; '.join(problems) + '. Fix the name or drop the flag.')
 
 
 def _is_required(value: Any) -> bool:
@@ -266,5 +409,6 @@ def parse_command_line(argv: Sequence[str], required: bool = True) -> list[str]:
   if not args.gin_files:
     raise GinFlagError('No --gin_file given. Start from a shipped experiment, e.g. '
                        '--gin_file=padir/gin/experiments/bible_es_en_padir.gin (see docs/gin.md).')
-  parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths, required=required)
+  parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths, required=required,
+            strict_bindings=True)
   return args.rest

@@ -41,19 +41,61 @@ def _format_value(value: float) -> str:
   return f'{value:.3e}'
 
 
-class MetricWriter:
-  """JSONL + optional TensorBoard writer (a no-op on processes other than 0)."""
+def drop_records_after(path: str, step: int) -> int:
+  """Removes the records of steps after ``step`` from a metrics JSONL file (atomically).
 
-  def __init__(self, model_dir: str, tensorboard: bool = True, print_fn: Callable = print):
+  A resumed run redoes the steps after its checkpoint; their old records would appear twice.
+  Unparsable lines (a torn last line of a killed run) are dropped too.
+
+  Returns:
+    The number of lines removed.
+  """
+  if not os.path.isfile(path):
+    return 0
+  kept, dropped = [], 0
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        keep = int(json.loads(line)['step']) <= step
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line if line.endswith('\n') else line + '\n')
+      else:
+        dropped += 1
+  if dropped:
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+  return dropped
+
+
+class MetricWriter:
+  """JSONL + optional TensorBoard writer (a no-op on processes other than 0).
+
+  Args:
+    model_dir: where ``metrics.jsonl`` and ``tensorboard/`` go.
+    tensorboard: also write TensorBoard events (needs tensorboardX).
+    print_fn: console output (a note when tensorboardX is missing).
+    start_step: the step training starts (or resumes) from; records of later steps left by an
+      interrupted run are removed from ``metrics.jsonl`` and purged from TensorBoard.
+  """
+
+  def __init__(self, model_dir: str, tensorboard: bool = True, print_fn: Callable = print,
+               start_step: int | None = None):
     self._enabled = jax.process_index() == 0
     self._model_dir = model_dir
     self._jsonl = None
     self._tb: dict[str, Any] = {}
     self._tb_cls = None
     self._print = print_fn
+    self._purge_step = None if start_step is None else int(start_step) + 1
     if not self._enabled:
       return
     os.makedirs(model_dir, exist_ok=True)
+    if start_step is not None:
+      drop_records_after(os.path.join(model_dir, 'metrics.jsonl'), int(start_step))
     self._jsonl = open(os.path.join(model_dir, 'metrics.jsonl'), 'a', encoding='utf-8')
     if tensorboard:
       try:
@@ -67,7 +109,8 @@ class MetricWriter:
     if self._tb_cls is None:
       return None
     if split not in self._tb:
-      self._tb[split] = self._tb_cls(os.path.join(self._model_dir, 'tensorboard', split))
+      self._tb[split] = self._tb_cls(os.path.join(self._model_dir, 'tensorboard', split),
+                                     purge_step=self._purge_step)
     return self._tb[split]
 
   def write_scalars(self, step: int, split: str, scalars: Mapping[str, float]) -> None:

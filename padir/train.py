@@ -37,6 +37,7 @@ from padir import decoding  # pylint: disable=unused-import  (gin registrations)
 from padir import checkpoints as checkpoints_lib
 from padir import datasets as datasets_lib
 from padir import distributed
+from padir import errors
 from padir import evaluation
 from padir import gin_utils
 from padir import optimizers as optimizers_lib
@@ -56,41 +57,65 @@ class TrainResult:
 
   Attributes:
     step: steps completed.
-    stopped_by_signal: training stopped early on SIGTERM (a checkpoint was saved).
+    stopped_by_signal: training stopped early on SIGTERM or Ctrl-C (a checkpoint was saved).
     train_metrics: the last logged training metrics.
     eval_metrics: the last evaluation metrics ({} when none ran).
     state: the final train state.
+    stop_signal: the signal that stopped it (``signal.SIGTERM`` or ``signal.SIGINT``), or None.
   """
   step: int
   stopped_by_signal: bool
   train_metrics: dict[str, float]
   eval_metrics: dict[str, float]
   state: Any = None
+  stop_signal: int | None = None
 
 
 class _SignalFlag:
-  """Set by SIGTERM; installed only in the main thread."""
+  """Set by SIGTERM or a first Ctrl-C (SIGINT); installed only in the main thread.
+
+  A second Ctrl-C raises KeyboardInterrupt at once (the default behaviour).
+  """
+
+  NAMES = {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'Ctrl-C'}
 
   def __init__(self, enabled: bool):
     self.raised = False
-    self._previous = None
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
     if enabled and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in self.NAMES:
+        self._previous[signum] = signal.signal(signum, self._handle)
+
+  @property
+  def name(self) -> str:
+    return self.NAMES.get(self.signum, 'a signal')
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if signum == signal.SIGINT:
+      if self.raised:
+        raise KeyboardInterrupt
+      try:  # os.write: print() could re-enter a write the signal interrupted
+        os.write(2, b'\nCtrl-C: saving a checkpoint after this step (press Ctrl-C again to '
+                 b'stop without saving).\n')
+      except OSError:
+        pass
     self.raised = True
+    self.signum = self.signum or signum
 
   def restore(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
   def any_process(self) -> bool:
     """Whether any process got the signal (collective when there are several)."""
     if jax.process_count() == 1:
       return self.raised
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.int32(self.raised))
+    flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    if self.signum is None and np.max(flags):
+      self.signum = int(np.max(flags))
     return bool(np.max(flags))
 
 
@@ -185,7 +210,6 @@ def train(*,
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
   if is_chief:
     os.makedirs(model_dir, exist_ok=True)
-    gin_utils.write_config(model_dir, 'config.gin')
   tokenizer = _vocabulary_of(model, vocabulary)
 
   train_iter = datasets_lib.make_iterator(train_dataset_cfg, vocabulary=tokenizer)
@@ -204,8 +228,13 @@ def train(*,
   ckpt = checkpoints_lib.CheckpointManager(model_dir, keep=checkpoint_cfg.keep,
                                            async_save=checkpoint_cfg.async_save)
   abstract = trainer.abstract_state()
-  restored = ckpt.restore_latest(abstract.params, abstract.opt_state, vocabulary=tokenizer,
-                                 report=print_fn)
+  try:
+    restored = ckpt.restore_latest(
+        abstract.params, abstract.opt_state, vocabulary=tokenizer, gin_config=_gin_config_text(),
+        start_over_if_unreadable=checkpoint_cfg.start_over_if_unreadable, report=print_fn)
+  except BaseException:
+    ckpt.close()
+    raise
   if restored is not None:
     state = trainer.state_from(restored.step, restored.params, restored.opt_state)
     if restored.data_state:
@@ -220,13 +249,15 @@ def train(*,
   else:
     state = trainer.init_state()
   step = int(jax.device_get(state.step))
-  if is_chief:
+  if is_chief:  # only now: a refused checkpoint keeps the config.gin it was trained with
+    gin_utils.write_config(model_dir, 'config.gin')
     _write_model_info(os.path.join(model_dir, 'model-info.txt'), trainer, model)
     gin_utils.write_config(model_dir, 'operative_config.gin', operative=True)
 
   def metadata(at_step: int) -> dict[str, Any]:
     return checkpoints_lib.make_metadata(
         at_step, tokenizer.fingerprint(), trainer.abstract_params,
+        abstract_opt_state=abstract.opt_state,
         extra={'model': type(model).__name__,
                'network_config': dataclasses.asdict(model.network_config),
                'input_shapes': {k: list(v) for k, v in input_shapes.items()},
@@ -242,7 +273,8 @@ def train(*,
   print_fn(f'Compiled the train step in {trainer.compile_seconds:.1f}s; training from step '
            f'{step} to {total_steps} (batch {trainer.batch_size}, mesh '
            f'{partitioner.mesh_shape}).')
-  writer = summaries.MetricWriter(model_dir, tensorboard=tensorboard, print_fn=print_fn)
+  writer = summaries.MetricWriter(model_dir, tensorboard=tensorboard, print_fn=print_fn,
+                                  start_step=step)
   progress = summaries.Progress(step, total_steps)
   window = trainer_lib.MetricsAccumulator()
   flag = _SignalFlag(checkpoint_cfg.save_on_sigterm)
@@ -303,7 +335,7 @@ def train(*,
       check_signal = jax.process_count() == 1 or step % log_period == 0
       if checkpoint_cfg.save_on_sigterm and check_signal and flag.any_process():
         save()
-        print_fn(f'SIGTERM: saved a checkpoint at step {step} and stopped; rerun the same '
+        print_fn(f'{flag.name}: saved a checkpoint at step {step} and stopped; rerun the same '
                  'command to resume.')
         stopped = True
         break
@@ -313,7 +345,8 @@ def train(*,
     writer.close()
   if is_chief:
     gin_utils.write_config(model_dir, 'operative_config.gin', operative=True)
-  return TrainResult(step, stopped, last_train, last_eval, state)
+  return TrainResult(step, stopped, last_train, last_eval, state,
+                     stop_signal=flag.signum if stopped else None)
 
 
 def _gin_config_text() -> str:
@@ -365,12 +398,17 @@ def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
                       help='number of processes (or PADIR_NUM_PROCESSES)')
   parser.add_argument('--process_id', type=int, default=None,
                       help='this process (or PADIR_PROCESS_ID)')
+  parser.add_argument(errors.DEBUG_FLAG, action='store_true',
+                      help=f'show full tracebacks of errors (or {errors.DEBUG_ENV}=1)')
   return parser
 
 
 def run_main(argv: Sequence[str] | None, entry: Callable[[], Any], prog: str, doc: str) -> int:
-  """Shared ``main`` of train / eval / infer: flags -> distributed -> gin -> entry()."""
-  argv = list(sys.argv[1:] if argv is None else argv)
+  """Shared ``main`` of train / eval / infer / distill: flags -> distributed -> gin -> entry().
+
+  User mistakes print one or two lines (see `padir.errors`); ``--debug`` shows tracebacks.
+  """
+  argv = errors.pop_debug_flag(sys.argv[1:] if argv is None else argv)
   parser = _parser(prog, doc)
   if any(a in ('-h', '--help') for a in argv):
     parser.print_help()
@@ -381,17 +419,13 @@ def run_main(argv: Sequence[str] | None, entry: Callable[[], Any], prog: str, do
   except gin_utils.GinFlagError as err:
     print(f'{prog}: {err}', file=sys.stderr)
     return 2
-  try:
+
+  def body() -> None:
     distributed.initialize(flags.coordinator_address, flags.num_processes, flags.process_id)
     gin_utils.parse_command_line(argv)
     entry()
-  except trainer_lib.NonFiniteLossError as err:
-    print(f'{prog}: {err}', file=sys.stderr)
-    return 1
-  except (gin_utils.GinFlagError, ValueError, FileNotFoundError) as err:
-    print(f'{prog}: {err}', file=sys.stderr)
-    return 1
-  return 0
+
+  return errors.call(body, prog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -399,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   result: list[TrainResult] = []
   code = run_main(argv, lambda: result.append(train()), 'padir train', __doc__)
   if code == 0 and result and result[0].stopped_by_signal:
-    return SIGTERM_EXIT_CODE
+    return 128 + int(result[0].stop_signal or signal.SIGTERM)  # 143 SIGTERM, 130 Ctrl-C
   return code
 
 

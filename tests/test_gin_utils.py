@@ -142,3 +142,33 @@ def test_network_config_validates_fields():
     builders.network_config(emb_size=3)
   with pytest.raises(ValueError, match='derived from the vocabulary'):
     builders.network_config(length_id=3)
+
+
+def test_unused_bindings_are_errors_with_the_closest_names():
+  files = ['models/tiny.gin', 'objectives/padir.gin', 'runs/train.gin']
+  required = ["MODEL_DIR = '/tmp/x'", 'TRAIN_STEPS = 2', "MIXTURE_OR_TASK_NAME = 'x'",
+              "VOCABULARY = 'byte'", "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 8}"]
+  with pytest.raises(gin_utils.GinFlagError,
+                     match=r'--gin.TRAIN_STEP is never used.*did you mean TRAIN_STEPS'):
+    gin_utils.parse_gin(files, required + ['TRAIN_STEP = 2'])
+  with pytest.raises(gin_utils.GinFlagError, match=r"scope 'infer_evl'.*did you mean infer_eval"):
+    gin_utils.parse_gin(files, required + ['infer_evl/padir.datasets.DatasetConfig.split = "x"'])
+  # A macro only another shipped command uses passes a per-stage parse, not a strict one.
+  gin_utils.parse_gin(files, required + ["CHECKPOINT_PATH = '/tmp/y'"])
+  with pytest.raises(gin_utils.GinFlagError, match='CHECKPOINT_PATH is never used'):
+    gin_utils.parse_gin(files, required + ["CHECKPOINT_PATH = '/tmp/y'"], strict_bindings=True)
+  gin.clear_config()
+
+
+@pytest.mark.parametrize('command', ['eval', 'infer'])
+def test_eval_and_infer_refuse_a_misspelled_macro(command, capsys):
+  import train_testlib  # pylint: disable=g-import-not-at-top
+  main = {'eval': eval_lib.main, 'infer': infer.main}[command]
+  flags = train_testlib.run_flags(command, '/tmp/data', [
+      "--gin.CHECKPOINT_PATH='/tmp/ckpt'", "--gin.EVAL_OUTPUT_DIR='/tmp/out'",
+      "--gin.INFER_OUTPUT_DIR='/tmp/out'", "--gin.CHECKPONT_PATH='/tmp/typo'"])
+  flags = [f for f in flags if not (command == 'eval' and 'INFER_OUTPUT_DIR' in f)
+           and not (command == 'infer' and 'EVAL_OUTPUT_DIR' in f)]
+  assert main(flags) == 1
+  err = capsys.readouterr().err
+  assert '--gin.CHECKPONT_PATH is never used' in err and 'CHECKPOINT_PATH' in err

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from padir import errors
 from padir.data import export
 from padir.data import iterator as iterator_lib
 
@@ -65,6 +66,7 @@ def run(task: str = 'bible_es_en', batch_size: int = 64, lengths: int = 128,
   return result
 
 
+@errors.command('python -m padir.data.benchmark')
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m padir.data.benchmark',
                                    description=__doc__.split('\n')[0])

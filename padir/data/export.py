@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import seqio
 
+from padir import errors
 from padir.data import arrays as arrays_lib
 from padir.data import features
 from padir.data import preprocessors
@@ -116,6 +117,7 @@ def parse_feature_lengths(text: str) -> dict[str, int]:
   return lengths
 
 
+@errors.command('python -m padir.data.export')
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m padir.data.export',
                                    description=__doc__.split('\n')[0])

@@ -29,6 +29,7 @@ import os
 import sys
 from typing import Iterable, Iterator, Sequence
 
+from padir import errors
 from padir.data import corpus
 
 DEFAULT_OUTPUT = corpus.ASSETS_DIR / 'vocab' / 'bible_es_en_8k.model'
@@ -86,6 +87,7 @@ def train_sentencepiece(sentences: Iterable[str],
   return model.getvalue()
 
 
+@errors.command('python -m padir.data.train_vocab')
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m padir.data.train_vocab', description=__doc__.split('\n')[0])

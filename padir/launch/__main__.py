@@ -6,11 +6,13 @@ import argparse
 import sys
 from typing import Sequence
 
+from padir import errors
 from padir.launch import local, slurm, tpu
 
 _LAUNCHERS = {'tpu': tpu, 'slurm': slurm, 'local': local}
 
 
+@errors.command('padir launch')
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   launcher_args, trainer_args = argv, []
