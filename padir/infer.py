@@ -8,6 +8,10 @@ r"""Decodes a task split or a plain text file into a TSV: ``python -m padir.infe
   # a text file, one source sentence per line:
   ... --gin.INFER_INPUT_FILE="'/tmp/sources.txt'"
 
+A text file is split at newlines only (`padir.data.textfile`: not at U+2028, form feeds and
+the like; a trailing ``\r`` and a byte order mark are removed), and the TSV has one row per
+input line, in order; an empty (or whitespace-only) line gets an empty prediction.
+
 Writes ``INFER_OUTPUT_DIR/<name>-<step>.tsv`` with a header row: ``source``, ``reference`` (for
 splits) and ``prediction``. Sources longer than the model's input length are cut (the count is
 printed).
@@ -28,6 +32,7 @@ from padir import evaluation
 from padir import gin_utils
 from padir import partitioning as partitioning_lib
 from padir import train as train_lib
+from padir.data import textfile
 from padir.special_ids import EOS_ID
 
 
@@ -101,15 +106,15 @@ def infer(*,
     if not os.path.isfile(input_file):
       raise ValueError(f'INFER_INPUT_FILE {input_file} does not exist.')
     partitioner.check_batch_size(batch_size, 'infer batch_size')
-    with open(input_file, encoding='utf-8') as f:
-      lines = [line for line in f.read().splitlines()]
+    lines = textfile.read_lines(input_file)
     if num_examples is not None:
       lines = lines[:num_examples]
-    if not lines:
-      raise ValueError(f'{input_file} has no lines to decode.')
-    sources, cut = encode_lines(lines, tokenizer, length)
+    nonempty = [i for i, line in enumerate(lines) if line.strip()]
+    if not nonempty:
+      raise ValueError(f'{input_file} has no text to decode (no line holds more than spaces).')
+    sources, cut = encode_lines([lines[i] for i in nonempty], tokenizer, length)
     if cut:
-      print_fn(f'{cut} of {len(lines)} sources were longer than {length - 1} tokens and were '
+      print_fn(f'{cut} of {len(nonempty)} sources were longer than {length - 1} tokens and were '
                'cut.')
     batches = _file_batches(sources, batch_size)
     name = os.path.splitext(os.path.basename(input_file))[0]
@@ -131,10 +136,12 @@ def infer(*,
   texts = datasets_lib.export_texts(dataset_cfg) if input_file is None else None
   rows, stats = evaluation.decode_split(predictor, params, batches, tokenizer, num_examples,
                                         texts=texts)
-  if input_file is not None:
-    rows = rows[:len(lines)]
-    for row, line in zip(rows, lines):
-      row.source = line  # the original text, not the detokenized (possibly cut) ids
+  if input_file is not None:  # one row per input line, in order; an empty line stays empty
+    decoded = rows[:len(nonempty)]
+    rows = [evaluation.DecodedRow(line, [], '', []) for line in lines]
+    for i, row in zip(nonempty, decoded):
+      row.source = lines[i]  # the original text, not the detokenized (possibly cut) ids
+      rows[i] = row
   path = os.path.join(output_dir, f'{name}-{step}.tsv')
   if jax.process_index() == 0:
     os.makedirs(output_dir, exist_ok=True)

@@ -5,6 +5,7 @@ and only some of its modules do. Importing ``padir.data`` itself loads none of t
 
 TensorFlow-free modules (usable where TF is not installed):
   corpus      TSV reading with bad-row accounting; the embedded Bible corpus.
+  textfile    UTF-8 text lines, split at newlines only (every reader uses it).
   arrays      exported numpy splits and a seeded, sharded, resumable batch iterator.
   iterator    the BatchIterator interface the trainer consumes, and its factory.
   metrics     postprocessing and sacrebleu BLEU / chrF with multiple references.

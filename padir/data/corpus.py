@@ -2,9 +2,11 @@
 
 TensorFlow-free: this module needs only the standard library.
 
-Bad rows do not stop a run. A row with the wrong number of columns, an empty field in a column
-that is used, or bytes that are not UTF-8 is skipped and counted; one warning names the file and
-the line numbers (1-based, the header is line 1). When more than ``max_bad_fraction`` of the rows
+Lines end at ``\n`` only (`padir.data.textfile`); a trailing ``\r`` and a byte order mark are
+removed, and blank lines are skipped without being counted. Bad rows do not stop a run. A row
+with the wrong number of columns, an empty field in a column that is used, or bytes that are
+not UTF-8 is skipped and counted; one warning names the file and the line numbers (1-based,
+the header is line 1). When more than ``max_bad_fraction`` of the rows
 are bad the file is more likely wrong than dirty (wrong delimiter, wrong column names, a binary
 file), and reading fails with :class:`BadInputError`.
 """
@@ -18,6 +20,8 @@ import logging
 import os
 import pathlib
 from typing import Iterable, Sequence
+
+from padir.data import textfile
 
 _LOG = logging.getLogger(__name__)
 
@@ -132,13 +136,16 @@ def read_tsv(path: str | os.PathLike[str],
       raise BadInputError(f'{path}: column(s) {missing} not in {where} {names}.')
     index = [names.index(c) for c in columns]
     for line_no, raw in enumerate(lines, start=first_line):
-      report.num_rows += 1
       try:
-        text = raw.decode('utf-8')
-      except UnicodeDecodeError:
+        text = textfile.decode_line(raw, path, line_no)
+      except textfile.TextFileError:
+        report.num_rows += 1
         report.bad_lines[INVALID_UTF8].append(line_no)
         continue
-      fields = text.rstrip('\r\n').split('\t')
+      if not text.strip():
+        continue  # a blank line (a trailing one, say) holds no row: skipped, not counted
+      report.num_rows += 1
+      fields = text.split('\t')
       if len(fields) != len(names):
         report.bad_lines[WRONG_COLUMN_COUNT].append(line_no)
         continue

@@ -87,6 +87,21 @@ def test_headerless_file_with_given_names(tmp_path, write_lines):
   assert rows == {'tgt': ['2', '4']}
 
 
+def test_blank_lines_bom_and_crlf_are_not_bad_rows(tmp_path):
+  # 50 rows and a trailing blank line (plus one in the middle) pass the 1% bad-row limit.
+  lines = ['\ufeffsrc\ttgt'] + [f's{i}\tt {i}\u2028x' for i in range(50)]
+  lines.insert(20, '   ')
+  path = tmp_path / 'x.tsv'
+  path.write_bytes(('\r\n'.join(lines) + '\r\n\r\n').encode('utf-8'))
+  rows, report = corpus.read_tsv(path, ['src', 'tgt'])
+  assert report.num_rows == report.num_kept == 50 and not report.bad_lines
+  assert rows['tgt'][:2] == ['t 0\u2028x', 't 1\u2028x']  # U+2028 does not end a line
+  headerless = tmp_path / 'y.tsv'
+  headerless.write_bytes(b'\xef\xbb\xbfa\tb\n\n')
+  rows, _ = corpus.read_tsv(headerless, ['src'], header=['src', 'tgt'], max_bad_fraction=0.0)
+  assert rows == {'src': ['a']}  # the byte order mark is not part of the first field
+
+
 def test_write_tsv_round_trips_and_flattens_tabs_and_newlines(tmp_path):
   path = tmp_path / 'd.tsv.gz'
   n = corpus.write_distilled_tsv(path, ['uno\tdos', 'tres'], ['one\ntwo', 'three'])

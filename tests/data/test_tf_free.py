@@ -15,7 +15,7 @@ import textwrap
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TF_FREE_DATA_MODULES = ['padir.data', 'padir.data.arrays', 'padir.data.iterator',
                         'padir.data.corpus', 'padir.data.metrics', 'padir.data.vocab',
-                        'padir.data.train_vocab']
+                        'padir.data.textfile', 'padir.data.train_vocab']
 
 SCRIPT = textwrap.dedent('''
     import importlib, json, pkgutil, sys
