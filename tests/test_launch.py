@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -113,6 +114,33 @@ def test_local_launcher_runs_a_real_two_process_job(capfd):
   out = capfd.readouterr().out
   assert rc == 0, out
   assert '[0] proc 0 2 8 4 3' in out and '[1] proc 1 2 8 4 3' in out
+
+
+class _SlowStdout:
+  """A console that takes 2 ms per line: the launcher's readers lag behind the processes."""
+
+  def __init__(self):
+    self.lines = []
+
+  def write(self, text):
+    time.sleep(0.002)
+    self.lines.append(text)
+
+  def flush(self):
+    pass
+
+
+def test_local_launcher_forwards_every_line_before_returning(monkeypatch):
+  out = _SlowStdout()
+  monkeypatch.setattr(sys, 'stdout', out)
+  program = ('import os\n'
+             'for i in range(200): print(os.environ["PADIR_PROCESS_ID"], i)\n'
+             'print("last line, no newline", end="")\n')
+  assert local.launch([sys.executable, '-c', program], num_processes=2, timeout_s=60) == 0
+  for rank in ('0', '1'):
+    lines = [line for line in out.lines if line.startswith(f'[{rank}] ')]
+    assert len(lines) == 201, (rank, len(lines))
+    assert lines[-1] == f'[{rank}] last line, no newline\n'
 
 
 def test_local_launcher_stops_the_others_when_one_fails():

@@ -3,7 +3,9 @@
 For trying multi-host code on a laptop and for tests: each process gets
 ``PADIR_COORDINATOR_ADDRESS``, ``PADIR_NUM_PROCESSES`` and ``PADIR_PROCESS_ID``; with
 ``--cpu_devices_per_process=K`` each also gets K virtual CPU devices. Output lines are prefixed
-with the process id; if one process fails, the others are stopped.
+with the process id; if one process fails, the others are stopped. Every line a process printed
+is forwarded before :func:`launch` returns: the readers drain the pipes to the end after the
+processes exit.
 """
 
 from __future__ import annotations
@@ -46,22 +48,31 @@ def process_envs(num_processes: int, port: int, cpu_devices_per_process: int | N
   return envs
 
 
+# How long to wait, after every process exited, for their pipes to be drained (a grandchild
+# that keeps a pipe open must not hang the launcher).
+DRAIN_TIMEOUT_S = 30.0
+
+
 def _pump(proc: subprocess.Popen, prefix: str) -> None:
+  """Forwards a process's output line by line until its pipe closes (end of file)."""
   for line in proc.stdout:
-    sys.stdout.write(f'{prefix}{line}')
+    sys.stdout.write(f'{prefix}{line}' if line.endswith('\n') else f'{prefix}{line}\n')
     sys.stdout.flush()
+  proc.stdout.close()
 
 
 def launch(command: list[str], num_processes: int, cpu_devices_per_process: int | None = None,
            port: int | None = None, timeout_s: float | None = None) -> int:
   """Runs ``command`` in ``num_processes`` processes; returns the first non-zero exit code."""
   port = port or free_port()
-  procs = []
+  procs, pumps = [], []
   for i, env in enumerate(process_envs(num_processes, port, cpu_devices_per_process)):
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    threading.Thread(target=_pump, args=(proc, f'[{i}] '), daemon=True).start()
+                            text=True, errors='replace')
+    pump = threading.Thread(target=_pump, args=(proc, f'[{i}] '), daemon=True)
+    pump.start()
     procs.append(proc)
+    pumps.append(pump)
   deadline = None if timeout_s is None else time.monotonic() + timeout_s
   rc = 0
   try:
@@ -80,6 +91,10 @@ def launch(command: list[str], num_processes: int, cpu_devices_per_process: int 
         p.wait(timeout=10)
       except subprocess.TimeoutExpired:
         p.kill()
+        p.wait()
+    drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    for pump in pumps:  # every line the processes wrote is forwarded before returning
+      pump.join(timeout=max(0.0, drain_deadline - time.monotonic()))
   if rc == 0:
     rc = next((p.returncode for p in procs if p.returncode != 0), 0)
   return rc
