@@ -3,9 +3,9 @@
 For trying multi-host code on a laptop and for tests: each process gets
 ``PADIR_COORDINATOR_ADDRESS``, ``PADIR_NUM_PROCESSES`` and ``PADIR_PROCESS_ID``; with
 ``--cpu_devices_per_process=K`` each also gets K virtual CPU devices. Output lines are prefixed
-with the process id; if one process fails, the others are stopped. Every line a process printed
-is forwarded before :func:`launch` returns: the readers drain the pipes to the end after the
-processes exit.
+with the process id (stdout to stdout, stderr to stderr, each line whole); if one process fails,
+the others are stopped. Every line a process printed is forwarded before :func:`launch`
+returns: the readers drain the pipes to the end after the processes exit.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import IO
 
 from padir import distributed
 from padir.launch import common
@@ -53,12 +54,13 @@ def process_envs(num_processes: int, port: int, cpu_devices_per_process: int | N
 DRAIN_TIMEOUT_S = 30.0
 
 
-def _pump(proc: subprocess.Popen, prefix: str) -> None:
-  """Forwards a process's output line by line until its pipe closes (end of file)."""
-  for line in proc.stdout:
-    sys.stdout.write(f'{prefix}{line}' if line.endswith('\n') else f'{prefix}{line}\n')
-    sys.stdout.flush()
-  proc.stdout.close()
+def _pump(pipe: IO[str], prefix: str, to_stderr: bool) -> None:
+  """Forwards one output stream of a process line by line until it closes (end of file)."""
+  for line in pipe:
+    out = sys.stderr if to_stderr else sys.stdout
+    out.write(f'{prefix}{line}' if line.endswith('\n') else f'{prefix}{line}\n')
+    out.flush()
+  pipe.close()
 
 
 def launch(command: list[str], num_processes: int, cpu_devices_per_process: int | None = None,
@@ -67,12 +69,15 @@ def launch(command: list[str], num_processes: int, cpu_devices_per_process: int 
   port = port or free_port()
   procs, pumps = [], []
   for i, env in enumerate(process_envs(num_processes, port, cpu_devices_per_process)):
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    # stdout and stderr in separate pipes: a library's stderr message (Gloo's, say) written
+    # while Python prints a line in pieces cannot land in the middle of that line.
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, errors='replace')
-    pump = threading.Thread(target=_pump, args=(proc, f'[{i}] '), daemon=True)
-    pump.start()
+    for pipe, to_stderr in ((proc.stdout, False), (proc.stderr, True)):
+      pump = threading.Thread(target=_pump, args=(pipe, f'[{i}] ', to_stderr), daemon=True)
+      pump.start()
+      pumps.append(pump)
     procs.append(proc)
-    pumps.append(pump)
   deadline = None if timeout_s is None else time.monotonic() + timeout_s
   rc = 0
   try:
