@@ -283,6 +283,18 @@ def _shipped_references() -> tuple[frozenset[str], frozenset[str]]:
   return frozenset(macros), frozenset(scopes)
 
 
+def check_command_line_bindings(gin_bindings: Sequence[str], strict: bool = False) -> None:
+  """:func:`check_bindings_used` for binding strings, against the config parsed last.
+
+  For commands that parse one config per stage (the quickstart): call it once after parsing
+  their own gin files, with ``strict=False``, to refuse a typo before the first stage runs.
+
+  Raises:
+    GinFlagError: a binding that cannot be parsed or is never used.
+  """
+  check_bindings_used([s for b in gin_bindings for s in _parse_binding(b)], strict=strict)
+
+
 def check_bindings_used(statements: Sequence[Any], strict: bool = True) -> None:
   """Fails on command-line bindings the parsed config never uses (typos).
 
