@@ -79,6 +79,7 @@ class PlanSpec:
     decode_batch_size: global decode batch (0: do not compile the decode step).
     decode_iterations: refinement iterations of the PaDIR decode step.
     largest_batch: also compile a second batch size and fit the largest batch that fits.
+    train: compile the train step (False: only the decode step, on an explicit mesh).
     network_overrides: more T5Config fields (e.g. ``num_encoder_layers``; tests shrink models).
   """
   size: str = 'base'
@@ -99,6 +100,7 @@ class PlanSpec:
   decode_batch_size: int = 0
   decode_iterations: int = 4
   largest_batch: bool = True
+  train: bool = True
   network_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def validate(self) -> None:
@@ -123,6 +125,9 @@ class PlanSpec:
                        'with device_memory_gib (--device_memory_gib).')
     if not 0 < self.headroom <= 1:
       raise ValueError(f'headroom={self.headroom} must be in (0, 1].')
+    if not self.train and (self.mesh is None or not self.decode_batch_size):
+      raise ValueError('Planning only the decode step (train=False) needs an explicit mesh and '
+                       'decode_batch_size > 0.')
 
   @property
   def memory_bytes(self) -> int:
@@ -371,6 +376,11 @@ def run_plan(spec: PlanSpec, log=print) -> dict[str, Any]:
   out: dict[str, Any] = {'spec': dataclasses.asdict(spec), 'num_params': num_params,
                          'memory_bytes': spec.memory_bytes, 'budget_bytes': int(budget),
                          'jax_version': jax.__version__}
+  if not spec.train:
+    decode = plan_decode_step(model, spec, spec.mesh)
+    out['decode'] = decode.to_json()
+    out['decode_fits'] = decode.peak <= budget
+    return out
   if spec.mesh is None:
     train, tried = auto_mesh(model, spec, log)
     out['auto_candidates'] = tried
@@ -415,14 +425,18 @@ def format_plan(plan: dict[str, Any]) -> str:
     colls = ', '.join(f"{k} {v['count']} x ({v['bytes'] / 2**20:,.1f} MiB)"
                       for k, v in step['collectives'].items() if v['count'])
     lines.append(f'  collectives: {colls or "none"}')
-  lines.append(f"fits: {'yes' if plan['fits'] else 'NO'}")
+  if 'fits' in plan:
+    lines.append(f"fits: {'yes' if plan['fits'] else 'NO'}")
+  if 'decode_fits' in plan:
+    lines.append(f"decode fits: {'yes' if plan['decode_fits'] else 'NO'}")
   if 'largest_batch' in plan:
     value = plan['largest_batch']
     lines.append('largest batch that fits: ' + (
         'not memory-bound in the fitted range' if value < 0 else f'{value} (linear fit of '
         f"compiles at {plan['train']['batch_size']} and "
         f"{plan['train_second_batch']['batch_size']})"))
-  lines.append(f"mesh flag for padir.train: {plan['gin_binding']}")
+  if 'gin_binding' in plan:
+    lines.append(f"mesh flag for padir.train: {plan['gin_binding']}")
   return '\n'.join(lines)
 
 
@@ -459,7 +473,7 @@ def spec_from_args(args: argparse.Namespace) -> PlanSpec:
                   device_memory_gib=args.device_memory_gib, headroom=args.headroom,
                   decode_batch_size=args.decode_batch_size,
                   decode_iterations=args.decode_iterations,
-                  largest_batch=args.largest_batch)
+                  largest_batch=args.largest_batch, train=args.train)
   spec.validate()
   return spec
 
@@ -488,6 +502,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--decode_iterations', type=int, default=4)
   parser.add_argument('--largest_batch', type=lambda s: s.lower() in ('1', 'true', 'yes'),
                       default=True, help='compile a second batch size to fit the largest batch')
+  parser.add_argument('--train', type=lambda s: s.lower() in ('1', 'true', 'yes'),
+                      default=True, help='false: compile only the decode step (explicit mesh)')
   parser.add_argument('--json', default=None, help='also write the plan as JSON here')
   return parser
 

@@ -208,3 +208,15 @@ def test_scale_table_renders_cells(dp_run):
   assert '| tiny | ar | v5e-64 (64 x 16 GiB) | (8, 1, 1) |' in text
   assert 'all-reduce 3' in text or 'all-reduce' in text
   assert 'not compiled within 10 s' in text
+
+
+def test_scale_largest_batch_from_data_parallel_rows():
+  def cell(devices, peak):
+    train = {'mesh': [devices, 1, 1], 'batch_size': 512, 'peak_bytes': peak}
+    return {'train': train, 'budget_bytes': 1000}
+  # peak = 100 + 10 x (examples per device): 16/device -> 260, 8/device -> 180.
+  cells = [('base', 'ar', 'v4-32', cell(32, 260)), ('base', 'ar', 'v5e-64', cell(64, 180))]
+  fixed, slope = scale.data_parallel_fits(cells)[('base', 'ar')]
+  assert (round(fixed), round(slope)) == (100, 10)
+  fits = scale.data_parallel_fits(cells)
+  assert scale._largest_text('base', 'ar', 'v4-32', cells[0][3], fits) == '2,880 †'  # 90 x 32

@@ -24,6 +24,8 @@ import tempfile
 import time
 from typing import Any, Sequence
 
+import numpy as np
+
 from padir import plan as plan_lib
 
 GIB = plan_lib.GIB
@@ -33,22 +35,18 @@ def cell_name(size: str, objective: str, target: str) -> str:
   return f'{size}_{objective}_{target}'
 
 
-def run_cell(size: str, objective: str, target: str, args: argparse.Namespace,
-             cells_dir: str) -> dict[str, Any]:
-  """Runs (or reuses) one cell; returns its plan or ``{'error': ...}``."""
-  path = os.path.join(cells_dir, cell_name(size, objective, target) + '.json')
+def _run_plan(name: str, flags: list[str], devices: int, path: str,
+              args: argparse.Namespace) -> dict[str, Any]:
+  """Runs ``padir.plan`` with ``flags`` in a subprocess (or reuses ``path``)."""
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       return json.load(f)
-  cmd = [sys.executable, '-m', 'padir.plan', f'--size={size}', f'--objective={objective}',
-         f'--target={target}', f'--batch_size={args.batch_size}',
-         f'--input_length={args.input_length}', f'--target_length={args.target_length}',
-         f'--dtype={args.dtype}', f'--stages={args.stages}', f'--mesh={args.mesh}',
-         f'--largest_batch={args.largest_batch}', f'--headroom={args.headroom}',
-         f'--decode_batch_size={args.decode_batch_size}', f'--json={path}']
-  _, devices = plan_lib.TARGETS[target]
+  if args.cached_only:
+    return {'error': 'not compiled in this run (compile time on the machine that made the '
+                     'table)'}
+  cmd = [sys.executable, '-m', 'padir.plan', *flags, f'--json={path}']
   start = time.perf_counter()
-  print(f'[{cell_name(size, objective, target)}] {" ".join(cmd[1:])}', flush=True)
+  print(f'[{name}] {" ".join(cmd[1:])}', flush=True)
   try:
     proc = subprocess.run(cmd, env=plan_lib.subprocess_env(devices), capture_output=True,
                           text=True, timeout=args.cell_timeout, check=False)
@@ -64,9 +62,75 @@ def run_cell(size: str, objective: str, target: str, args: argparse.Namespace,
       result = {'error': f'exit {proc.returncode}: {tail[0][:200]}'}
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=1)
-  print(f'[{cell_name(size, objective, target)}] done in {time.perf_counter() - start:.0f} s',
-        flush=True)
+  print(f'[{name}] done in {time.perf_counter() - start:.0f} s', flush=True)
   return result
+
+
+def run_cell(size: str, objective: str, target: str, args: argparse.Namespace,
+             cells_dir: str) -> dict[str, Any]:
+  """Runs (or reuses) one cell: its train plan and, when asked, the decode step on its mesh.
+
+  Returns:
+    the train plan (with ``decode`` / ``decode_fits`` merged in) or ``{'error': ...}``.
+  """
+  name = cell_name(size, objective, target)
+  _, devices = plan_lib.TARGETS[target]
+  common = [f'--size={size}', f'--objective={objective}', f'--target={target}',
+            f'--input_length={args.input_length}', f'--target_length={args.target_length}',
+            f'--dtype={args.dtype}', f'--stages={args.stages}', f'--headroom={args.headroom}']
+  result = _run_plan(name, common + [f'--batch_size={args.batch_size}', f'--mesh={args.mesh}',
+                                     f'--largest_batch={args.largest_batch}'],
+                     devices, os.path.join(cells_dir, name + '.json'), args)
+  if args.decode_batch_size and 'train' in result:
+    mesh = ','.join(str(m) for m in result['train']['mesh'])
+    decode = _run_plan(name + '_decode', common + [
+        '--train=false', f'--mesh={mesh}', f'--decode_batch_size={args.decode_batch_size}',
+        f'--decode_iterations={args.decode_iterations}'], devices,
+                       os.path.join(cells_dir, name + '_decode.json'), args)
+    result = dict(result)
+    if 'decode' in decode:
+      result['decode'], result['decode_fits'] = decode['decode'], decode['decode_fits']
+    else:
+      result['decode_error'] = decode.get('error', 'no decode step')
+  return result
+
+
+def data_parallel_fits(cells: list[tuple[str, str, str, dict[str, Any]]]
+                       ) -> dict[tuple[str, str], tuple[float, float]]:
+  """(size, objective) -> (fixed bytes, bytes per example) of the data-parallel train step.
+
+  A data-parallel step's per-device program depends only on the per-device batch, so the
+  compiled data-parallel rows of one model on slices of different sizes are points of one line
+  (peak against examples per device); a model needs two distinct points.
+  """
+  points: dict[tuple[str, str], dict[int, int]] = {}
+  for size, objective, _, cell in cells:
+    for key in ('train', 'train_second_batch'):
+      step = cell.get(key)
+      if not step or step['mesh'][1] != 1 or step['mesh'][2] != 1:
+        continue
+      per_device = step['batch_size'] // step['mesh'][0]
+      points.setdefault((size, objective), {})[per_device] = step['peak_bytes']
+  fits = {}
+  for model, by_batch in points.items():
+    if len(by_batch) < 2:
+      continue
+    slope, fixed = np.polyfit(list(by_batch), list(by_batch.values()), 1)
+    fits[model] = (float(fixed), float(slope))
+  return fits
+
+
+def _largest_text(size: str, objective: str, target: str, cell: dict[str, Any],
+                  fits: dict[tuple[str, str], tuple[float, float]]) -> str:
+  largest = cell.get('largest_batch')
+  if largest is not None:
+    return 'not memory-bound' if largest < 0 else f'{largest:,}'
+  mesh = cell['train']['mesh']
+  if (size, objective) not in fits or mesh[1] != 1 or mesh[2] != 1:
+    return '-'
+  fixed, slope = fits[(size, objective)]
+  per_device = int((cell['budget_bytes'] - fixed) // slope) if slope > 0 else 0
+  return f'{max(per_device, 0) * mesh[0]:,} †'
 
 
 def _gib(value: float) -> str:
@@ -83,6 +147,7 @@ def _collectives(step: dict[str, Any]) -> str:
 
 def table_rows(cells: list[tuple[str, str, str, dict[str, Any]]]) -> list[str]:
   """Markdown rows of the training table (one per cell)."""
+  fits = data_parallel_fits(cells)
   rows = []
   for size, objective, target, cell in cells:
     device, devices = plan_lib.TARGETS[target]
@@ -91,9 +156,7 @@ def table_rows(cells: list[tuple[str, str, str, dict[str, Any]]]) -> list[str]:
       rows.append(head + f" {cell['error']} |" + ' |' * 9)
       continue
     train = cell['train']
-    largest = cell.get('largest_batch')
-    largest_text = ('-' if largest is None else 'not memory-bound' if largest < 0
-                    else f'{largest:,}')
+    largest_text = _largest_text(size, objective, target, cell, fits)
     flops = f"{train['flops'] / 1e12:.1f}" if train['flops'] else 'n/a'
     rows.append(
         head + f" {tuple(train['mesh'])} | {cell['num_params'] / 1e6:,.0f}M | "
@@ -107,6 +170,8 @@ def table_rows(cells: list[tuple[str, str, str, dict[str, Any]]]) -> list[str]:
 def decode_rows(cells: list[tuple[str, str, str, dict[str, Any]]]) -> list[str]:
   rows = []
   for size, objective, target, cell in cells:
+    if 'decode_error' in cell:
+      rows.append(f"| {size} | {objective} | {target} | {cell['decode_error']} |" + ' |' * 7)
     if 'decode' not in cell:
       continue
     step = cell['decode']
@@ -152,14 +217,19 @@ def render(cells: list[tuple[str, str, str, dict[str, Any]]], args: argparse.Nam
   decode = decode_rows(cells)
   if decode:
     lines += ['', f'Decode step (`predict_batch_with_aux`: PaDIR refinement, '
-              f'{args.decode_iterations} iterations; AR greedy), on the train step\'s mesh:', '',
+              f'{args.decode_iterations} iterations, length beam 1; AR greedy), global batch '
+              f'{args.decode_batch_size}, on the train step\'s mesh, parameters sharded as in '
+              'training. Collectives inside the decode loop are counted once (the loop stops '
+              'early, its trip count is not known when compiling).', '',
               '| model | objective | slice | mesh | batch | params GiB | temp GiB | peak GiB | '
               'fits | TFLOP/device | collectives |',
               '|---|---|---|---|---:|---:|---:|---:|---|---:|---|']
     lines += decode
-  if any('largest_batch' in c for *_, c in cells):
-    lines += ['', 'Largest batch: the largest global batch (a multiple of data x fsdp) whose '
-              'peak fits, from a straight line through the peaks compiled at two batch sizes.']
+  lines += ['', 'Largest batch: the largest global batch (a multiple of data x fsdp) whose peak '
+            'fits, from a straight line through peaks compiled at two batch sizes on the same '
+            'mesh; † marks a data-parallel row whose line goes through the data-parallel rows of '
+            'the same model on the other slices (a data-parallel program depends only on the '
+            'examples per device). "-": no second compiled point.']
   return '\n'.join(lines) + '\n'
 
 
@@ -181,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--decode_iterations', type=int, default=4)
   parser.add_argument('--cell_timeout', type=float, default=1800.0,
                       help='seconds per cell before it is reported as not compiled')
+  parser.add_argument('--cached_only', action='store_true',
+                      help='render the cells already in --cells_dir; compile nothing')
   parser.add_argument('--cells_dir', default=os.path.join(tempfile.gettempdir(),
                                                           'padir_scale_plan'),
                       help='per-cell JSON (reused when present: delete to recompile)')
@@ -196,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   os.makedirs(args.cells_dir, exist_ok=True)
   command = 'python -m padir.bench scale ' + ' '.join(
       shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-      if not a.startswith('--cells_dir'))
+      if not a.startswith(('--cells_dir', '--cached_only')))
   cells = []
   for size in args.sizes.split(','):
     for objective in args.objectives.split(','):
