@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'bench': ('padir.bench', 'speed benchmarks (decode, train, data)'),
     'launch': ('padir.launch.__main__', 'run training on a TPU pod, SLURM cluster or local processes'),
     'analyze': ('padir.analysis', 'error modes of a set of decodes'),
-    'plan': ('padir.plan', 'memory, FLOPs and collectives of the train / decode steps on a pod '
+    'plan': ('padir.plan_cli', 'memory, FLOPs and collectives of the train / decode steps on a pod '
              '(compiled on simulated devices)'),
     'quickstart': ('padir.quickstart', 'AR teacher -> distillation -> PaDIR student report'),
 }

@@ -1,11 +1,9 @@
-r"""Pod-scale plans, proven by compilation: memory, FLOPs and collectives of the real steps.
+"""Pod-scale plans, proven by compilation: memory, FLOPs and collectives of the real steps.
 
-  padir plan --size=base --objective=padir --target=v5e-64 --mesh=auto
-  padir plan --size=xl --objective=ar --devices=32 --device=v4 --mesh=-1,4,1 --json=plan.json
-
-For a T5.1.1 preset, a global batch, feature lengths and a mesh (``data,fsdp,tensor``, one
-entry may be -1, or ``auto``), the plan lowers and compiles on N simulated CPU devices, from
-abstract shapes only (``jax.eval_shape`` / ``ShapeDtypeStruct``; no parameter is allocated):
+For a T5.1.1 preset (`PlanSpec`; `padir.plan_cli` also reads gin experiments), a global
+batch, feature lengths and a mesh (``data,fsdp,tensor``, one entry may be -1, or auto), the plan
+lowers and compiles on N simulated CPU devices, from abstract shapes only (``jax.eval_shape`` /
+``ShapeDtypeStruct``; no parameter is allocated):
 
 * the real train step: `padir.trainer.Trainer` with its shardings from `padir.partitioning`,
   the model's loss (PaDIR with its unrolled stages, or AR), Adafactor, the state donated;
@@ -15,36 +13,26 @@ abstract shapes only (``jax.eval_shape`` / ``ShapeDtypeStruct``; no parameter is
 It reports per device: parameter and optimizer-state bytes (from the shardings), the compiled
 program's arguments / temporaries / peak (XLA's buffer assignment, `padir.hlo_stats`), FLOPs
 per step, and the collectives of the partitioned program; compares the peak with a device's
-memory (`DEVICES`, or ``--device_memory_gib``) and gives the largest global batch that fits,
-from a linear fit of the peak over two compiled batch sizes. ``--mesh=auto`` takes the smallest
-tensor-parallel degree, then the smallest FSDP degree, that fits; data parallel for the rest.
+memory (`DEVICES`) and gives the largest global batch that fits, from a linear fit of the peak
+over two compiled batch sizes. The auto mesh takes the smallest tensor-parallel degree, then
+the smallest FSDP degree, that fits; data parallel for the rest.
 
 The numbers are XLA:CPU's: same partitioning and same collectives as on an accelerator, but
 TPU and GPU compilers fuse, schedule and lay out buffers differently, so temporaries there
 differ (bfloat16 activations may be kept in float32 by the CPU compiler). Treat the peak as an
-estimate with a margin (``--headroom``), the state bytes and the collectives as exact.
-
-The simulated device count must be set before JAX starts, so the command re-runs itself in a
-subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` when this process has
-fewer CPU devices.
+estimate with a margin (``headroom``), the state bytes and the collectives as exact.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
-import os
-import subprocess
-import sys
 import time
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from padir import hlo_stats
 
@@ -55,7 +43,6 @@ DEVICES = {'v4': 32.0, 'v5e': 16.0, 'v5p': 95.0, 'h100': 80.0, 'h200': 141.0}
 TARGETS = {'v4-32': ('v4', 32), 'v5e-64': ('v5e', 64), 'v5e-256': ('v5e', 256),
            '8xh100': ('h100', 8), 'v5p-128': ('v5p', 128), '8xh200': ('h200', 8)}
 OBJECTIVES = ('padir', 'ar')
-_CHILD_ENV = 'PADIR_PLAN_SUBPROCESS'
 
 
 @dataclasses.dataclass
@@ -80,6 +67,7 @@ class PlanSpec:
     decode_iterations: refinement iterations of the PaDIR decode step.
     largest_batch: also compile a second batch size and fit the largest batch that fits.
     train: compile the train step (False: only the decode step, on an explicit mesh).
+    num_microbatches: gradient accumulation steps of the train step (``NUM_MICROBATCHES``).
     network_overrides: more T5Config fields (e.g. ``num_encoder_layers``; tests shrink models).
   """
   size: str = 'base'
@@ -101,6 +89,7 @@ class PlanSpec:
   decode_iterations: int = 4
   largest_batch: bool = True
   train: bool = True
+  num_microbatches: int = 1
   network_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def validate(self) -> None:
@@ -111,7 +100,7 @@ class PlanSpec:
     if self.objective not in OBJECTIVES:
       raise ValueError(f'Unknown objective {self.objective!r}; choose from {OBJECTIVES}.')
     for name in ('stages', 'batch_size', 'input_length', 'target_length', 'vocab_size',
-                 'num_devices', 'decode_iterations'):
+                 'num_devices', 'decode_iterations', 'num_microbatches'):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f'{name}={value!r} must be a positive integer.')
@@ -203,7 +192,8 @@ def make_trainer(model: Any, spec: PlanSpec, mesh: Sequence[int], batch_size: in
   from padir import optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top
   partitioner = partitioning.Partitioner(tuple(mesh), devices=_devices(spec.num_devices))
   return trainer.Trainer(model, optimizers.adafactor(), partitioner,
-                         _input_shapes(spec, batch_size))
+                         _input_shapes(spec, batch_size),
+                         num_microbatches=spec.num_microbatches)
 
 
 def state_bytes(trainer: Any) -> tuple[int, int]:
@@ -287,7 +277,7 @@ def mesh_candidates(spec: PlanSpec, model: Any) -> list[tuple[int, int, int]]:
     if any(dim % tensor for dim in (cfg.num_heads, cfg.mlp_dim, cfg.vocab_size)):
       continue
     rest = spec.num_devices // tensor
-    if spec.batch_size % rest:
+    if spec.batch_size % (rest * spec.num_microbatches):
       continue
     for fsdp in _divisors(rest):
       if cfg.emb_dim % fsdp:
@@ -346,12 +336,17 @@ def largest_batch(a: StepPlan, b: StepPlan, budget: float, multiple: int) -> int
   fixed = a.peak - slope * a.batch_size
   if slope <= 0:
     return 0 if fixed > budget else -1  # -1: not limited by memory in this range
+  if fixed + slope * multiple > budget:
+    return 0
   best = int((budget - fixed) // slope)
   return max(0, best // multiple * multiple)
 
 
 def second_batch(batch_size: int, shards: int) -> int:
-  """The other batch size of the fit: half the batch, or double it when half does not split."""
+  """The other batch size of the fit: half the batch, or double it when half does not split.
+
+  ``shards``: what the batch must be a multiple of (data x fsdp x microbatches).
+  """
   half = batch_size // 2
   return half if half >= shards and half % shards == 0 else 2 * batch_size
 
@@ -392,7 +387,7 @@ def run_plan(spec: PlanSpec, log=print) -> dict[str, Any]:
   out['fits'] = train.peak <= budget
   out['gin_binding'] = gin_binding(train.mesh)
   if spec.largest_batch:
-    shards = train.mesh[0] * train.mesh[1]
+    shards = train.mesh[0] * train.mesh[1] * spec.num_microbatches
     other = plan_train_step(model, spec, train.mesh, second_batch(spec.batch_size, shards))
     out['train_second_batch'] = other.to_json()
     out['largest_batch'] = largest_batch(train, other, budget, shards)
@@ -438,115 +433,3 @@ def format_plan(plan: dict[str, Any]) -> str:
   if 'gin_binding' in plan:
     lines.append(f"mesh flag for padir.train: {plan['gin_binding']}")
   return '\n'.join(lines)
-
-
-# ---------------------------------------------------------------------------- command line
-
-
-def parse_mesh(text: str) -> tuple[int, int, int] | None:
-  """'auto' -> None; 'data,fsdp,tensor' -> a tuple (checked for three integers)."""
-  if text == 'auto':
-    return None
-  try:
-    values = tuple(int(v) for v in text.split(','))
-  except ValueError:
-    values = ()
-  if len(values) != 3:
-    raise ValueError(f'--mesh={text!r} must be "auto" or data,fsdp,tensor (e.g. -1,4,1).')
-  return values  # type: ignore[return-value]
-
-
-def spec_from_args(args: argparse.Namespace) -> PlanSpec:
-  """A PlanSpec from parsed flags (``--target`` sets the device and the device count)."""
-  device, num_devices = args.device, args.devices
-  if args.target:
-    if args.target not in TARGETS:
-      raise ValueError(f'Unknown target {args.target!r}; choose from {sorted(TARGETS)} or give '
-                       '--devices and --device.')
-    device, num_devices = TARGETS[args.target]
-  spec = PlanSpec(size=args.size, objective=args.objective, stages=args.stages,
-                  batch_size=args.batch_size, input_length=args.input_length,
-                  target_length=args.target_length, vocab_size=args.vocab_size,
-                  dtype=args.dtype, scan_layers=args.scan_layers,
-                  remat_policy=args.remat_policy, num_devices=num_devices,
-                  mesh=parse_mesh(args.mesh), device=device,
-                  device_memory_gib=args.device_memory_gib, headroom=args.headroom,
-                  decode_batch_size=args.decode_batch_size,
-                  decode_iterations=args.decode_iterations,
-                  largest_batch=args.largest_batch, train=args.train)
-  spec.validate()
-  return spec
-
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='padir plan', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--size', default='base')
-  parser.add_argument('--objective', default='padir', choices=OBJECTIVES)
-  parser.add_argument('--stages', type=int, default=2, help='unrolled PaDIR training stages')
-  parser.add_argument('--batch_size', type=int, default=512)
-  parser.add_argument('--input_length', type=int, default=128)
-  parser.add_argument('--target_length', type=int, default=128)
-  parser.add_argument('--vocab_size', type=int, default=32128)
-  parser.add_argument('--dtype', default='bfloat16', choices=('bfloat16', 'float32'))
-  parser.add_argument('--scan_layers', action='store_true')
-  parser.add_argument('--remat_policy', default='none')
-  parser.add_argument('--target', default=None, help=f'one of {sorted(TARGETS)}')
-  parser.add_argument('--devices', type=int, default=8)
-  parser.add_argument('--device', default='h100', help=f'one of {sorted(DEVICES)} or a name')
-  parser.add_argument('--device_memory_gib', type=float, default=None)
-  parser.add_argument('--headroom', type=float, default=0.9)
-  parser.add_argument('--mesh', default='auto', help='"auto" or data,fsdp,tensor')
-  parser.add_argument('--decode_batch_size', type=int, default=0,
-                      help='also compile the decode step for this global batch (0: no)')
-  parser.add_argument('--decode_iterations', type=int, default=4)
-  parser.add_argument('--largest_batch', type=lambda s: s.lower() in ('1', 'true', 'yes'),
-                      default=True, help='compile a second batch size to fit the largest batch')
-  parser.add_argument('--train', type=lambda s: s.lower() in ('1', 'true', 'yes'),
-                      default=True, help='false: compile only the decode step (explicit mesh)')
-  parser.add_argument('--json', default=None, help='also write the plan as JSON here')
-  return parser
-
-
-def _has_devices(num_devices: int) -> bool:
-  try:
-    devices = jax.devices('cpu')
-  except RuntimeError:
-    return False
-  return len(devices) >= num_devices and jax.default_backend() == 'cpu'
-
-
-def subprocess_env(num_devices: int) -> dict[str, str]:
-  """This environment with N simulated CPU devices (other XLA flags kept)."""
-  env = dict(os.environ)
-  flags = [f for f in env.get('XLA_FLAGS', '').split()
-           if not f.startswith('--xla_force_host_platform_device_count')]
-  env['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={num_devices}'])
-  env['JAX_PLATFORMS'] = 'cpu'
-  env[_CHILD_ENV] = '1'
-  return env
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  """``padir plan [flags]``: prints the plan (and writes ``--json``)."""
-  argv = list(sys.argv[1:] if argv is None else argv)
-  parser = _parser()
-  args = parser.parse_args(argv)
-  try:
-    spec = spec_from_args(args)
-  except ValueError as e:
-    parser.error(str(e))
-  if not os.environ.get(_CHILD_ENV) and not _has_devices(spec.num_devices):
-    cmd = [sys.executable, '-m', 'padir.plan', *argv]
-    return subprocess.run(cmd, env=subprocess_env(spec.num_devices), check=False).returncode
-  plan = run_plan(spec, log=lambda m: print(m, flush=True))
-  print(format_plan(plan))
-  if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w', encoding='utf-8') as f:
-      json.dump(plan, f, indent=1)
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

@@ -14,6 +14,7 @@ import pytest
 from padir import cli
 from padir import hlo_stats
 from padir import plan
+from padir import plan_cli
 from padir.bench import scale
 
 MICRO = dict(num_encoder_layers=1, num_decoder_layers=1, emb_dim=32, mlp_dim=64, num_heads=2,
@@ -186,11 +187,11 @@ def test_bad_specs(kwargs, message):
 def test_command_line_errors_and_registration(capsys):
   assert 'plan' in cli.COMMANDS
   with pytest.raises(ValueError, match='must be "auto" or data,fsdp,tensor'):
-    plan.parse_mesh('8,1')
+    plan_cli.parse_mesh('8,1')
   with pytest.raises(SystemExit):
-    plan.main(['--target=v9-8'])
+    plan_cli.main(['--target=v9-8'])
   assert "Unknown target 'v9-8'" in capsys.readouterr().err
-  env = plan.subprocess_env(32)
+  env = plan_cli.subprocess_env(32)
   assert env['XLA_FLAGS'].endswith('--xla_force_host_platform_device_count=32')
   assert plan.gin_binding((16, 2, 1)) == \
       '--gin.padir.partitioning.Partitioner.mesh_shape="(16, 2, 1)"'
@@ -220,3 +221,13 @@ def test_scale_largest_batch_from_data_parallel_rows():
   assert (round(fixed), round(slope)) == (100, 10)
   fits = scale.data_parallel_fits(cells)
   assert scale._largest_text('base', 'ar', 'v4-32', cells[0][3], fits) == '2,880 †'  # 90 x 32
+
+
+def test_defaults_from_a_gin_experiment():
+  defaults = plan_cli.defaults_from_gin(
+      ['experiments/wmt14_ende_ar.gin'],
+      ["padir.builders.network_config.dtype = 'bfloat16'", 'BATCH_SIZE = 256'])
+  assert defaults['objective'] == 'ar' and defaults['size'] == 'base'
+  assert defaults['batch_size'] == 256 and defaults['dtype'] == 'bfloat16'
+  assert (defaults['input_length'], defaults['target_length']) == (128, 128)
+  assert 'mesh' not in defaults  # the trainer default (-1, 1, 1): the plan picks one

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from padir import plan as plan_lib
+from padir import plan_cli
 
 GIB = plan_lib.GIB
 
@@ -44,11 +45,11 @@ def _run_plan(name: str, flags: list[str], devices: int, path: str,
   if args.cached_only:
     return {'error': 'not compiled in this run (compile time on the machine that made the '
                      'table)'}
-  cmd = [sys.executable, '-m', 'padir.plan', *flags, f'--json={path}']
+  cmd = [sys.executable, '-m', 'padir.plan_cli', *flags, f'--json={path}']
   start = time.perf_counter()
   print(f'[{name}] {" ".join(cmd[1:])}', flush=True)
   try:
-    proc = subprocess.run(cmd, env=plan_lib.subprocess_env(devices), capture_output=True,
+    proc = subprocess.run(cmd, env=plan_cli.subprocess_env(devices), capture_output=True,
                           text=True, timeout=args.cell_timeout, check=False)
   except subprocess.TimeoutExpired:
     result = {'error': f'not compiled within {args.cell_timeout:.0f} s on this machine'}
