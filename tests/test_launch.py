@@ -101,13 +101,17 @@ def test_process_spec_validation():
 
 def test_local_launcher_runs_a_real_two_process_job(capfd):
   program = textwrap.dedent('''
+      import sys
       from padir import distributed
       distributed.initialize()
       import jax, jax.numpy as jnp, numpy as np
       from jax.experimental import multihost_utils
       total = multihost_utils.process_allgather(np.array([jax.process_index() + 1]))
-      print('proc', jax.process_index(), jax.process_count(), jax.device_count(),
-            jax.local_device_count(), int(np.sum(total)))
+      # One write: Gloo prints to the same stdout from its own threads, and print() with
+      # several arguments writes them one by one (PYTHONUNBUFFERED) so a Gloo line could land
+      # inside ours.
+      sys.stdout.write(f'proc {jax.process_index()} {jax.process_count()} {jax.device_count()} '
+                       f'{jax.local_device_count()} {int(np.sum(total))}\\n')
   ''')
   rc = local.launch([sys.executable, '-c', program], num_processes=2, cpu_devices_per_process=4,
                     timeout_s=240)

@@ -96,17 +96,29 @@ def test_eval_and_infer_commands(trained, data_dir, tmp_path, capsys):
   header, *rows = open(os.path.join(out_dir, 'eval-validation-4.tsv')).read().splitlines()
   assert header.split('\t') == ['source', 'reference', 'prediction'] and len(rows) == 16
 
+  # Lines end at \n only: U+2028/2029, U+0085, form feed and vertical tab stay inside a line;
+  # a BOM and \r\n ends are removed; empty and blank lines give empty predictions.
   sources = tmp_path / 'sources.txt'
-  sources.write_text('abc\nhello world\n\n' + 'x' * 30 + '\n')
+  sources.write_bytes('\ufeffabc\r\nhello world\n\n'.encode() + b'x' * 30 + '\na\u2028b\x0cc'
+                      '\x0bd\u0085e\u2029f\n   \nxyz'.encode())
   infer_dir = str(tmp_path / 'infer')
   code = infer.main(train_testlib.run_flags('infer', data_dir, [
       f"--gin.CHECKPOINT_PATH='{model_dir}/2'", f"--gin.INFER_OUTPUT_DIR='{infer_dir}'",
       f"--gin.INFER_INPUT_FILE='{sources}'", '--gin.INFER_BATCH_SIZE=8']))
   assert code == 0, capsys.readouterr().err
-  assert '2 of 4 sources were longer than 7 tokens' in capsys.readouterr().out
-  header, *rows = open(os.path.join(infer_dir, 'sources-2.tsv')).read().splitlines()
-  assert header == 'source\tprediction'
-  assert [r.split('\t')[0] for r in rows] == ['abc', 'hello world', '', 'x' * 30]
+  assert '3 of 5 sources were longer than 7 tokens' in capsys.readouterr().out
+  header, *rows = open(os.path.join(infer_dir, 'sources-2.tsv'), newline='').read().split('\n')
+  assert header == 'source\tprediction' and rows[-1] == ''
+  cells = [r.split('\t') for r in rows[:-1]]
+  assert [c[0] for c in cells] == ['abc', 'hello world', '', 'x' * 30, 'a b c d e f', '', 'xyz']
+  assert cells[2][1] == cells[5][1] == ''  # nothing invented for an empty or blank line
+  latin1 = tmp_path / 'latin1.txt'
+  latin1.write_bytes(b'ok\nbad \xff byte\n')
+  code = infer.main(train_testlib.run_flags('infer', data_dir, [
+      f"--gin.CHECKPOINT_PATH='{model_dir}/2'", f"--gin.INFER_OUTPUT_DIR='{infer_dir}'",
+      f"--gin.INFER_INPUT_FILE='{latin1}'", '--gin.INFER_BATCH_SIZE=8']))
+  assert code == 1
+  assert f'{latin1}, line 2: not UTF-8 (byte 0xff at column 5)' in capsys.readouterr().err
 
   # A checkpoint refuses another vocabulary with a clear message.
   code = infer.main(train_testlib.run_flags('infer', data_dir, [
@@ -138,6 +150,26 @@ def test_resume_survives_a_corrupt_checkpoint(trained, tmp_path, capsys):
   # A finished run does nothing.
   assert train.main(flags) == 0
   assert 'nothing to do' in capsys.readouterr().out
+
+
+def test_another_optimizer_is_refused_and_nothing_is_lost(trained, tmp_path, capsys):
+  source_dir, _, flags = trained
+  model_dir = str(tmp_path / 'copy')
+  shutil.copytree(source_dir, model_dir)
+  config = open(os.path.join(model_dir, 'config.gin')).read()
+  flags = [f.replace(source_dir, model_dir) for f in flags] + [
+      '--gin.TRAIN_STEPS=6', '--gin.OPTIMIZER=@padir.optimizers.adamw()',
+      '--gin.padir.optimizers.adamw.learning_rate=0.001']
+  assert train.main(flags) == 1
+  err = capsys.readouterr().err
+  assert f'padir train: {model_dir}/4 was saved with another optimizer (OPTIMIZER = ' in err
+  assert '@padir.optimizers.adamw() here' in err and 'init_from' in err
+  assert len(err.strip().splitlines()) == 2, err
+  assert sorted(os.listdir(model_dir)) == sorted(os.listdir(source_dir))  # nothing moved
+  assert open(os.path.join(model_dir, 'config.gin')).read() == config  # the trained config
+  mgr = checkpoints.CheckpointManager(model_dir)
+  assert mgr.all_steps() == [2, 4]
+  mgr.close()
 
 
 class _NanOnMarker:
@@ -254,6 +286,43 @@ def test_kill_9_and_sigterm_then_rerun_resume_bit_identically(data_dir, tmp_path
   assert flat_a.keys() == flat_b.keys()
   for key in flat_a:
     np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg=key)
+
+
+def test_chaos_ten_kills_and_a_ctrl_c_end_bitwise_equal_to_a_straight_run(data_dir, tmp_path):
+  """SIGKILL at 10 random steps (saves in flight), then Ctrl-C, then finish: same parameters."""
+  env = _subprocess_env(tmp_path, 1)
+  steps = 14
+  spec = {'steps': steps, 'kills': 10, 'seed': 13, 'straight': str(tmp_path / 'straight'),
+          'chaos': str(tmp_path / 'chaos'),
+          'flags': [f for f in train_testlib.train_flags(
+              data_dir, 'unused', steps, period=1,
+              extra=['--gin.padir.train.train.infer_eval_dataset_cfg=None',
+                     '--gin.padir.train.train.train_eval_dataset_cfg=None',
+                     '--gin.padir.train.train.tensorboard=False',
+                     '--gin.padir.models.PadirModel.num_train_stages=1'])  # quicker traces
+                    if not f.startswith(('--gin.MODEL_DIR', '--gin.TRAIN_STEPS'))]}
+  runner = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train_chaos.py')
+  done = subprocess.run([sys.executable, runner, json.dumps(spec)], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  summary = json.loads(done.stdout.strip().splitlines()[-1])
+  assert summary['straight']['code'] == 0, summary['straight']['tail']
+  for kill, target in zip(summary['kills'], summary['targets']):
+    assert kill['code'] == -signal.SIGKILL and kill['stopped_at'] == target, kill['tail']
+  ctrl_c = summary['ctrl_c']
+  assert ctrl_c['code'] == 130, ctrl_c['tail']
+  assert f'Ctrl-C: saved a checkpoint at step {ctrl_c["stopped_at"]}' in ctrl_c['tail']
+  assert summary['final']['code'] == 0 and summary['final']['resumed'] == ctrl_c['stopped_at']
+  straight, _, s1 = checkpoints.load_params(spec['straight'])
+  resumed, _, s2 = checkpoints.load_params(spec['chaos'])
+  assert s1 == s2 == steps
+  flat_a, flat_b = _flatten(straight), _flatten(resumed)
+  assert flat_a.keys() == flat_b.keys()
+  for key in flat_a:
+    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), err_msg=key)
+  # metrics.jsonl has each step once: the steps redone after a kill replaced their records.
+  records = [json.loads(line) for line in open(os.path.join(spec['chaos'], 'metrics.jsonl'))]
+  assert [r['step'] for r in records if r['split'] == 'train'] == list(range(1, steps + 1))
 
 
 def _flatten(tree, prefix=''):
