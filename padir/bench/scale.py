@@ -161,7 +161,7 @@ def table_rows(cells: list[tuple[str, str, str, dict[str, Any]]]) -> list[str]:
     flops = f"{train['flops'] / 1e12:.1f}" if train['flops'] else 'n/a'
     rows.append(
         head + f" {tuple(train['mesh'])} | {cell['num_params'] / 1e6:,.0f}M | "
-        f"{_gib(train['params_bytes'])} | {_gib(train['opt_state_bytes'])} | "
+        f"{_gib(train['params_bytes'])} | {train['opt_state_bytes'] / GIB:.3f} | "
         f"{_gib(train['memory']['temp'])} | **{_gib(train['peak_bytes'])}** | "
         f"{'yes' if cell['fits'] else '**no**'} | {largest_text} | {flops} | "
         f"{_collectives(train)} |")
@@ -208,7 +208,8 @@ def render(cells: list[tuple[str, str, str, dict[str, Any]]], args: argparse.Nam
       'temporaries). TPU and GPU compilers fuse and schedule differently, so read temp and peak '
       'as estimates; the shardings and the collectives are those of the same partitioned '
       'program. TFLOP: XLA\'s count for one device and one step. Collectives: count per step '
-      '(GiB of results per device).', '',
+      '(GiB of results per device); in a data-parallel step they are the gradient all-reduces '
+      '(and a few scalars for the metrics).', '',
       '| model | objective | slice | mesh (data, fsdp, tensor) | params | params GiB | '
       'opt state GiB | temp GiB | peak GiB | fits | largest batch | TFLOP/device | '
       'collectives |',
@@ -220,8 +221,9 @@ def render(cells: list[tuple[str, str, str, dict[str, Any]]], args: argparse.Nam
     lines += ['', f'Decode step (`predict_batch_with_aux`: PaDIR refinement, '
               f'{args.decode_iterations} iterations, length beam 1; AR greedy), global batch '
               f'{args.decode_batch_size}, on the train step\'s mesh, parameters sharded as in '
-              'training. Collectives inside the decode loop are counted once (the loop stops '
-              'early, its trip count is not known when compiling).', '',
+              'training. The decode loop stops early, so its trip count is not known when '
+              'compiling: collectives and FLOPs inside it are counted for one iteration (plus '
+              'the encoder and the rest of the program once).', '',
               '| model | objective | slice | mesh | batch | params GiB | temp GiB | peak GiB | '
               'fits | TFLOP/device | collectives |',
               '|---|---|---|---|---:|---:|---:|---:|---|---:|---|']
