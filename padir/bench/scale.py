@@ -58,6 +58,9 @@ def _run_plan(name: str, flags: list[str], devices: int, path: str,
       with open(path, encoding='utf-8') as f:
         result = json.load(f)
       result['wall_seconds'] = time.perf_counter() - start
+      # XLA's SPMD partitioner warns when it must replicate a tensor to reshard it.
+      result['spmd_full_rematerializations'] = proc.stderr.count(
+          'Involuntary full rematerialization')
     else:
       tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ['no output']
       result = {'error': f'exit {proc.returncode}: {tail[0][:200]}'}
@@ -134,6 +137,11 @@ def _largest_text(size: str, objective: str, target: str, cell: dict[str, Any],
   return f'{max(per_device, 0) * mesh[0]:,} †'
 
 
+def _remat_note(cell: dict[str, Any]) -> str:
+  count = cell.get('spmd_full_rematerializations', 0)
+  return f'; XLA replicated {count} tensor(s) to reshard them' if count else ''
+
+
 def _gib(value: float) -> str:
   return f'{value / GIB:.2f}'
 
@@ -164,7 +172,7 @@ def table_rows(cells: list[tuple[str, str, str, dict[str, Any]]]) -> list[str]:
         f"{_gib(train['params_bytes'])} | {train['opt_state_bytes'] / GIB:.3f} | "
         f"{_gib(train['memory']['temp'])} | **{_gib(train['peak_bytes'])}** | "
         f"{'yes' if cell['fits'] else '**no**'} | {largest_text} | {flops} | "
-        f"{_collectives(train)} |")
+        f"{_collectives(train)}{_remat_note(cell)} |")
   return rows
 
 
