@@ -70,7 +70,9 @@ def predict_refine(model,
     batch: ``encoder_input_tokens`` [B, S]; ``decoder_target_tokens`` [B, L] sets the canvas
       width L (else ``max_target_length``) and gives the gold lengths.
     rng: PRNG key (random canvases, sampling); None = PRNGKey(0).
-    decode_config: the knobs; default ``RefineConfig()`` (gin-configurable).
+    decode_config: the knobs; default the model's decoding defaults
+      (`padir.models.PadirModel.decoding_config`), refused when the model's training does not
+      support its update mode.
     use_gold_lengths: decode at the gold target lengths (an oracle length) instead of the
       length head's top-k.
     rerank_model: an `EncoderDecoderModel` whose ``score_batch`` re-ranks the candidates
@@ -81,11 +83,12 @@ def predict_refine(model,
   Returns:
     tokens [B, L] and the aux dict of `padir.refine_decoding.refine_decode`.
   """
-  config = _with_overrides(decode_config or RefineConfig(), decode_kwargs)
-  if config.canvas_init is None:  # decode from the fill the model was trained with
-    corruption = getattr(model, 'corruption', None)
-    scheme = getattr(corruption, 'decoder_input_scheme', 'mask')
-    config = dataclasses.replace(config, canvas_init=scheme)
+  if hasattr(model, 'decoding_config'):  # the model's defaults, checked against its training
+    config = model.decoding_config(decode_config, **decode_kwargs)
+  else:
+    config = _with_overrides(decode_config or RefineConfig(), decode_kwargs)
+    if config.canvas_init is None:
+      config = dataclasses.replace(config, canvas_init='mask')
   ids: SpecialIds = model.special_ids
   max_length = _decode_length(model, batch)
   lengths = None

@@ -23,6 +23,7 @@ Gin names: ``padir.models.EncoderDecoderModel`` and ``padir.models.PadirModel``.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Mapping, NamedTuple
 
 import flax.linen as nn
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 from padir import gin_utils
 from padir import losses
 from padir import objectives
+from padir import refine_decoding
 from padir import remasking
 from padir import sampling
 from padir.network import T5Config, Transformer
@@ -296,6 +298,7 @@ class PadirModel(_BaseModel):
                remask: remasking.RemaskConfig | None = None,
                num_train_stages: int = 1,
                clamp_eos: bool = True,
+               decoding: Any = None,
                length_loss_weight: float = 0.1,
                label_smoothing: float = 0.0, z_loss: float = 0.0,
                loss_normalizing_factor: Any = DEFAULT_LOSS_NORMALIZING_FACTOR):
@@ -311,6 +314,10 @@ class PadirModel(_BaseModel):
       clamp_eos: between stages keep the gold EOS fixed and leave it out of the rule's counts,
         as the refinement decoder does with ``RefineConfig.clamp_eos`` (its default); False
         lets the argmax overwrite it (the reference).
+      decoding: the model's decoding defaults (a `padir.refine_decoding.RefineConfig`; each
+        objective preset binds its own), used when no decode config is passed. None: the
+        gin-configured ``RefineConfig()``, with the Mask-Predict rule when its update mode is
+        one the training does not support (see `check_decoding`).
       length_loss_weight: weight of the length loss (fairseq CMLM uses 0.1).
       label_smoothing: see `padir.losses`.
       z_loss: see `padir.losses`.
@@ -336,6 +343,71 @@ class PadirModel(_BaseModel):
     self.num_train_stages = num_train_stages
     self.clamp_eos = bool(clamp_eos)
     self.length_loss_weight = float(length_loss_weight)
+    self._decoding = decoding
+    if decoding is not None:
+      self.check_decoding(decoding)
+
+  # ------------------------------------------------------------------ decoding defaults
+
+  @property
+  def trained_updates(self) -> tuple[str, ...]:
+    """Update modes of the refinement decoder that this model's training supports."""
+    c = self.corruption
+    return remasking.trained_updates(c.loss_weighting, c.keep_prob, c.random_prob,
+                                     self.num_train_stages)
+
+  def check_decoding(self, config: Any) -> None:
+    """Refuses a decode config whose update mode the training never trained.
+
+    Args:
+      config: a `padir.refine_decoding.RefineConfig`.
+
+    Raises:
+      ValueError: the update mode re-predicts positions the loss never covered (and
+        ``config.allow_untrained_update`` is off).
+    """
+    update = config.remask.effective_update
+    if update in self.trained_updates or config.allow_untrained_update:
+      return
+    c = self.corruption
+    raise ValueError(
+        f"RemaskConfig(rule={config.remask.rule!r}) re-predicts every position (update "
+        f"{update!r}), but this PadirModel's loss covers masked positions only "
+        f"(CorruptionConfig.loss_weighting={c.loss_weighting!r}, keep_prob={c.keep_prob}, "
+        f"random_prob={c.random_prob}, num_train_stages={self.num_train_stages}), so it never "
+        f"learnt to re-predict a visible token. Decode with an update mode it supports "
+        f"{self.trained_updates} (e.g. rule='mask_predict'), or set "
+        'RefineConfig.allow_untrained_update=True to decode anyway.')
+
+  def decoding_config(self, config: Any = None, **overrides: Any) -> Any:
+    """The refinement config to decode with: ``config`` (or the model's defaults) + overrides.
+
+    Fills ``canvas_init`` with the canvas the model was trained on when unset, and checks the
+    update mode against the training (`check_decoding`).
+
+    Args:
+      config: a `padir.refine_decoding.RefineConfig`; None = the model's ``decoding`` defaults.
+      **overrides: RefineConfig fields replacing those of the config.
+
+    Returns:
+      The checked `RefineConfig`.
+    """
+    if config is None:
+      config = self._decoding
+    if config is None:
+      config = refine_decoding.RefineConfig()
+      if config.remask.effective_update not in self.trained_updates:
+        config = dataclasses.replace(config, remask=remasking.RemaskConfig(rule='mask_predict'))
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+    if unknown:
+      raise ValueError(f'Unknown decode option(s) {unknown} for RefineConfig; valid ones: '
+                       f'{[f.name for f in dataclasses.fields(config)]}.')
+    if overrides:
+      config = dataclasses.replace(config, **overrides)
+    if config.canvas_init is None:  # decode from the fill the model was trained with
+      config = dataclasses.replace(config, canvas_init=self.corruption.decoder_input_scheme)
+    self.check_decoding(config)
+    return config
 
   def _boxed_variables(self, rng: Array, input_shapes: Mapping[str, tuple[int, ...]]):
     enc, dec = self._init_inputs(input_shapes)

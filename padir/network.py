@@ -29,6 +29,7 @@ Array = jax.Array
 
 DECODER_MODES = ('causal', 'bidirectional')
 REMAT_POLICIES = ('none', 'full', 'dots', 'dots_with_no_batch_dims')
+LENGTH_HEADS = ('slot', 'pooled')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 # Published T5.1.1 sizes (Raffel et al. 2020; google-research/text-to-text-transfer-transformer
@@ -63,8 +64,14 @@ class T5Config:
     relative_attention_num_buckets, relative_attention_max_distance: T5 relative positions.
     layer_norm_epsilon: RMSNorm epsilon.
     decoder_mode: 'causal' (AR, KV cache) or 'bidirectional' (PaDIR, padding-only mask).
-    use_length_head: add the [LENGTH]-token length classifier (default: bidirectional only).
-    length_id: the [LENGTH] token id (from padir.special_ids), required by the length head.
+    use_length_head: add a length classifier (default: bidirectional only).
+    length_head: 'slot' (a [LENGTH] token prepended to the encoder input; its output is
+      scored against a table of length embeddings, Mask-Predict's head) or 'pooled' (the mean
+      of the encoder outputs over the source scores offsets from the source length: the
+      encoder runs exactly as in an AR model, so a student started
+      from its teacher keeps the teacher's encoder, and the prior over target-minus-source
+      length is learnt in a few steps, as in fairseq's length-offset prediction).
+    length_id: the [LENGTH] token id (from padir.special_ids), required by the 'slot' head.
     max_target_length: number of length classes (and the positional-attention table size).
     positional_attention: PaDIR/NAT positional attention block in every decoder layer.
     remat_policy: 'none', 'full', 'dots' or 'dots_with_no_batch_dims' (jax.checkpoint policy).
@@ -87,6 +94,7 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   decoder_mode: str = 'causal'
   use_length_head: bool | None = None
+  length_head: str = 'slot'
   length_id: int | None = None
   max_target_length: int = 128
   positional_attention: bool = False
@@ -108,6 +116,9 @@ class T5Config:
     return cls(**{**_PRESETS[name], **overrides})
 
   def replace(self, **changes: Any) -> 'T5Config':
+    """A copy with ``changes``; a new ``decoder_mode`` re-derives ``use_length_head``."""
+    if 'decoder_mode' in changes and changes['decoder_mode'] != self.decoder_mode:
+      changes.setdefault('use_length_head', None)
     return dataclasses.replace(self, **changes)
 
   @property
@@ -138,7 +149,9 @@ class T5Config:
          f'relative_attention_num_buckets={self.relative_attention_num_buckets} must be even.')
     need(self.relative_attention_max_distance > self.relative_attention_num_buckets // 4,
          'relative_attention_max_distance must exceed relative_attention_num_buckets / 4.')
-    if self.use_length_head:
+    need(self.length_head in LENGTH_HEADS,
+         f'length_head={self.length_head!r} is not one of {LENGTH_HEADS}.')
+    if self.use_length_head and self.length_head == 'slot':
       need(self.length_id is not None and 0 <= self.length_id < self.vocab_size,
            f'use_length_head needs length_id in [0, vocab_size={self.vocab_size}), got '
            f'{self.length_id!r}; pass length_id=padir.special_ids.special_ids(...).length.')
@@ -346,12 +359,21 @@ class Transformer(nn.Module):
                                          name='token_embedder')
     self.encoder = Encoder(cfg, self.shared_embedding)
     self.decoder = Decoder(cfg, self.shared_embedding)
-    if cfg.use_length_head:
+    if cfg.use_length_head and cfg.length_head == 'slot':
       self.length_embedding = self.param(
           'length_embedding',
           nn.with_logical_partitioning(nn.initializers.normal(stddev=cfg.emb_dim**-0.5),
                                        ('length', 'embed')),
           (cfg.max_target_length, cfg.emb_dim), jnp.float32)
+    elif cfg.use_length_head:
+      offsets = 2 * cfg.max_target_length - 1  # target minus source length, -(M-1)..M-1
+      # Not zero-initialised: Adafactor scales each update by the parameter's RMS, so a zero
+      # table would barely move.
+      self.length_offset_embedding = self.param(
+          'length_offset_embedding',
+          nn.with_logical_partitioning(nn.initializers.normal(stddev=cfg.emb_dim**-0.5),
+                                       ('length', 'embed')),
+          (offsets, cfg.emb_dim), jnp.float32)
 
   def encode(self, encoder_input_tokens: Array,
              enable_dropout: bool = True) -> tuple[Array, Array | None]:
@@ -369,12 +391,36 @@ class Transformer(nn.Module):
     tokens = encoder_input_tokens
     if not cfg.use_length_head:
       return self.encoder(tokens, enable_dropout), None
+    if cfg.length_head == 'pooled':
+      encoded = self.encoder(tokens, enable_dropout)  # [B, L_in, E]
+      return encoded, self._pooled_length_logits(encoded, tokens)
     slot = jnp.full((tokens.shape[0], 1), cfg.length_id, tokens.dtype)
     out = self.encoder(jnp.concatenate([slot, tokens], axis=1), enable_dropout)  # [B, 1+L, E]
     length_state = out[:, 0].astype(jnp.float32)  # [B, E]
     length_logits = jnp.dot(length_state, self.length_embedding.T,
                             preferred_element_type=jnp.float32)  # [B, Lmax]
     return out[:, 1:], length_logits
+
+  def _pooled_length_logits(self, encoded: Array, tokens: Array) -> Array:
+    """The 'pooled' length head: [B, max_target_length] float32 logits (class c = length c+1).
+
+    Scores every offset ``d = target length - source length`` from the mean encoder state of
+    the source ([2M-1] logits), then reads each absolute length's offset; lengths whose offset
+    is out of range get -1e9.
+    """
+    cfg = self.config
+    valid = (tokens > 0).astype(jnp.float32)  # [B, L_in]
+    src_len = jnp.sum(valid, axis=1)  # [B]
+    pooled = jnp.sum(encoded.astype(jnp.float32) * valid[..., None], axis=1) / \
+        jnp.maximum(src_len, 1.0)[:, None]  # [B, E]
+    offset_logits = jnp.dot(pooled, self.length_offset_embedding.T,
+                            preferred_element_type=jnp.float32)  # [B, 2M-1]
+    m = cfg.max_target_length
+    lengths = jnp.arange(1, m + 1, dtype=jnp.int32)  # [M]
+    index = lengths[None, :] - src_len.astype(jnp.int32)[:, None] + (m - 1)  # [B, M]
+    inside = (index >= 0) & (index < 2 * m - 1)
+    picked = jnp.take_along_axis(offset_logits, jnp.clip(index, 0, 2 * m - 2), axis=1)
+    return jnp.where(inside, picked, -1e9)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              enable_dropout: bool = True, decode: bool = False,

@@ -40,6 +40,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -48,6 +49,7 @@ import gin
 import jax
 import numpy as np
 
+from padir import errors
 from padir import gin_utils
 from padir import quickstart_eval as qs_eval
 from padir import summaries
@@ -56,8 +58,8 @@ from padir.refine_decoding import RefineConfig
 
 DEFAULT_OUTPUT_DIR = 'padir_quickstart'
 DEFAULT_GIN_FILE = 'padir/gin/runs/quickstart.gin'
-STAGES = ('data', 'teacher', 'distill', 'student_distilled', 'student_raw', 'evaluate',
-          'benchmark', 'report')
+STAGES = ('data', 'teacher', 'distill', 'student_distilled', 'student_raw', 'student_scratch',
+          'student_ablations', 'select', 'evaluate', 'benchmark', 'report')
 _STEP_LINE = re.compile(r'^step (\d+)/(\d+) \| (.*)$')
 SIGTERM_EXIT_CODE = 143
 
@@ -79,16 +81,32 @@ class QuickstartConfig:
     student_train_examples: size of the random training subset that is distilled and that
       both students train on (None: the whole filtered train split).
     subset_seed: seed of that subset.
-    distill_beam_size: beams of the teacher when distilling (1 = greedy).
-    distill_length_penalty: its brevity-penalty exponent.
+    distill_choices: the teacher decodings tried for distillation, as ``(beam_size,
+      length_penalty)`` (beam 1 = greedy); of those within ``select_margin`` validation BLEU
+      of the best, the one whose outputs are closest to the reference length distills.
+    student_init: 'teacher' (the students start from the AR teacher's weights; only the
+      length head starts fresh, `padir.init_from`) or 'scratch'.
     distill_batch_size: sentences per distillation batch.
     eval_batch_size: sentences per evaluation batch.
     eval_examples: test sentences to decode (None: the whole filtered test split).
     eval_beam_size: also report the teacher with this beam (0: greedy only).
     iterations: PaDIR iteration counts to evaluate and time.
-    refine: the students' decoding settings (canvas, length beam, remasking); its
-      num_iterations is replaced by each of ``iterations``.
+    refine: the students' base decoding settings (canvas, buckets, scoring); the rule, passes,
+      length beam, re-ranking and stutter removal come from the validation choice, and the
+      passes of the iteration sweep from ``iterations``.
     raw_ablation: also train and evaluate the student on the raw references.
+    scratch_ablation: also train the distilled student from random weights (ablation of
+      ``student_init='teacher'``).
+    select_rules, select_iterations, select_length_beams, select_rerank, select_stutter: the
+      grid of PaDIR decoding settings tried on the validation split (`padir.selection`).
+    select_margin: the chosen setting is the fastest within this many BLEU of the teacher on
+      validation, else the best.
+    select_examples: validation sentences used for the choice (None: all).
+    extra_ablations: more students for the ablation table, each trained on the distilled data
+      like the main one plus its gin bindings: ``{name: (binding, ...)}`` trains
+      ``student_<name>`` (e.g. ``{'slot_length_head':
+      ("padir.builders.network_config.length_head = 'slot'",)}``). Off by default: each costs
+      one more student training.
     bench_examples: test sentences timed at batch 1 (0: no latency measurement).
     small_preset: also time randomly initialised networks of this T5.1.1 preset with the same
       decoding settings ('' or None: skip).
@@ -107,8 +125,8 @@ class QuickstartConfig:
   student_steps: int = 1000
   student_train_examples: int | None = None
   subset_seed: int = 0
-  distill_beam_size: int = 4
-  distill_length_penalty: float = 0.6
+  distill_choices: tuple[tuple[float, float], ...] = ((1, 0.0), (4, 0.6), (4, 1.0), (4, 2.0))
+  student_init: str = 'teacher'
   distill_batch_size: int = 64
   eval_batch_size: int = 64
   eval_examples: int | None = None
@@ -116,13 +134,24 @@ class QuickstartConfig:
   iterations: tuple[int, ...] = (1, 2, 4, 8)
   refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
   raw_ablation: bool = True
+  scratch_ablation: bool = True
+  select_rules: tuple[str, ...] = ('mask_predict',)
+  select_iterations: tuple[int, ...] = (1, 2, 3, 4)
+  select_length_beams: tuple[int, ...] = (1, 3, 5)
+  select_rerank: tuple[bool, ...] = (False, True)
+  select_stutter: tuple[bool, ...] = (False,)
+  select_margin: float = 1.0
+  select_examples: int | None = None
+  extra_ablations: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
   bench_examples: int = 40
   small_preset: str | None = 'small'
   small_iterations: tuple[int, ...] = (1, 4)
   small_bench_examples: int = 10
 
   def __post_init__(self):
-    for name in ('teacher_gin_files', 'student_gin_files', 'iterations', 'small_iterations'):
+    for name in ('teacher_gin_files', 'student_gin_files', 'iterations', 'small_iterations',
+                 'select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
+                 'select_stutter'):
       value = getattr(self, name)
       if isinstance(value, (list, str)):
         object.__setattr__(self, name, tuple([value] if isinstance(value, str) else value))
@@ -134,8 +163,32 @@ class QuickstartConfig:
     if self.overlong not in ('filter', 'truncate'):
       raise ValueError(f"QuickstartConfig.overlong={self.overlong!r} must be 'filter' or "
                        "'truncate'.")
-    for name in ('teacher_steps', 'student_steps', 'distill_batch_size', 'eval_batch_size',
-                 'distill_beam_size'):
+    object.__setattr__(self, 'extra_ablations', {
+        str(k): tuple([v] if isinstance(v, str) else v)
+        for k, v in dict(self.extra_ablations).items()})
+    for name in self.extra_ablations:
+      if not re.fullmatch(r'[a-z0-9_]+', name) or f'student_{name}' in STAGES:
+        raise ValueError(f'QuickstartConfig.extra_ablations: {name!r} must be a new name of '
+                         'lowercase letters, digits and underscores.')
+    object.__setattr__(self, 'distill_choices',
+                       tuple(tuple(c) for c in self.distill_choices))
+    if not self.distill_choices or any(len(c) != 2 or c[0] < 1 for c in self.distill_choices):
+      raise ValueError(f'QuickstartConfig.distill_choices={self.distill_choices} must be '
+                       '(beam_size >= 1, length_penalty) pairs.')
+    if self.student_init not in ('teacher', 'scratch'):
+      raise ValueError(f"QuickstartConfig.student_init={self.student_init!r} must be 'teacher' "
+                       "or 'scratch'.")
+    for name in ('select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
+                 'select_stutter'):
+      if not getattr(self, name):
+        raise ValueError(f'QuickstartConfig.{name} is empty; give at least one value.')
+    if any(not isinstance(t, int) or not 1 <= t for t in self.select_iterations):
+      raise ValueError(f'QuickstartConfig.select_iterations={self.select_iterations} must be '
+                       'integers >= 1.')
+    if any(not isinstance(b, int) or b < 1 or b % 2 == 0 for b in self.select_length_beams):
+      raise ValueError(f'QuickstartConfig.select_length_beams={self.select_length_beams} must '
+                       'be odd integers >= 1.')
+    for name in ('teacher_steps', 'student_steps', 'distill_batch_size', 'eval_batch_size'):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f'QuickstartConfig.{name}={value!r} must be an integer >= 1.')
@@ -270,25 +323,44 @@ class Quickstart:
     else:
       tasks.get_task(self.task_name)
 
-  def _parse(self, base_files: Sequence[str], macros: Mapping[str, Any]) -> None:
+  def _parse(self, base_files: Sequence[str], macros: Mapping[str, Any],
+             extra: Sequence[str] = ()) -> None:
     """Parses a stage's gin: its experiment, the quickstart files and bindings, its macros."""
     own = [f'{k} = {v!r}' for k, v in macros.items()]
-    gin_utils.parse_gin(list(base_files) + self.gin_files, self.gin_bindings + own,
-                        finalize=False)
+    gin_utils.parse_gin(list(base_files) + self.gin_files,
+                        self.gin_bindings + list(extra) + own, finalize=False)
+
+  def ablation_bindings(self, stage: str) -> tuple[str, ...]:
+    """The extra gin bindings of a ``student_<name>`` ablation stage (empty for the others)."""
+    name = stage[len('student_'):] if stage.startswith('student_') else ''
+    return tuple(self.cfg.extra_ablations.get(name, ()))
 
   def _stage_macros(self, stage: str, data_dir: str, steps: int) -> dict[str, Any]:
-    return {'MODEL_DIR': self.path(stage), 'MIXTURE_OR_TASK_NAME': data_dir,
-            'TRAIN_STEPS': steps}
+    macros = {'MODEL_DIR': self.path(stage), 'MIXTURE_OR_TASK_NAME': data_dir,
+              'TRAIN_STEPS': steps}
+    if stage.startswith('student'):
+      init = self.path('teacher') if self.student_starts_from_teacher(stage) else None
+      macros['padir.checkpoints.CheckpointConfig.init_from'] = init
+    return macros
+
+  def student_starts_from_teacher(self, stage: str) -> bool:
+    """Whether a student stage starts from the teacher's weights."""
+    return self.cfg.student_init == 'teacher' and stage != 'student_scratch'
 
   def teacher_model(self) -> Any:
     self._parse(self.cfg.teacher_gin_files,
                 self._stage_macros('teacher', self.full_data, self.cfg.teacher_steps))
     return stage_model()
 
+  def student_data(self, stage: str) -> str:
+    """The training data of a student stage."""
+    return self.subset_data if stage == 'student_raw' else self.distilled_data
+
   def student_model(self, stage: str = 'student_distilled') -> Any:
-    data = self.distilled_data if stage == 'student_distilled' else self.subset_data
+    data = self.student_data(stage)
     self._parse(self.cfg.student_gin_files,
-                self._stage_macros(stage, data, self.cfg.student_steps))
+                self._stage_macros(stage, data, self.cfg.student_steps),
+                self.ablation_bindings(stage))
     model = stage_model()
     scheme = getattr(getattr(model, 'corruption', None), 'decoder_input_scheme', None)
     if scheme is not None and scheme != self.cfg.refine.canvas_init:
@@ -330,6 +402,11 @@ class Quickstart:
       if name not in stages:
         continue
       if name == 'student_raw' and not self.cfg.raw_ablation:
+        continue
+      if name == 'student_scratch' and not (self.cfg.scratch_ablation and
+                                            self.cfg.student_init == 'teacher'):
+        continue
+      if name == 'student_ablations' and not self.cfg.extra_ablations:
         continue
       marker = self.path('stages', f'{name}.json')
       if name != 'report' and os.path.isfile(marker):
@@ -406,7 +483,8 @@ class Quickstart:
   def _train(self, stage: str, base_files: Sequence[str], data_dir: str,
              steps: int) -> dict[str, Any]:
     from padir import train as train_lib  # pylint: disable=g-import-not-at-top
-    self._parse(base_files, self._stage_macros(stage, data_dir, steps))
+    self._parse(base_files, self._stage_macros(stage, data_dir, steps),
+                self.ablation_bindings(stage))
     model = stage_model()
     model_dir = self.path(stage)
     with self.bar(steps, stage, 'step', initial=min(_latest_step(model_dir), steps)) as bar:
@@ -414,7 +492,9 @@ class Quickstart:
       display = TrainDisplay(bar, self.progress, lambda line: self.say(bar, line))
       result = train_lib.train(print_fn=display.print, step_callback=display.on_step)
     if result.stopped_by_signal:
-      raise _Stopped(f'{stage} stopped by SIGTERM at step {result.step}; rerun to resume.')
+      name = 'Ctrl-C' if result.stop_signal == signal.SIGINT else 'SIGTERM'
+      raise _Stopped(f'{stage} stopped by {name} at step {result.step}; rerun to resume.',
+                     128 + int(result.stop_signal or signal.SIGTERM))
     return {
         'step': result.step,
         'train_metrics': result.train_metrics,
@@ -426,6 +506,8 @@ class Quickstart:
                              'num_encoder_layers', 'num_decoder_layers', 'dropout_rate',
                              'positional_attention', 'vocab_size', 'max_target_length')},
         'data': data_dir,
+        'init_from': 'teacher' if stage.startswith('student') and
+                     self.student_starts_from_teacher(stage) else None,
     }
 
   def _stage_teacher(self) -> dict[str, Any]:
@@ -442,29 +524,81 @@ class Quickstart:
     return self._train('student_raw', self.cfg.student_gin_files, self.subset_data,
                        self.cfg.student_steps)
 
+  def _stage_student_scratch(self) -> dict[str, Any]:
+    self.student_model('student_scratch')
+    return self._train('student_scratch', self.cfg.student_gin_files, self.distilled_data,
+                       self.cfg.student_steps)
+
+  def _stage_student_ablations(self) -> dict[str, Any]:
+    results = {}
+    for name in self.cfg.extra_ablations:
+      stage = f'student_{name}'
+      marker = self.path('stages', 'ablations', f'{stage}.json')
+      if os.path.isfile(marker):
+        results[stage] = qs_eval.read_json(marker)
+        continue
+      self.student_model(stage)
+      self.print(f'  ablation {stage}: ' + '; '.join(self.ablation_bindings(stage)))
+      results[stage] = self._train(stage, self.cfg.student_gin_files, self.distilled_data,
+                                   self.cfg.student_steps)
+      qs_eval.write_json(marker, results[stage])
+    return results
+
+  def _stage_select(self) -> dict[str, Any]:
+    from padir import quickstart_select  # pylint: disable=g-import-not-at-top
+    return quickstart_select.select(self)
+
   # ------------------------------------------------------------------ 3. distillation
 
   def _stage_distill(self) -> dict[str, Any]:
     from padir import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
     from padir import distill as distill_lib  # pylint: disable=g-import-not-at-top
     from padir import partitioning  # pylint: disable=g-import-not-at-top
+    from padir import quickstart_select  # pylint: disable=g-import-not-at-top
+    from padir.data import vocab  # pylint: disable=g-import-not-at-top
     teacher = self.teacher_model()
     self._register_task()
-    decoding = ARConfig(method='beam' if self.cfg.distill_beam_size > 1 else 'greedy',
-                        beam_size=self.cfg.distill_beam_size,
-                        length_penalty=self.cfg.distill_length_penalty)
+    partitioner = partitioning.Partitioner()
+    choice_path = self.path('distill', 'choice.json')
+    if os.path.isfile(choice_path):
+      record = qs_eval.read_json(choice_path)
+    else:
+      tokenizer = vocab.load_tokenizer(self.cfg.vocabulary)
+      params, shardings, _ = qs_eval.load_params(self, teacher, 'teacher', tokenizer,
+                                                 partitioner)
+      record = quickstart_select.choose_distillation(self, teacher, params, shardings,
+                                                     tokenizer, partitioner)
+      record['config'] = dataclasses.asdict(record['config'])
+      qs_eval.write_json(choice_path, record)
+      del params
+    decoding = ARConfig(**record['config'])
+    self.print(f'  distilling with the teacher\'s {record["chosen"]} decoding (validation: ' +
+               ', '.join(f'{c["name"]} BLEU {c["bleu"]:.2f}, length ratio '
+                         f'{c["length_ratio"]:.3f}' for c in record['candidates']) + ').')
     dataset = datasets_lib.DatasetConfig(source=self.subset_data, split='train',
                                          batch_size=self.cfg.distill_batch_size,
                                          task_feature_lengths=self.lengths, shuffle=False)
     result = distill_lib.distill(
         model=teacher, checkpoint_path=self.path('teacher'),
-        partitioner=partitioning.Partitioner(), dataset_cfg=dataset,
+        partitioner=partitioner, dataset_cfg=dataset,
         output_dir=self.path('distill'), task_name=f'{self.task_name}_distilled',
         base_task=self.task_name, decode_kwargs={'decode_config': decoding},
         export_feature_lengths=self.lengths, overlong=self.cfg.overlong,
         progress=self.progress, print_fn=self.print)
     summary = dict(result.summary)
     summary['decode_seconds'] = result.seconds or summary.get('decode_seconds', 0.0)
+    ratio = quickstart_select.distilled_length_ratio(self.distilled_data, self.subset_data)
+    summary.update(choice=record, length_ratio=ratio)
+    summary_path = self.path('distill', distill_lib.SUMMARY_FILE)
+    if os.path.isfile(summary_path):  # distill.json records the choice and the ratio too
+      saved = qs_eval.read_json(summary_path)
+      saved.update(choice=record, length_ratio=ratio)
+      qs_eval.write_json(summary_path, saved)
+    self.print(f'  distilled targets are {ratio:.3f}x the length of the human references.')
+    if ratio < 0.95:
+      self.print(f'  WARNING: the distilled targets are {100 * (1 - ratio):.0f}% shorter than '
+                 'the references; the students will learn to write short outputs (try other '
+                 'QuickstartConfig.distill_choices).')
     return summary
 
   def _stage_evaluate(self) -> dict[str, Any]:
@@ -485,9 +619,12 @@ class Quickstart:
 _STAGE_TEXT = {
     'data': 'filtering and exporting the corpus',
     'teacher': 'training the AR teacher',
-    'distill': 'distilling the student training subset with the teacher (beam search)',
+    'distill': 'choosing the teacher decoding on validation, then distilling the student subset',
     'student_distilled': 'training PaDIR on the distilled data',
     'student_raw': 'training PaDIR on the raw references (ablation)',
+    'student_scratch': 'training PaDIR on the distilled data from random weights (ablation)',
+    'student_ablations': 'training the extra ablation students on the distilled data',
+    'select': 'choosing the PaDIR decoding setting on the validation split',
     'evaluate': 'decoding the test split with every system',
     'benchmark': 'timing batch-1 decoding',
     'report': 'writing the report',
@@ -495,7 +632,11 @@ _STAGE_TEXT = {
 
 
 class _Stopped(RuntimeError):
-  """A stage stopped on SIGTERM after saving its state."""
+  """A stage stopped on SIGTERM or Ctrl-C after saving its state."""
+
+  def __init__(self, message: str, code: int = SIGTERM_EXIT_CODE):
+    super().__init__(message)
+    self.code = code
 
 
 def load_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> QuickstartConfig:
@@ -519,6 +660,7 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+@errors.command('padir quickstart')
 def main(argv: Sequence[str] | None = None) -> int:
   """``padir quickstart`` / ``python -m padir.quickstart``."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -542,12 +684,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     gin_utils._register_search_paths(gin_args.gin_search_paths)  # pylint: disable=protected-access
     config = load_config(gin_files, gin_args.gin_bindings)
+    gin_utils.check_command_line_bindings(gin_args.gin_bindings)  # typos before any stage runs
     run = Quickstart(config, flags.output_dir, gin_files, gin_args.gin_bindings,
                      progress=not flags.no_progress)
     run.run(stages)
   except _Stopped as err:
     print(f'padir quickstart: {err}', file=sys.stderr)
-    return SIGTERM_EXIT_CODE
+    return err.code
   except KeyboardInterrupt:
     print('\npadir quickstart: interrupted; rerun the same command to resume.', file=sys.stderr)
     return 130

@@ -198,7 +198,11 @@ def ar_greedy_decoder(model: Any, max_length: int,
 
 
 def refine_decoder(model: Any, config: RefineConfig, max_length: int) -> decoding.ShardedDecoder:
-  """The jitted refinement decoder of a `PadirModel` (no mesh: batch-1 timing)."""
+  """The jitted refinement decoder of a `PadirModel` (no mesh: batch-1 timing).
+
+  The config is checked against the model's training (`PadirModel.decoding_config`).
+  """
+  config = model.decoding_config(config)
   return decoding.refine_decoder(model.module, config, model.special_ids, max_length)
 
 
@@ -288,8 +292,37 @@ def environment() -> dict[str, Any]:
 # Stage 6 of a quickstart run (`padir.quickstart.Quickstart`): evaluation.
 
 
+STUDENT_SHORT = {'student_distilled': 'distilled', 'student_raw': 'raw',
+                 'student_scratch': 'scratch'}
+
+
+def chosen_setting(run: Any) -> Any:
+  """The PaDIR setting chosen on validation (`padir.quickstart_select`), or the base config's."""
+  from padir import selection  # pylint: disable=g-import-not-at-top
+  marker = run.stage_result('select')
+  if marker:
+    return selection.DecodeSetting.from_json(marker['result']['chosen'])
+  refine = run.cfg.refine
+  return selection.DecodeSetting(rule=refine.remask.rule, iterations=refine.num_iterations,
+                                 length_beam=refine.length_beam, stutter=refine.remask.stutter)
+
+
+def trained_students(run: Any) -> list[str]:
+  """The student stages this run trains."""
+  out = ['student_distilled']
+  if run.cfg.raw_ablation:
+    out.append('student_raw')
+  if run.cfg.scratch_ablation and run.cfg.student_init == 'teacher':
+    out.append('student_scratch')
+  return out
+
+
 def decoded_systems(run: Any) -> list[dict[str, Any]]:
-  """Every decoded system of a quickstart run: name, label, model stage, kind, config."""
+  """Every decoded system of a quickstart run: name, label, model stage, kind, config.
+
+  The distilled student runs the chosen setting at every pass count of ``iterations`` (and at
+  the chosen count); the ablation students run the chosen setting.
+  """
   out = [{'name': 'ar_greedy', 'label': 'AR teacher, greedy', 'model': 'teacher',
           'kind': 'ar', 'config': ARConfig(method='greedy')}]
   if run.cfg.eval_beam_size > 1:
@@ -297,15 +330,18 @@ def decoded_systems(run: Any) -> list[dict[str, Any]]:
                 'label': f'AR teacher, beam {run.cfg.eval_beam_size}', 'model': 'teacher',
                 'kind': 'ar', 'config': ARConfig(method='beam',
                                                  beam_size=run.cfg.eval_beam_size)})
-  students = [('student_distilled', 'distilled')]
-  if run.cfg.raw_ablation:
-    students.append(('student_raw', 'raw'))
-  for stage, short in students:
-    for t in run.cfg.iterations:
-      config = dataclasses.replace(run.cfg.refine, num_iterations=t,
-                                   return_history=t == run.cfg.max_iterations)
+  best = chosen_setting(run)
+  sweep = sorted(set(run.cfg.iterations) | {best.iterations})
+  for stage in trained_students(run):
+    short = STUDENT_SHORT[stage]
+    for t in (sweep if stage == 'student_distilled' else [best.iterations]):
+      setting = dataclasses.replace(best, iterations=t)
+      config = dataclasses.replace(setting.refine_config(run.cfg.refine),
+                                   return_history=t == max(sweep))
       out.append({'name': f'padir_{short}_t{t}', 'label': f'PaDIR {short}, {t} it.',
-                  'model': stage, 'kind': 'padir', 'iterations': t, 'config': config})
+                  'model': stage, 'kind': 'padir', 'iterations': t, 'config': config,
+                  'rerank': setting.rerank, 'chosen': t == best.iterations,
+                  'setting': setting.to_json()})
   return out
 
 def load_params(run: Any, model: Any, stage: str, tokenizer: Any, partitioner: Any):
@@ -333,6 +369,7 @@ def evaluate(run: Any) -> dict[str, Any]:
   todo = [s for s in systems if not os.path.isfile(run.path('eval', f'{s["name"]}.json'))]
   loaded: dict[str, Any] = {}
   predictors: dict[Any, Any] = {}
+  from padir import selection  # pylint: disable=g-import-not-at-top
   with run.bar(len(todo) * batches, 'evaluate', 'batch') as bar:
     for system in todo:
       stage = system['model']
@@ -345,6 +382,15 @@ def evaluate(run: Any) -> dict[str, Any]:
         if system['kind'] == 'padir':
           loaded['padir_model'] = model
       model, params, shardings, step = loaded[stage]
+      if system.get('rerank'):
+        if 'teacher' not in loaded:
+          teacher = run.teacher_model()
+          loaded['teacher'] = (teacher,) + load_params(run, teacher, 'teacher', tokenizer,
+                                                       partitioner)
+        teacher, t_params, t_shardings, _ = loaded['teacher']
+        model = loaded.setdefault(('reranked', id(model)),
+                                  selection.TeacherReranked(model, teacher))
+        params, shardings = (params, t_params), (shardings, t_shardings)
       key = (id(model), system['config'])
       if key not in predictors:
         predictors[key] = evaluation.Predictor(model, partitioner, shardings,
@@ -354,6 +400,8 @@ def evaluate(run: Any) -> dict[str, Any]:
           tokenizer, max_examples=run.cfg.eval_examples,
           save_prefix=run.path('eval', 'decodes', system['name']), progress=bar)
       result.update({k: v for k, v in system.items() if k != 'config'})
+      result['length_ratio'] = result['mean_length'] / max(
+          result['mean_length'] - result['mean_length_error'], 1e-9)
       result['checkpoint_step'] = step
       result['decode_config'] = dataclasses.asdict(system['config'])
       write_json(run.path('eval', f'{system["name"]}.json'), result)
@@ -389,17 +437,21 @@ def benchmark(run: Any) -> dict[str, Any]:
   t_params, _, _ = load_params(run, teacher, 'teacher', tokenizer, partitioner)
   decoders = {'ar_greedy': batch1(
       ar_greedy_decoder(teacher, length), t_params)}
-  students = [('student_distilled', 'distilled')]
-  if run.cfg.raw_ablation:
-    students.append(('student_raw', 'raw'))
+  from padir import selection  # pylint: disable=g-import-not-at-top
   student = run.student_model()
-  refiners = {t: refine_decoder(
-      student, dataclasses.replace(run.cfg.refine, num_iterations=t, return_history=False),
-      length) for t in run.cfg.iterations}  # one compilation serves both students
-  for stage, short in students:
+  best = chosen_setting(run)
+  sweep = sorted(set(run.cfg.iterations) | {best.iterations})
+  refiners = {}  # one compilation serves every student
+  for t in sweep:
+    config = dataclasses.replace(best, iterations=t).refine_config(run.cfg.refine)
+    refiners[t] = selection.batch1_decoder(student, config, length,
+                                           teacher if best.rerank else None)
+  for stage in trained_students(run):
+    short = STUDENT_SHORT[stage]
     s_params, _, _ = load_params(run, student, stage, tokenizer, partitioner)
-    for t in run.cfg.iterations:
-      decoders[f'padir_{short}_t{t}'] = batch1(refiners[t], s_params)
+    params = (s_params, t_params) if best.rerank else s_params
+    for t in (sweep if stage == 'student_distilled' else [best.iterations]):
+      decoders[f'padir_{short}_t{t}'] = batch1(refiners[t], params)
   load_before = _load_average()
   with run.bar(len(sources), 'latency (batch 1)', 'sentence') as bar:
     latency = measure_latency(decoders, sources, progress=bar)
@@ -444,7 +496,7 @@ def collect_results(run: Any) -> dict[str, Any]:
   results: dict[str, Any] = {
       'title': f'padir quickstart: {run.cfg.task} (AR teacher -> distillation -> PaDIR)',
       'systems': systems,
-      'headline_iterations': 4 if 4 in run.cfg.iterations else run.cfg.max_iterations,
+      'headline_iterations': chosen_setting(run).iterations,
       'per_iteration': per_iteration,
       'plot_title': f'{run.cfg.task} test, batch-1 latency on {jax.default_backend()}',
   }
@@ -456,9 +508,11 @@ def collect_results(run: Any) -> dict[str, Any]:
       'multi-reference BLEU and chrF (sacrebleu 13a, both English Bibles). Repetition = share '
       'of tokens equal to the previous one; length error = predicted minus reference '
       'length in tokens (first reference). Latency: batch 1, median over '
-      f'{bench.get("bench_examples", 0)} test sentences, systems interleaved; PaDIR length '
-      f'beam {refine.length_beam} x top-{refine.top_k_lengths} lengths, '
-      f'{refine.canvas_init} canvas, remasking rule {refine.remask.rule}.')
+      f'{bench.get("bench_examples", 0)} test sentences, systems interleaved. PaDIR decodes '
+      f'with the setting chosen on the validation split ({chosen_setting(run).label}; the '
+      'sweep over iterations keeps its other choices), '
+      f'{refine.canvas_init} canvas. The students start from '
+      f'{"the AR teacher" if run.cfg.student_init == "teacher" else "random weights"}.')
   small = bench.get('small')
   if small:
     results['latency_small'] = {
@@ -468,6 +522,14 @@ def collect_results(run: Any) -> dict[str, Any]:
                      f'PaDIR {name.split("_t")[-1]} it.',
                      'iterations': None if name == 'ar_greedy' else int(name.split('_t')[-1]),
                      'latency_ms': value} for name, value in small['latency_ms'].items()]}
+  select = (run.stage_result('select') or {}).get('result')
+  if select:
+    results['selection'] = select
+  distill = (run.stage_result('distill') or {}).get('result', {})
+  if distill.get('choice'):
+    results['distillation'] = {'candidates': distill['choice'].get('candidates', []),
+                               'chosen': distill['choice'].get('chosen'),
+                               'length_ratio': distill.get('length_ratio')}
   results['setup'] = _setup(run, data, bench)
   return results
 
@@ -489,18 +551,24 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
       'test': splits.get('test', {}).get('num_examples'),
   }
   models = {}
-  for stage in ('teacher', 'student_distilled', 'student_raw'):
+  for stage in ('teacher', 'student_distilled', 'student_raw', 'student_scratch'):
     marker = run.stage_result(stage)
     if marker:
       r = marker['result']
       models[stage] = {'model': r.get('model'), 'parameters': r.get('params'),
                        'steps': r.get('step'), 'network': r.get('network'),
+                       'initialised from': r.get('init_from') or 'random weights',
                        'final train loss': r.get('train_metrics', {}).get('loss'),
                        'validation loss': r.get('eval_metrics', {}).get('loss')}
   setup['models'] = models
-  setup['distillation'] = (f'beam {run.cfg.distill_beam_size}, length penalty '
-                           f'{run.cfg.distill_length_penalty}; '
-                           f'{distill.get("num_empty", 0)} empty outputs dropped')
+  choice = distill.get('choice', {})
+  setup['distillation'] = (
+      f'teacher decoding {choice.get("chosen", "?")} (best validation BLEU of '
+      + ', '.join(f'{c["name"]} {c["bleu"]:.2f}' for c in choice.get('candidates', []))
+      + f'); distilled / reference length {distill.get("length_ratio", float("nan")):.3f}; '
+      f'{distill.get("num_empty", 0)} empty outputs dropped')
+  setup['student initialisation'] = ('the AR teacher\'s weights (length head new)'
+                                     if run.cfg.student_init == 'teacher' else 'random')
   setup['PaDIR decoding'] = {k: v for k, v in dataclasses.asdict(run.cfg.refine).items()
                              if k not in ('return_history', 'return_all_candidates')}
   if bench.get('small'):

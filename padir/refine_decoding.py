@@ -79,6 +79,9 @@ class RefineConfig:
     reuse_cross_kv: compute the cross-attention keys/values once for all iterations.
     real_pieces_only: outputs hold only real pieces and EOS (never pad, [MASK], [LENGTH],
       [BOS], [MASK_i], other extra ids or the embedding's padding rows).
+    allow_untrained_update: decode with an update mode the model's training does not support
+      (`padir.models.PadirModel.check_decoding`; e.g. re-predicting visible tokens with a
+      model whose loss covered masked positions only). Off: such a decode is refused.
   """
 
   num_iterations: int = 4
@@ -100,6 +103,7 @@ class RefineConfig:
   sparse_logits: bool = True
   reuse_cross_kv: bool = True
   real_pieces_only: bool = True
+  allow_untrained_update: bool = False
 
   def __post_init__(self):
     if isinstance(self.canvas_buckets, list):

@@ -51,7 +51,13 @@ Update modes (``RemaskConfig.update``) tell the decoder which positions are re-p
   re-predicted and eligible (MaskGIT, Fast-dLLM).
 
 Default update per rule: ``keep_all``, ``stutter``, ``constant`` -> ``all``; ``mask_predict``
--> ``masked``; ``cosine``, ``threshold`` -> ``commit``.
+-> ``masked``; ``cosine``, ``threshold`` -> ``commit``. Default replacement per rule:
+``mask_predict``, ``cosine``, ``threshold`` -> ``initial`` (the rejected position is masked
+again, as in Mask-Predict and MaskGIT); the others -> ``previous``.
+
+Which update modes a model supports depends on its training (`trained_updates`): a model whose
+loss only covers masked positions never learnt to re-predict a visible token, so it supports
+``masked`` and ``commit`` but not ``all``.
 """
 
 from __future__ import annotations
@@ -75,6 +81,17 @@ _DEFAULT_UPDATE = {
     'cosine': 'commit',
     'threshold': 'commit',
 }
+# Default replacement per rule: the masking rules put [MASK] (the initial canvas) back at a
+# rejected position, as Mask-Predict / MaskGIT / Fast-dLLM do; PaDIR's rules keep the previous
+# token (the reference's PREVIOUS_TOKENS).
+_DEFAULT_REPLACEMENT = {
+    'keep_all': 'previous',
+    'stutter': 'previous',
+    'constant': 'previous',
+    'mask_predict': 'initial',
+    'cosine': 'initial',
+    'threshold': 'initial',
+}
 _RANKING_RULES = ('mask_predict', 'constant', 'cosine')
 _FRACTION_EPS = 1e-6
 _COSINE_EPS = 1e-4
@@ -96,6 +113,9 @@ class RemaskConfig:
     replacement: what a rejected position takes: ``initial`` (its initial canvas token, e.g.
       [MASK]), ``previous`` (the token it held before the step) or ``logits_sum`` (argmax of the
       logits summed over all iterations so far; the decoder then keeps that [B, L, V] buffer).
+      None (default) picks the rule's own: ``initial`` for ``mask_predict``, ``cosine`` and
+      ``threshold`` (Mask-Predict / MaskGIT re-mask what they reject), ``previous`` for the
+      others (PaDIR).
     update: ``all``, ``masked`` or ``commit`` (see module docstring); None picks the rule's
       default.
   """
@@ -107,12 +127,14 @@ class RemaskConfig:
   choice_temperature: float = 0.0
   stutter: bool = False
   stutter_after_last: bool = False
-  replacement: str = 'previous'
+  replacement: str | None = None
   update: str | None = None
 
   def __post_init__(self):
     if self.rule not in RULES:
       raise ValueError(f'RemaskConfig.rule={self.rule!r} is not one of {RULES}.')
+    if self.replacement is None:
+      object.__setattr__(self, 'replacement', _DEFAULT_REPLACEMENT[self.rule])
     if self.replacement not in REPLACEMENTS:
       raise ValueError(
           f'RemaskConfig.replacement={self.replacement!r} is not one of {REPLACEMENTS}.')
@@ -362,3 +384,28 @@ def remask(config: RemaskConfig,
 
 
 gin_utils.configurable(RemaskConfig, module='padir.remasking')
+
+
+def trained_updates(loss_weighting: str, keep_prob: float | None, random_prob: float | None,
+                    num_train_stages: int = 1) -> tuple[str, ...]:
+  """The update modes a GMLM's training supports.
+
+  ``masked`` and ``commit`` only ever predict positions that hold the mask fill, which every
+  GMLM is trained on. ``all`` also re-predicts visible tokens: the loss must have covered
+  visible positions, i.e. ``loss_weighting='all'``, or ``'noise'`` with kept or random tokens
+  among the noised positions (PaDIR's keep/random shares), or unrolled stages after the first
+  (trained on every position).
+
+  Args:
+    loss_weighting: `padir.objectives.CorruptionConfig.loss_weighting`.
+    keep_prob: its ``keep_prob`` (None = drawn per example, so > 0).
+    random_prob: its ``random_prob`` (None = drawn per example).
+    num_train_stages: `padir.models.PadirModel.num_train_stages`.
+
+  Returns:
+    The supported members of `UPDATES`.
+  """
+  visible = (loss_weighting == 'all' or num_train_stages > 1 or
+             (loss_weighting == 'noise' and (keep_prob != 0.0 or random_prob != 0.0)))
+  return UPDATES if visible else ('masked', 'commit')
+

@@ -25,7 +25,15 @@ The results dict (every key except ``systems`` is optional):
 * ``latency_small``: ``{'config', 'output_length', 'length_beam', 'systems': [{'name',
   'label', 'iterations', 'latency_ms'}]}`` for randomly initialised networks of a larger
   preset decoding a fixed number of tokens.
-* ``headline_iterations``: the PaDIR iteration count the targets are checked at (default 4).
+* ``headline_iterations``: the PaDIR iteration count the targets are checked at (default 4;
+  the quickstart sets the count of the setting chosen on validation).
+* ``selection``: the validation choice of the PaDIR decoding (`padir.quickstart_select`):
+  ``teacher`` (its validation row), ``candidates`` (rows with ``label``, ``bleu``,
+  ``mean_length_error``, ``repetition_rate``, ``median_ms``, ``speedup``), ``chosen_name``,
+  ``why``, ``margin``, ``validation_examples`` and ``ablations`` (rows with ``label``, ``bleu``,
+  ``delta_bleu``, ``median_ms``, ``speedup``, ``mean_length_error``).
+* ``distillation``: ``candidates`` (teacher decodings with validation ``bleu`` and
+  ``length_ratio``), ``chosen`` and the distilled-to-reference ``length_ratio`` of the data.
 * ``setup``: free-form facts (hardware, data sizes, model sizes, steps, stage times,
   decoding settings), rendered as a list.
 """
@@ -113,6 +121,19 @@ def check_targets(results: Mapping[str, Any],
   teacher = _system(results, 'teacher', 'ar', name_suffix='greedy')
   student = _system(results, 'student_distilled', 'padir', headline_iterations)
   raw = _system(results, 'student_raw', 'padir', headline_iterations)
+  speedup = None
+  if teacher and student and _latency(teacher) and _latency(student):
+    speedup = _latency(teacher) / _latency(student)
+    met = speedup > 1.0
+    out['padir_faster'] = {
+        'met': met, 'speedup': speedup,
+        'detail': (f'PaDIR (distilled, {headline_iterations} iterations) at batch 1: median '
+                   f'{_latency(student):.1f} ms vs AR greedy {_latency(teacher):.1f} ms: '
+                   f'{speedup:.2f}x (target > 1.0x); ' +
+                   ('met.' if met else f'missed by {1.0 - speedup:.2f}x.'))}
+  else:
+    out['padir_faster'] = {'met': None, 'detail': 'not measured (needs batch-1 latency of the '
+                           'AR teacher and the distilled student).'}
 
   if teacher and student:
     gap = float(teacher['bleu']) - float(student['bleu'])
@@ -236,6 +257,66 @@ def _small_latency_table(results: Mapping[str, Any]) -> list[str]:
   return lines
 
 
+def _selection_tables(results: Mapping[str, Any]) -> list[str]:
+  """The validation choice of the decoding setting and the ablation table."""
+  sel = results.get('selection')
+  if not sel or not sel.get('candidates'):
+    return []
+  teacher = sel.get('teacher', {})
+  lines = ['', '## Validation: choosing the PaDIR decoding', '',
+           f'Every setting decoded the {sel.get("validation_examples", "?")} validation '
+           'sentences at batch 1, interleaved sentence by sentence with the AR teacher (greedy: '
+           f'BLEU {_fmt(teacher.get("bleu"), "{:.2f}")}, median '
+           f'{_fmt(teacher.get("median_ms"), "{:.1f}")} ms). Rule: the fastest setting within '
+           f'{sel.get("margin", 1.0):g} BLEU of the teacher, else the best BLEU. Chosen: '
+           f'**{sel.get("chosen_name")}**, {sel.get("why", "")}. The test split was not read.',
+           '', '| setting | BLEU | length err. | repetition | latency ms (median) | speedup vs '
+           'AR greedy |', '|---|---|---|---|---|---|']
+  for row in sorted(sel['candidates'], key=lambda r: -r['bleu']):
+    mark = ' **(chosen)**' if row.get('name') == sel.get('chosen_name') else ''
+    lines.append('| ' + ' | '.join([
+        f'{row.get("label", row.get("name"))}{mark}', _fmt(row.get('bleu'), '{:.2f}'),
+        _fmt(row.get('mean_length_error'), '{:+.2f}'),
+        _fmt(row.get('repetition_rate'), '{:.4f}'), _fmt(row.get('median_ms'), '{:.1f}'),
+        _fmt(row.get('speedup'), '{:.2f}x')]) + ' |')
+  ablations = sel.get('ablations') or []
+  if ablations:
+    lines += ['', '## Ablations (validation)', '',
+              'The chosen setting with one choice switched off at a time; the students trained '
+              'without it decode with the chosen setting. Batch-1 latency measured in one '
+              'interleaved run with the AR teacher.', '',
+              '| variant | BLEU | vs chosen | length err. | repetition | latency ms (median) | '
+              'speedup vs AR greedy |', '|---|---|---|---|---|---|---|']
+    for row in ablations:
+      lines.append('| ' + ' | '.join([
+          str(row.get('label')), _fmt(row.get('bleu'), '{:.2f}'),
+          _fmt(row.get('delta_bleu'), '{:+.2f}'), _fmt(row.get('mean_length_error'), '{:+.2f}'),
+          _fmt(row.get('repetition_rate'), '{:.4f}'), _fmt(row.get('median_ms'), '{:.1f}'),
+          _fmt(row.get('speedup'), '{:.2f}x')]) + ' |')
+  return lines
+
+
+def _distillation_lines(results: Mapping[str, Any]) -> list[str]:
+  dist = results.get('distillation')
+  if not dist or not dist.get('candidates'):
+    return []
+  lines = ['', '## Distillation', '',
+           'The teacher decoding that distills the students: of those within 1 BLEU of the '
+           'best on validation, the one whose outputs are closest to the reference length. '
+           'Length ratio = mean output length / mean reference length.', '',
+           '| teacher decoding | validation BLEU | length ratio |', '|---|---|---|']
+  for row in dist['candidates']:
+    mark = ' **(chosen)**' if row.get('name') == dist.get('chosen') else ''
+    lines.append(f'| {row["name"]}{mark} | {_fmt(row.get("bleu"), "{:.2f}")} | '
+                 f'{_fmt(row.get("length_ratio"), "{:.3f}")} |')
+  ratio = dist.get('length_ratio')
+  if ratio is not None:
+    lines += ['', f'Distilled training targets / human references of the same rows: '
+              f'{ratio:.3f}' + (' (**below 0.95: the students learn short outputs**).'
+                                if ratio < 0.95 else '.')]
+  return lines
+
+
 def _setup_lines(setup: Any, indent: str = '') -> list[str]:
   lines = []
   if isinstance(setup, Mapping):
@@ -269,6 +350,7 @@ def render_markdown(results: Mapping[str, Any], plot_name: str | None = None) ->
     lines += [str(results['summary']), '']
   lines += ['## Targets', '']
   names = {'padir_vs_teacher': 'PaDIR within 1 BLEU of its AR teacher',
+           'padir_faster': 'PaDIR faster than AR greedy at batch 1',
            'distillation_helps': 'distillation helps',
            'repetition_falls': 'repetition falls with iterations'}
   for key, label in names.items():
@@ -283,6 +365,8 @@ def render_markdown(results: Mapping[str, Any], plot_name: str | None = None) ->
   if plot_name:
     lines += ['', f'![BLEU against batch-1 latency]({plot_name})']
   lines += _small_latency_table(results)
+  lines += _selection_tables(results)
+  lines += _distillation_lines(results)
   if results.get('setup'):
     lines += ['', '## Set-up', ''] + _setup_lines(results['setup'])
   if results.get('notes'):

@@ -241,11 +241,12 @@ def train(*,
       train_iter.set_state(restored.data_state)
     print_fn(f'Resumed from {model_dir}/{restored.step} (step {restored.step}).')
   elif checkpoint_cfg.init_from:
-    params, _, init_step = checkpoints_lib.load_params(
-        checkpoint_cfg.init_from, abstract.params, vocabulary=tokenizer)
+    from padir import init_from as init_from_lib  # pylint: disable=g-import-not-at-top
     state = trainer.init_state()
+    params, summary = init_from_lib.init_params(checkpoint_cfg.init_from, state.params,
+                                                vocabulary=tokenizer)
     state = trainer.state_from(0, params, state.opt_state)
-    print_fn(f'Initialised params from {checkpoint_cfg.init_from} (step {init_step}).')
+    print_fn(summary.describe())
   else:
     state = trainer.init_state()
   step = int(jax.device_get(state.step))

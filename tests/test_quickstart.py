@@ -14,7 +14,7 @@ from padir.data import vocab
 
 TASK = 'quickstart_test_tiny'
 LENGTH = 16
-STAGE_FILES = [f'{s}.json' for s in quickstart.STAGES if s != 'report']
+STAGE_FILES = [f'{s}.json' for s in quickstart.STAGES if s not in ('report', 'student_ablations')]
 
 
 def _register_tiny_task(root):
@@ -45,7 +45,10 @@ FLAGS = [
     '--gin.padir.builders.network_config.num_encoder_layers=1',
     '--gin.padir.builders.network_config.num_decoder_layers=1',
     '--gin.padir.quickstart.QuickstartConfig.distill_batch_size=8',
-    '--gin.padir.quickstart.QuickstartConfig.distill_beam_size=2',
+    '--gin.padir.quickstart.QuickstartConfig.distill_choices=((2, 0.6), (1, 0.0))',
+    '--gin.padir.quickstart.QuickstartConfig.select_iterations=(1, 2)',
+    '--gin.padir.quickstart.QuickstartConfig.select_length_beams=(1,)',
+    '--gin.padir.quickstart.QuickstartConfig.select_rerank=(False, True)',
     '--gin.padir.quickstart.QuickstartConfig.eval_batch_size=8',
     '--gin.padir.quickstart.QuickstartConfig.eval_beam_size=0',
     '--gin.padir.quickstart.QuickstartConfig.iterations=(1, 2)',
@@ -78,14 +81,33 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert sorted(os.listdir(os.path.join(out, 'stages'))) == sorted(STAGE_FILES)
   results = _load(os.path.join(out, 'report', 'report.json'))
   names = [s['name'] for s in results['systems']]
-  assert names == ['ar_greedy', 'padir_distilled_t1', 'padir_distilled_t2', 'padir_raw_t1',
-                   'padir_raw_t2']
+  chosen = results['selection']['chosen']['iterations']
+  assert names == ['ar_greedy', 'padir_distilled_t1', 'padir_distilled_t2',
+                   f'padir_raw_t{chosen}', f'padir_scratch_t{chosen}']
+  assert results['headline_iterations'] == chosen
+  # Validation choice: the grid (1 pass once, 2 passes; with and without re-ranking).
+  selection = results['selection']
+  assert len(selection['candidates']) == 4 and selection['validation_examples'] == 8
+  assert selection['chosen_name'] in [c['name'] for c in selection['candidates']]
+  labels = [a['label'] for a in selection['ablations']]
+  assert labels[0].startswith('chosen:')
+  assert 'no distillation (human references)' in labels
+  assert 'no teacher initialisation (random weights)' in labels
+  assert any(label.startswith('teacher re-ranking') for label in labels)
+  distillation = results['distillation']
+  assert [c['name'] for c in distillation['candidates']] == ['beam2_lp0.6', 'greedy']
+  assert distillation['chosen'] in ('greedy', 'beam2_lp0.6')
+  assert distillation['length_ratio'] > 0
+  models = results['setup']['models']
+  assert models['student_distilled']['initialised from'] == 'teacher'
+  assert models['student_raw']['initialised from'] == 'teacher'
+  assert models['student_scratch']['initialised from'] == 'random weights'
   for system in results['systems']:
     for key in ('bleu', 'chrf', 'repetition_rate', 'mean_length_error', 'num_examples'):
       assert isinstance(system[key], (int, float)), (system['name'], key)
     assert system['num_examples'] == 16
     assert system['latency_ms']['median'] > 0
-  assert set(results['targets']) == {'padir_vs_teacher', 'distillation_helps',
+  assert set(results['targets']) == {'padir_vs_teacher', 'padir_faster', 'distillation_helps',
                                      'repetition_falls'}
   assert all(t['met'] in (True, False) for t in results['targets'].values())
   assert [r['iteration'] for r in results['per_iteration']['student_distilled']] == [1, 2]
@@ -96,10 +118,14 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert results['setup']['models']['teacher']['steps'] == 2
   md = open(os.path.join(out, 'report', 'report.md'), encoding='utf-8').read()
   assert '## Targets' in md and 'PaDIR distilled, 2 it.' in md
+  assert '## Validation: choosing the PaDIR decoding' in md and '## Ablations (validation)' in md
+  assert '## Distillation' in md
   assert os.path.getsize(os.path.join(out, 'report', 'report.png')) > 0
   # The students trained on what the stages produced: the distilled export and the subset.
   distilled = _load(os.path.join(out, 'distill', 'distill.json'))
   assert distilled['num_rows'] + distilled['num_empty'] == 24
+  assert distilled['choice']['chosen'] == distillation['chosen']
+  assert distilled['length_ratio'] == pytest.approx(distillation['length_ratio'])
   assert os.path.isfile(os.path.join(out, 'eval', 'decodes', 'padir_distilled_t2.npz'))
 
 
@@ -107,17 +133,18 @@ def test_rerun_skips_finished_stages_and_resumes_a_missing_one(run, capsys):
   out, _ = run
   capsys.readouterr()
   # A stage that died after training but before its marker, and one missing evaluation.
+  chosen = _load(os.path.join(out, 'stages', 'select.json'))['result']['chosen']['iterations']
   os.remove(os.path.join(out, 'stages', 'student_raw.json'))
   os.remove(os.path.join(out, 'stages', 'evaluate.json'))
-  os.remove(os.path.join(out, 'eval', 'padir_raw_t2.json'))
-  before = os.path.getmtime(os.path.join(out, 'eval', 'padir_raw_t1.json'))
+  os.remove(os.path.join(out, 'eval', f'padir_raw_t{chosen}.json'))
+  before = os.path.getmtime(os.path.join(out, 'eval', 'padir_distilled_t1.json'))
   assert quickstart.main(FLAGS + [f'--output_dir={out}']) == 0
   printed = capsys.readouterr().out
   for stage in ('data', 'teacher', 'distill', 'student_distilled', 'benchmark'):
     assert f'{stage}: done' in printed and 'skipped' in printed
   assert 'already at step 2' in printed  # student_raw resumed from its checkpoint
-  assert 'PaDIR raw, 2 it.' in printed and 'PaDIR raw, 1 it.' not in printed
-  assert os.path.getmtime(os.path.join(out, 'eval', 'padir_raw_t1.json')) == before
+  assert f'PaDIR raw, {chosen} it.' in printed and 'PaDIR distilled, 1 it.' not in printed
+  assert os.path.getmtime(os.path.join(out, 'eval', 'padir_distilled_t1.json')) == before
   assert sorted(os.listdir(os.path.join(out, 'stages'))) == sorted(STAGE_FILES)
 
 

@@ -100,3 +100,44 @@ def test_report_without_latency_has_no_plot_and_rejects_empty(tmp_path):
   assert 'latency ms (median)' in open(paths['markdown'], encoding='utf-8').read()
   with pytest.raises(ValueError, match='no systems'):
     report.write_report({'systems': []}, str(tmp_path))
+
+
+def test_speed_target_and_validation_sections():
+  results = _results()
+  targets = report.check_targets(results)
+  assert targets['padir_faster']['met'] is True
+  assert targets['padir_faster']['speedup'] == pytest.approx(100.0 / 40.0)
+  slow = _results()
+  for s in slow['systems']:
+    if s['name'] == 'padir_distilled_t4':
+      s['latency_ms'] = {'median': 125.0, 'mean': 125.0, 'p90': 130.0}
+  assert 'missed by 0.20x' in report.check_targets(slow)['padir_faster']['detail']
+
+  results['selection'] = {
+      'teacher': {'bleu': 11.0, 'median_ms': 5.0}, 'margin': 1.0, 'validation_examples': 50,
+      'chosen_name': 'mp_t2', 'why': 'the fastest of the 1 setting(s) within 1 BLEU',
+      'candidates': [{'name': 'mp_t2', 'label': 'mask_predict, 2 it.', 'bleu': 10.4,
+                      'mean_length_error': -1.0, 'repetition_rate': 0.01, 'median_ms': 2.5,
+                      'speedup': 2.0},
+                     {'name': 'mp_t1', 'label': 'mask_predict, 1 it.', 'bleu': 8.0,
+                      'mean_length_error': -2.0, 'repetition_rate': 0.1, 'median_ms': 2.0,
+                      'speedup': 2.5}],
+      'ablations': [{'label': 'chosen: mask_predict, 2 it.', 'bleu': 10.4, 'delta_bleu': 0.0,
+                     'median_ms': 2.5, 'speedup': 2.0, 'mean_length_error': -1.0,
+                     'repetition_rate': 0.01},
+                    {'label': 'no distillation (human references)', 'bleu': 7.9,
+                     'delta_bleu': -2.5, 'median_ms': 2.6, 'speedup': 1.9,
+                     'mean_length_error': 0.5, 'repetition_rate': 0.05}]}
+  results['distillation'] = {'chosen': 'greedy', 'length_ratio': 0.9,
+                             'candidates': [{'name': 'greedy', 'bleu': 11.0,
+                                             'length_ratio': 0.8},
+                                            {'name': 'beam4_lp0.6', 'bleu': 10.0,
+                                             'length_ratio': 0.7}]}
+  text = report.render_markdown(results)
+  assert '## Validation: choosing the PaDIR decoding' in text
+  assert '| mask_predict, 2 it. **(chosen)** | 10.40 | -1.00 | 0.0100 | 2.5 | 2.00x |' in text
+  assert text.index('mask_predict, 2 it. **(chosen)**') < text.index('| mask_predict, 1 it.')
+  assert '| no distillation (human references) | 7.90 | -2.50 |' in text
+  assert '| greedy **(chosen)** | 11.00 | 0.800 |' in text
+  assert 'below 0.95' in text
+  assert '**PaDIR faster than AR greedy at batch 1: MET.**' in text

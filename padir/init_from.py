@@ -1,0 +1,152 @@
+"""Start a model from another model's weights: a padir checkpoint (AR or PaDIR) or a HF T5.
+
+``CheckpointConfig.init_from`` names where a new run's parameters come from when its
+``MODEL_DIR`` has no checkpoint yet. `init_params` copies every parameter the source has into
+the new model's freshly initialised tree and keeps the fresh values of the parameters the
+source lacks. The typical use is the paper's: a PaDIR student starts from its AR teacher (or a
+pretrained T5): the encoder, the decoder layers and the embeddings are shared by both decoder
+modes, and only PaDIR's length head (and positional attention, if enabled) starts fresh. The
+other way round (PaDIR -> AR) the length head is dropped.
+
+Sources:
+
+* a padir model dir or step dir (``MODEL_DIR`` or ``MODEL_DIR/<step>``): params only, the
+  vocabulary fingerprint checked;
+* a Hugging Face T5 / T5.1.1 / mT5 directory (``config.json`` + weights), via `padir.hf`.
+
+A parameter present in both with different shapes is an error naming it (another model size or
+vocabulary), never silently re-initialised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSummary:
+  """What `init_params` did.
+
+  Attributes:
+    source: the path it read.
+    kind: 'padir' or 'huggingface'.
+    step: the checkpoint step (None for a HF directory).
+    copied: number of parameters copied.
+    fresh: paths of the parameters kept at their fresh initialisation.
+    dropped: paths of source parameters the model does not have.
+  """
+  source: str
+  kind: str
+  step: int | None
+  copied: int
+  fresh: tuple[str, ...]
+  dropped: tuple[str, ...]
+
+  def describe(self) -> str:
+    """One line for the log."""
+    where = f'{self.source} (step {self.step})' if self.step is not None else self.source
+    parts = [f'Initialised params from {where}: {self.copied} copied']
+    if self.fresh:
+      parts.append(f'{len(self.fresh)} new ({", ".join(self.fresh)})')
+    if self.dropped:
+      parts.append(f'{len(self.dropped)} not used ({", ".join(self.dropped)})')
+    return '; '.join(parts) + '.'
+
+
+def is_hf_directory(path: str) -> bool:
+  """Whether ``path`` is a Hugging Face model directory (config.json + weights)."""
+  if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, 'config.json')):
+    return False
+  names = set(os.listdir(path))
+  return bool(names & {'model.safetensors', 'model.safetensors.index.json',
+                       'pytorch_model.bin'})
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  return {jax.tree_util.keystr(p, simple=True, separator='/'): leaf
+          for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def read_source(path: str, vocabulary: Any = None) -> tuple[Params, str, int | None]:
+  """The source's params on the host: (params, kind, step).
+
+  Raises:
+    ValueError: a path that is neither a padir checkpoint nor a HF directory, or a padir
+      checkpoint of another vocabulary.
+  """
+  path = os.path.expanduser(path)
+  if is_hf_directory(path):
+    from padir import hf  # pylint: disable=g-import-not-at-top
+    _, params = hf.load_t5(path)
+    return params, 'huggingface', None
+  if not os.path.exists(path):
+    raise ValueError(f'init_from={path!r} does not exist; give a padir MODEL_DIR (or '
+                     'MODEL_DIR/<step>) or a Hugging Face T5 directory.')
+  from padir import checkpoints  # pylint: disable=g-import-not-at-top
+  params, _, step = checkpoints.load_params(path, None, vocabulary=vocabulary)
+  return params, 'padir', step
+
+
+def merge_params(source: Params, fresh: Params, where: str = 'init_from'
+                 ) -> tuple[Params, int, tuple[str, ...], tuple[str, ...]]:
+  """Copies ``source`` leaves into ``fresh`` (same paths); returns (params, copied, new, dropped).
+
+  Each copied leaf takes the dtype and sharding of the fresh leaf it replaces.
+
+  Raises:
+    ValueError: a parameter whose shapes differ, naming it and both shapes.
+  """
+  src = _flat(source)
+  fresh_flat = _flat(fresh)
+  mismatched = [(k, tuple(src[k].shape), tuple(v.shape)) for k, v in fresh_flat.items()
+                if k in src and tuple(src[k].shape) != tuple(v.shape)]
+  if mismatched:
+    details = ', '.join(f'{k}: {a} in the source vs {b} in the model'
+                        for k, a, b in mismatched[:4])
+    raise ValueError(
+        f'{where}: {len(mismatched)} parameter(s) differ in shape ({details}). The source is '
+        'another model size or vocabulary; start from a checkpoint of the same network sizes '
+        'and vocabulary.')
+  if not set(src) & set(fresh_flat):
+    raise ValueError(f'{where}: the source shares no parameter with the model (source has '
+                     f'{sorted(src)[:3]}...); is it a T5 checkpoint?')
+
+  def pick(path, new):
+    key = jax.tree_util.keystr(path, simple=True, separator='/')
+    old = src.get(key)
+    if old is None:
+      return new
+    value = jnp.asarray(old, dtype=new.dtype)
+    sharding = getattr(new, 'sharding', None)
+    return jax.device_put(value, sharding) if sharding is not None else value
+
+  merged = jax.tree_util.tree_map_with_path(pick, fresh)
+  new = tuple(sorted(k for k in fresh_flat if k not in src))
+  dropped = tuple(sorted(k for k in src if k not in fresh_flat))
+  return merged, len(fresh_flat) - len(new), new, dropped
+
+
+def init_params(path: str, fresh: Params, vocabulary: Any = None) -> tuple[Params, InitSummary]:
+  """The new model's params started from ``path`` (see the module docstring).
+
+  Args:
+    path: a padir model/step dir or a HF T5 directory.
+    fresh: the model's freshly initialised params (their shardings are kept).
+    vocabulary: the run's vocabulary, checked against a padir checkpoint's.
+
+  Returns:
+    (params, `InitSummary`).
+  """
+  source, kind, step = read_source(path, vocabulary)
+  merged, copied, new, dropped = merge_params(source, fresh, where=f'init_from={path!r}')
+  return merged, InitSummary(path, kind, step, copied, new, dropped)
+
+
+InitFn = Callable[[str, Params, Any], tuple[Params, InitSummary]]

@@ -1,0 +1,254 @@
+"""The quickstart's choices on the validation split: distillation decoding and PaDIR decoding.
+
+* :func:`choose_distillation`: decodes the validation split with each candidate teacher decoding
+  (greedy, beam with length penalties); of those within ``select_margin`` BLEU of the best, the
+  one whose outputs are closest to the reference length distills (the students copy its
+  lengths). Every candidate's BLEU and output-to-reference length ratio go into the record.
+* :func:`select` (the ``select`` stage): decodes the validation split at batch 1 with the AR
+  teacher and every candidate PaDIR setting (`padir.selection.grid`), interleaved sentence by
+  sentence, scores each, and picks the fastest setting within ``select_margin`` BLEU of the
+  teacher, else the best (`padir.selection.choose`). Then the ablation rows: the chosen setting
+  with one choice switched off at a time (decoding rule, re-ranking, length beam, stutter
+  removal) and the students trained without distillation or without the teacher's weights.
+
+The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from padir import analysis
+from padir import quickstart_eval as qs_eval
+from padir import selection
+from padir.ar_decoding import ARConfig
+
+TEACHER = 'ar_greedy'
+
+
+def _texts(run: Any, split: str) -> list[dict[str, Any]]:
+  from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
+  return arrays_lib.ArrayDataset.load(os.path.join(run.full_data, split), mmap=False).text()
+
+
+def score_tokens(tokens: np.ndarray, references: Sequence[Sequence[str]], tokenizer: Any,
+                 reference_tokens: np.ndarray | None = None) -> dict[str, Any]:
+  """BLEU / chrF, repetition, mean length and length error of output tokens [N, L]."""
+  from padir.data import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  predictions = tokenizer.decode_batch(tokens)
+  out: dict[str, Any] = dict(metrics_lib.translation_metrics(
+      [list(r) for r in references], predictions, print_fn=None))
+  out['repetition_rate'] = analysis.repetition_rate(tokens)
+  out['mean_length'] = float(analysis.lengths(tokens).mean())
+  if reference_tokens is not None:
+    out.update(analysis.length_stats(tokens, reference_tokens))
+    out['length_ratio'] = out['mean_length'] / max(
+        float(analysis.lengths(reference_tokens).mean()), 1e-9)
+  return out
+
+
+# ----------------------------------------------------------------------------------------
+# Distillation: the teacher's decoding, chosen on validation.
+
+
+def distill_candidates(choices: Sequence[Sequence[float]]) -> list[tuple[str, ARConfig]]:
+  """(name, ARConfig) per ``(beam_size, length_penalty)``; beam 1 is greedy."""
+  out = []
+  for beam, penalty in choices:
+    beam = int(beam)
+    if beam <= 1:
+      out.append(('greedy', ARConfig(method='greedy')))
+    else:
+      out.append((f'beam{beam}_lp{penalty:g}',
+                  ARConfig(method='beam', beam_size=beam, length_penalty=float(penalty))))
+  return out
+
+
+def choose_distillation(run: Any, teacher: Any, params: Any, shardings: Any,
+                        tokenizer: Any, partitioner: Any) -> dict[str, Any]:
+  """Decodes validation with each candidate teacher decoding; returns the record and choice."""
+  from padir import evaluation  # pylint: disable=g-import-not-at-top
+  candidates = distill_candidates(run.cfg.distill_choices)
+  rows = []
+  with run.bar(len(candidates), 'distillation decoding (validation)', 'setting') as bar:
+    for name, config in candidates:
+      predictor = evaluation.Predictor(teacher, partitioner, shardings, {'decode_config': config})
+      result = qs_eval.decode_and_score(predictor, params, run.full_data, 'validation',
+                                        run.cfg.eval_batch_size, tokenizer)
+      ref_len = result['mean_length'] - result['mean_length_error']
+      rows.append({'name': name, 'config': dataclasses.asdict(config),
+                   'bleu': result['bleu'], 'mean_length': result['mean_length'],
+                   'length_ratio': result['mean_length'] / max(ref_len, 1e-9)})
+      run.say(bar, f'  teacher {name} on validation: BLEU {result["bleu"]:.2f}, length ratio '
+                   f'{rows[-1]["length_ratio"]:.3f}')
+      bar.update(1)
+  best, why = choose_distillation_row(rows, run.cfg.select_margin)
+  return {'candidates': rows, 'chosen': rows[best]['name'], 'config': candidates[best][1],
+          'why': why}
+
+
+def choose_distillation_row(rows: Sequence[Mapping[str, Any]],
+                            margin: float = 1.0) -> tuple[int, str]:
+  """Index of the teacher decoding that distills, and why.
+
+  The students copy the lengths of the distilled targets, and BLEU's brevity penalty punishes
+  short outputs, so among the decodings within ``margin`` validation BLEU of the best one the
+  rule takes the one whose outputs are closest to the references' length.
+  """
+  top = max(r['bleu'] for r in rows)
+  close = [i for i, r in enumerate(rows) if r['bleu'] >= top - margin]
+  best = min(close, key=lambda i: (abs(1.0 - rows[i]['length_ratio']), -rows[i]['bleu']))
+  return best, (f'of the {len(close)} teacher decoding(s) within {margin:g} BLEU of the best '
+                f'({top:.2f}), the one whose length is closest to the references')
+
+
+def distilled_length_ratio(distilled_dir: str, subset_dir: str) -> float:
+  """Mean distilled target length over the mean human target length of the same rows."""
+  from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
+  ours = arrays_lib.ArrayDataset.load(os.path.join(distilled_dir, 'train'), mmap=False)
+  human = arrays_lib.ArrayDataset.load(os.path.join(subset_dir, 'train'), mmap=False)
+  mean = lambda d: float((np.asarray(d.arrays['decoder_target_tokens']) > 0).sum(1).mean())
+  return mean(ours) / max(mean(human), 1e-9)
+
+
+# ----------------------------------------------------------------------------------------
+# The select stage.
+
+
+def _setting_rows(names: Sequence[str], tokens: Mapping[str, np.ndarray],
+                  times: Mapping[str, Sequence[float]], references: Sequence[Sequence[str]],
+                  reference_tokens: np.ndarray, tokenizer: Any) -> dict[str, dict[str, Any]]:
+  rows = {}
+  for name in names:
+    row = score_tokens(tokens[name], references, tokenizer, reference_tokens)
+    row.update(latency=qs_eval.latency_stats(times[name]),
+               median_ms=qs_eval.latency_stats(times[name])['median'])
+    rows[name] = row
+  return rows
+
+
+def select(run: Any) -> dict[str, Any]:
+  """Body of the ``select`` stage (see the module docstring)."""
+  from padir import partitioning  # pylint: disable=g-import-not-at-top
+  from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
+  from padir.data import vocab  # pylint: disable=g-import-not-at-top
+  cfg = run.cfg
+  tokenizer = vocab.load_tokenizer(cfg.vocabulary)
+  partitioner = partitioning.Partitioner()
+  val = arrays_lib.ArrayDataset.load(os.path.join(run.full_data, 'validation'), mmap=False)
+  n = val.num_examples if cfg.select_examples is None else min(val.num_examples,
+                                                                 cfg.select_examples)
+  sources = np.asarray(val.arrays['encoder_input_tokens'])[:n]
+  reference_tokens = np.asarray(val.arrays['decoder_target_tokens'])[:n]
+  references = [t['references'] for t in val.text()[:n]]
+  length = run.lengths['targets']
+
+  teacher = run.teacher_model()
+  t_params, _, _ = qs_eval.load_params(run, teacher, 'teacher', tokenizer, partitioner)
+  student = run.student_model('student_distilled')
+  s_params, _, _ = qs_eval.load_params(run, student, 'student_distilled', tokenizer,
+                                       partitioner)
+  settings = selection.grid(cfg.select_rules, cfg.select_iterations, cfg.select_length_beams,
+                            cfg.select_rerank, cfg.select_stutter)
+
+  def padir_decoder(setting: selection.DecodeSetting, params: Any, allow: bool = False,
+                    model: Any = None):
+    model = student if model is None else model
+    config = setting.refine_config(cfg.refine)
+    if allow:
+      config = dataclasses.replace(config, allow_untrained_update=True)
+    if setting.rerank:
+      return qs_eval.batch1(selection.batch1_decoder(model, config, length, teacher),
+                            (params, t_params))
+    return qs_eval.batch1(selection.batch1_decoder(model, config, length), params)
+
+  decoders = {TEACHER: qs_eval.batch1(qs_eval.ar_greedy_decoder(teacher, length), t_params)}
+  for setting in settings:
+    decoders[setting.name] = padir_decoder(setting, s_params)
+  with run.bar(n, f'select: {len(settings)} PaDIR settings (validation, batch 1)',
+               'sentence') as bar:
+    tokens, times = selection.decode_interleaved(decoders, sources, progress=bar)
+  rows = _setting_rows(list(decoders), tokens, times, references, reference_tokens, tokenizer)
+  teacher_row = rows.pop(TEACHER)
+  candidates = []
+  for setting in settings:
+    row = rows[setting.name]
+    row.update(setting=setting.to_json(), name=setting.name, label=setting.label,
+               speedup=teacher_row['median_ms'] / max(row['median_ms'], 1e-9))
+    candidates.append(row)
+  chosen, why = selection.choose(candidates, teacher_row['bleu'], cfg.select_margin)
+  best = selection.DecodeSetting.from_json(chosen['setting'])
+  run.print(f'  chosen on validation: {best.label}: BLEU {chosen["bleu"]:.2f} (teacher '
+            f'{teacher_row["bleu"]:.2f}), {chosen["speedup"]:.2f}x the teacher\'s speed; {why}.')
+  ablation = ablations(run, best, chosen, teacher_row, student, s_params, padir_decoder,
+                       decoders[TEACHER], sources, references, reference_tokens, tokenizer,
+                       partitioner)
+  return {'teacher': teacher_row, 'candidates': candidates, 'chosen': best.to_json(),
+          'chosen_name': best.name, 'why': why, 'margin': cfg.select_margin,
+          'validation_examples': int(n), 'ablations': ablation}
+
+
+def ablations(run: Any, best: selection.DecodeSetting, chosen: Mapping[str, Any],
+              teacher_row: Mapping[str, Any], student: Any, s_params: Any, padir_decoder: Any,
+              teacher_decoder: Any, sources: np.ndarray, references: Sequence[Sequence[str]],
+              reference_tokens: np.ndarray, tokenizer: Any, partitioner: Any
+              ) -> list[dict[str, Any]]:
+  """The chosen setting with one choice switched off at a time, on validation."""
+  variants: list[tuple[str, str, Any]] = []  # (label, what, decoder)
+  if best.iterations > 1 and best.rule != 'keep_all':
+    variants.append(('decoding rule: keep_all (every position re-predicted)', 'rule',
+                     padir_decoder(dataclasses.replace(best, rule='keep_all'), s_params,
+                                   allow=True)))
+  variants.append((f'teacher re-ranking {"off" if best.rerank else "on"}', 'rerank',
+                   padir_decoder(dataclasses.replace(best, rerank=not best.rerank), s_params)))
+  if best.length_beam > 1:
+    variants.append(('length beam 1', 'length_beam',
+                     padir_decoder(dataclasses.replace(best, length_beam=1), s_params)))
+  if best.iterations > 1:
+    variants.append((f'stutter removal {"off" if best.stutter else "on"}', 'stutter',
+                     padir_decoder(dataclasses.replace(best, stutter=not best.stutter),
+                                   s_params)))
+  trained = [('student_raw', 'no distillation (human references)', 'distillation'),
+             ('student_scratch', 'no teacher initialisation (random weights)', 'init')]
+  for name, bindings in run.cfg.extra_ablations.items():
+    trained.append((f'student_{name}', f'{name}: ' + '; '.join(bindings), name))
+  for stage, label, what in trained:
+    if not os.path.isdir(run.path(stage)) or (
+        stage in ('student_raw', 'student_scratch') and run.stage_result(stage) is None):
+      continue
+    model = run.student_model(stage) if run.ablation_bindings(stage) else student
+    params, _, _ = qs_eval.load_params(run, model, stage, tokenizer, partitioner)
+    try:
+      variants.append((label, what, padir_decoder(best, params, model=model)))
+    except ValueError as err:  # e.g. a corruption whose training refuses the chosen rule
+      run.print(f'  ablation {stage}: {err} Decoding it with allow_untrained_update.')
+      variants.append((label + ' (decoded with an update its training does not support)',
+                       what, padir_decoder(best, params, allow=True, model=model)))
+  if not variants:
+    return []
+  decoders = {TEACHER: teacher_decoder}
+  decoders.update({f'ablation_{i}': d for i, (_, _, d) in enumerate(variants)})
+  with run.bar(len(sources), f'ablations: {len(variants)} variants (validation, batch 1)',
+               'sentence') as bar:
+    tokens, times = selection.decode_interleaved(decoders, sources, progress=bar)
+  rows = _setting_rows(list(decoders), tokens, times, references, reference_tokens, tokenizer)
+  # The chosen setting's speed is rescaled by this run's teacher time, so the table compares
+  # like with like even if the machine's load changed between the two runs.
+  scale = rows[TEACHER]['median_ms'] / max(teacher_row['median_ms'], 1e-9)
+  out = [{'label': f'chosen: {best.label}', 'what': 'chosen', 'bleu': chosen['bleu'],
+          'median_ms': chosen['median_ms'] * scale,
+          'mean_length_error': chosen.get('mean_length_error'),
+          'repetition_rate': chosen['repetition_rate']}]
+  for i, (label, what, _) in enumerate(variants):
+    row = rows[f'ablation_{i}']
+    out.append({'label': label, 'what': what, 'bleu': row['bleu'], 'median_ms': row['median_ms'],
+                'mean_length_error': row.get('mean_length_error'),
+                'repetition_rate': row['repetition_rate']})
+  for row in out:
+    row['delta_bleu'] = row['bleu'] - chosen['bleu']
+    row['speedup'] = rows[TEACHER]['median_ms'] / max(row['median_ms'], 1e-9)
+  return out

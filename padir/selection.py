@@ -1,0 +1,186 @@
+"""Choosing a PaDIR decoding setting on the validation split, by quality and batch-1 speed.
+
+A *setting* is what the decoder is asked to do beyond the trained weights: the remasking rule,
+the number of passes, the length beam, whether the AR teacher re-ranks the candidates, and
+stutter removal (`DecodeSetting`). `decode_interleaved` decodes every source row at batch 1 with
+every setting (and the AR teacher) in turn, so each setting gets its outputs and its per-sentence
+latency from the same run, on the same machine state. `choose` then applies the rule the
+quickstart reports: the fastest setting whose BLEU is within ``margin`` of the teacher's, else
+the best BLEU.
+
+`TeacherReranked` wraps a PaDIR model and its AR teacher as one model for the T5X-style
+`padir.evaluation.Predictor`: its params are the pair ``(student, teacher)``, and the teacher's
+mean log-probability picks among the length candidates (CMLM's re-ranking). Scoring a candidate
+is one teacher-forced pass over all candidates in parallel, not an AR decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from padir import decoding
+from padir.ar_decoding import ARFns, make_reranker
+from padir.refine_decoding import RefineConfig, TransformerFns, refine_decode
+from padir.remasking import RemaskConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSetting:
+  """One candidate PaDIR decoding.
+
+  Attributes:
+    rule: `padir.remasking.RemaskConfig.rule`.
+    iterations: decoder passes.
+    length_beam: lengths tried around the predicted one.
+    rerank: the AR teacher re-ranks the candidates (else the student's mean log-probability).
+    stutter: reject adjacent repeated tokens before the last pass.
+  """
+  rule: str = 'mask_predict'
+  iterations: int = 4
+  length_beam: int = 3
+  rerank: bool = False
+  stutter: bool = False
+
+  @property
+  def name(self) -> str:
+    return (f'{self.rule}_t{self.iterations}_lb{self.length_beam}'
+            f'{"_rerank" if self.rerank else ""}{"_stutter" if self.stutter else ""}')
+
+  @property
+  def label(self) -> str:
+    extras = [e for e, on in (('teacher re-ranks', self.rerank), ('stutter removal',
+                                                                 self.stutter)) if on]
+    return (f'{self.rule}, {self.iterations} it., length beam {self.length_beam}' +
+            ''.join(f', {e}' for e in extras))
+
+  def refine_config(self, base: RefineConfig) -> RefineConfig:
+    """``base`` with this setting's rule, passes, length beam and stutter removal."""
+    remask = RemaskConfig(rule=self.rule, stutter=self.stutter)
+    return dataclasses.replace(base, num_iterations=self.iterations,
+                               length_beam=self.length_beam, remask=remask)
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, value: Mapping[str, Any]) -> 'DecodeSetting':
+    return cls(**value)
+
+
+def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence[int],
+         rerank: Sequence[bool], stutter: Sequence[bool]) -> list[DecodeSetting]:
+  """Every combination; one pass is the same under every rule, so it is kept once."""
+  out, seen = [], set()
+  for rule in rules:
+    for t in iterations:
+      for b in length_beams:
+        for r in rerank:
+          for s in stutter:
+            key = ('*' if t == 1 else rule, t, b, r, s and t > 1)
+            if key in seen:
+              continue
+            seen.add(key)
+            out.append(DecodeSetting(rules[0] if t == 1 else rule, t, b, r, s and t > 1))
+  return out
+
+
+class TeacherReranked:
+  """A PaDIR model whose length candidates the AR teacher re-ranks; params = (student, teacher).
+
+  Exposes what `padir.evaluation.Predictor` needs (``predict_batch_with_aux``).
+  """
+
+  def __init__(self, student: Any, teacher: Any):
+    self.student = student
+    self.teacher = teacher
+
+  def predict_batch_with_aux(self, params: tuple[Any, Any], batch: Mapping[str, Any],
+                             rng: Any = None, **decode_kwargs: Any):
+    student_params, teacher_params = params
+    return self.student.predict_batch_with_aux(student_params, batch, rng,
+                                               rerank_model=self.teacher,
+                                               rerank_params=teacher_params, **decode_kwargs)
+
+
+def batch1_decoder(student: Any, config: RefineConfig, max_length: int,
+                   teacher: Any = None) -> decoding.ShardedDecoder:
+  """A jitted refinement decoder (no mesh); with ``teacher`` its params are (student, teacher).
+
+  The config is checked against the student's training (`PadirModel.decoding_config`).
+  """
+  config = student.decoding_config(config)
+  config.check_width(max_length, student.special_ids)
+  fns = TransformerFns(student.module)
+  rerank = make_reranker(ARFns(teacher.module)) if teacher is not None else None
+
+  def decode_fn(params, tokens, rng=None, lengths=None):
+    student_params, teacher_params = params if teacher is not None else (params, None)
+    return refine_decode(fns, student_params, tokens, config=config, ids=student.special_ids,
+                         max_length=max_length, rng=rng, lengths=lengths, reranker=rerank,
+                         reranker_params=teacher_params)
+
+  return decoding.ShardedDecoder(decode_fn, None)
+
+
+def decode_interleaved(decoders: Mapping[str, Callable[[np.ndarray], Any]],
+                       sources: np.ndarray, *, warmup: int = 2, progress: Any = None
+                       ) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+  """Decodes each source row at batch 1 with every decoder in turn.
+
+  Args:
+    decoders: name -> ``fn(tokens [1, S]) -> (tokens [1, L], aux)`` (jitted).
+    sources: [N, S] int32 rows.
+    warmup: untimed calls per decoder first (compilation).
+    progress: a tqdm bar advanced once per row (or None).
+
+  Returns:
+    (name -> output tokens [N, L], name -> per-row seconds).
+  """
+  if len(sources) == 0:
+    raise ValueError('decode_interleaved needs at least one source row.')
+  for fn in decoders.values():
+    for i in range(warmup):
+      jax.block_until_ready(fn(sources[i % len(sources)][None]))
+  outputs: dict[str, list[np.ndarray]] = {name: [] for name in decoders}
+  times: dict[str, list[float]] = {name: [] for name in decoders}
+  for row in sources:
+    for name, fn in decoders.items():
+      start = time.perf_counter()
+      out = jax.block_until_ready(fn(row[None]))
+      times[name].append(time.perf_counter() - start)
+      outputs[name].append(np.asarray(out[0] if isinstance(out, tuple) else out)[0])
+    if progress is not None:
+      progress.update(1)
+  width = max(max(len(o) for o in rows) for rows in outputs.values())
+  padded = {name: np.stack([np.pad(o, (0, width - len(o))) for o in rows])
+            for name, rows in outputs.items()}
+  return padded, times
+
+
+def choose(rows: Sequence[Mapping[str, Any]], teacher_bleu: float,
+           margin: float = 1.0) -> tuple[Mapping[str, Any], str]:
+  """The quickstart's rule: the fastest row within ``margin`` BLEU of the teacher, else the best.
+
+  Args:
+    rows: candidates with ``bleu`` and ``median_ms``.
+    teacher_bleu: the teacher's BLEU on the same rows.
+    margin: allowed BLEU gap.
+
+  Returns:
+    (the chosen row, a sentence saying why).
+  """
+  if not rows:
+    raise ValueError('choose needs at least one candidate.')
+  close = [r for r in rows if r['bleu'] >= teacher_bleu - margin]
+  if close:
+    best = min(close, key=lambda r: (r['median_ms'], -r['bleu']))
+    return best, (f'the fastest of the {len(close)} setting(s) within {margin:g} BLEU of the '
+                  f'teacher ({teacher_bleu:.2f})')
+  best = max(rows, key=lambda r: (r['bleu'], -r['median_ms']))
+  return best, (f'no setting came within {margin:g} BLEU of the teacher ({teacher_bleu:.2f}); '
+                'the best BLEU')

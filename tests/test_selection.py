@@ -1,0 +1,72 @@
+"""Tests for padir.selection: the grid of decoding settings and the validation choice."""
+
+import numpy as np
+import pytest
+
+from padir import selection
+from padir.refine_decoding import RefineConfig
+
+
+def test_grid_keeps_one_single_pass_setting_per_beam_and_reranker():
+  settings = selection.grid(('mask_predict', 'cosine'), (1, 2), (1, 3), (False, True),
+                            (False, True))
+  names = [s.name for s in settings]
+  assert len(names) == len(set(names))
+  single = [s for s in settings if s.iterations == 1]
+  assert len(single) == 2 * 2  # beams x rerank; one rule, no stutter at one pass
+  assert all(s.rule == 'mask_predict' and not s.stutter for s in single)
+  assert len(settings) == 4 + 2 * 2 * 2 * 2
+
+
+def test_setting_builds_the_refine_config_and_round_trips():
+  setting = selection.DecodeSetting('mask_predict', 3, 5, rerank=True, stutter=True)
+  config = setting.refine_config(RefineConfig(canvas_buckets=(16,)))
+  assert config.num_iterations == 3 and config.length_beam == 5
+  assert config.remask.rule == 'mask_predict' and config.remask.stutter
+  assert config.remask.replacement == 'initial' and config.canvas_buckets == (16,)
+  assert selection.DecodeSetting.from_json(setting.to_json()) == setting
+  assert 'teacher re-ranks' in setting.label and 'stutter removal' in setting.label
+
+
+def test_choose_fastest_within_margin_else_best():
+  rows = [{'name': 'a', 'bleu': 9.0, 'median_ms': 3.0},
+          {'name': 'b', 'bleu': 10.5, 'median_ms': 6.0},
+          {'name': 'c', 'bleu': 10.2, 'median_ms': 4.0}]
+  best, why = selection.choose(rows, teacher_bleu=11.0, margin=1.0)
+  assert best['name'] == 'c' and 'fastest of the 2' in why
+  best, why = selection.choose(rows, teacher_bleu=13.0, margin=1.0)
+  assert best['name'] == 'b' and 'no setting came within' in why
+  with pytest.raises(ValueError):
+    selection.choose([], 1.0)
+
+
+def test_decode_interleaved_returns_outputs_and_times_per_decoder():
+  calls = []
+
+  def make(name, width):
+    def fn(tokens):
+      calls.append(name)
+      return np.full((1, width), tokens[0, 0], np.int32), {}
+    return fn
+
+  sources = np.arange(6, dtype=np.int32).reshape(3, 2)
+  outputs, times = selection.decode_interleaved({'x': make('x', 2), 'y': make('y', 4)},
+                                                sources, warmup=1)
+  assert outputs['x'].shape == (3, 4) and outputs['y'].shape == (3, 4)
+  np.testing.assert_array_equal(outputs['x'][:, 0], sources[:, 0])
+  assert outputs['x'][0, 3] == 0  # padded to the widest decoder
+  assert len(times['x']) == len(times['y']) == 3
+  assert calls[2:] == ['x', 'y'] * 3  # one warm-up each, then interleaved by row
+
+
+def test_distillation_prefers_reference_lengths_among_near_best_decodings():
+  from padir import quickstart_select  # pylint: disable=g-import-not-at-top
+  rows = [{'name': 'greedy', 'bleu': 11.54, 'length_ratio': 0.791},
+          {'name': 'beam4_lp0.6', 'bleu': 11.27, 'length_ratio': 0.644},
+          {'name': 'beam4_lp1', 'bleu': 11.97, 'length_ratio': 0.692}]
+  best, why = quickstart_select.choose_distillation_row(rows, margin=1.0)
+  assert rows[best]['name'] == 'greedy' and 'closest to the references' in why
+  best, _ = quickstart_select.choose_distillation_row(rows, margin=0.2)
+  assert rows[best]['name'] == 'beam4_lp1'  # the only one within 0.2 BLEU
+  names = [n for n, _ in quickstart_select.distill_candidates([(1, 0.0), (4, 2.0)])]
+  assert names == ['greedy', 'beam4_lp2']
