@@ -203,6 +203,9 @@ def render(cells: list[tuple[str, str, str, dict[str, Any]]], args: argparse.Nam
       '# Pod-scale plan: T5.1.1 base / large / xl on TPU and GPU slices', '',
       f'Compiled {now} (jax {jax_version}) on simulated CPU devices with:', '', '```',
       command, '```', '',
+      *(['The XLA flags only lower the optimisation of the generated CPU machine code, to '
+         'compile faster; the partitioning and the buffer assignment do not depend on them.',
+         ''] if 'xla_backend_optimization_level' in command else []),
       f'Every row compiles the real train step (`padir.trainer.Trainer`: the model\'s loss, '
       f'Adafactor, state donated) from abstract shapes; nothing is allocated. Global batch '
       f'{args.batch_size} x ({args.input_length} + {args.target_length}) tokens, '
@@ -280,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   command = 'python -m padir.bench scale ' + ' '.join(
       shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
       if not a.startswith(('--cells_dir', '--cached_only')))
+  if os.environ.get('XLA_FLAGS'):  # e.g. faster LLVM code generation; kept in the record
+    command = f"XLA_FLAGS={shlex.quote(os.environ['XLA_FLAGS'])} {command}"
   cells = []
   for size in args.sizes.split(','):
     for objective in args.objectives.split(','):
