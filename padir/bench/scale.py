@@ -201,7 +201,8 @@ def render(cells: list[tuple[str, str, str, dict[str, Any]]], args: argparse.Nam
   jax_version = any_cell['jax_version'] if any_cell else '?'
   lines = [
       '# Pod-scale plan: T5.1.1 base / large / xl on TPU and GPU slices', '',
-      f'Compiled {now} (jax {jax_version}) on simulated CPU devices with:', '', '```',
+      f'Compiled {now} (jax {jax_version}) on simulated CPU devices, on a machine with '
+      f'{os.cpu_count()} CPU cores, with:', '', '```',
       command, '```', '',
       *(['The XLA flags only lower the optimisation of the generated CPU machine code, to '
          'compile faster; the partitioning and the buffer assignment do not depend on them.',
