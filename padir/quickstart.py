@@ -8,22 +8,27 @@ On the embedded Bible corpus (Spanish -> English), one command:
                         train / validation / test as arrays (with every reference), plus the
                         random training subset the students use
   2. teacher            trains the AR teacher (padir.train on the full filtered train split)
-  3. distill            decodes the subset's sources with the teacher (beam search, batched)
-                        into a distilled task (padir.distill) and exports it
-  4. student_distilled  trains PaDIR on the distilled subset
-  5. student_raw        trains PaDIR on the same sources with the human references (ablation)
-  6. evaluate           test split: multi-reference BLEU / chrF, repetition rate, length error
-                        of AR greedy and beam, and of both students at 1/2/4/8 iterations
-  7. benchmark          batch-1 latency of AR greedy and PaDIR at 1/2/4/8 iterations on this
-                        machine, interleaved, and the same at the T5.1.1 'small' size
-  8. report             OUTPUT_DIR/report/report.{md,json,png} (padir.report)
+  3. distill            picks the teacher decoding on validation (closest to the reference
+                        length among those within 1 BLEU of the best), then decodes the
+                        subset's sources into a distilled task (padir.distill)
+  4. student_distilled  trains PaDIR on the distilled subset, from the teacher's weights
+  5. student_raw        the same on the human references (ablation)
+  6. student_scratch    the same as 4 from random weights (ablation)
+  7. student_ablations  more ablation students (QuickstartConfig.extra_ablations; off by default)
+  8. select             validation, batch 1: the PaDIR decoding setting (the fastest within 1
+                        BLEU of the teacher, else the best) and the ablation table
+  9. evaluate           test split: multi-reference BLEU / chrF, repetition rate, length error
+                        of AR greedy and beam, and of the students with the chosen setting
+  10. benchmark         batch-1 latency of the same systems on this machine, interleaved, and
+                        of random networks at the T5.1.1 'small' size
+  11. report            OUTPUT_DIR/report/report.{md,json,png} (padir.report)
 
 Every stage shows a progress bar with an ETA and leaves a marker in ``OUTPUT_DIR/stages/``
 when it finishes; rerunning the same command skips finished stages and resumes the current one
 (training from its last checkpoint, distillation from its last saved chunk, evaluation from its
 last finished system). A rerun with a different configuration in the same directory is refused.
 
-Configuration is gin: ``padir/gin/runs/quickstart.gin`` (CPU-sized defaults, about 30 minutes
+Configuration is gin: ``padir/gin/runs/quickstart.gin`` (CPU-sized defaults, about an hour
 on two cores) is always read first; ``--gin_file`` files and ``--gin.NAME=VALUE`` bindings come
 after it, e.g. ``--gin_file=padir/gin/experiments/quickstart_small.gin`` (T5.1.1 small, for a
 GPU) or ``--gin.TEACHER_STEPS=3000``. Each training stage parses its experiment gin

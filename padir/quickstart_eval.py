@@ -461,7 +461,7 @@ def benchmark(run: Any) -> dict[str, Any]:
     targets = np.asarray(test.arrays['decoder_target_tokens'])
     n = int(np.median((targets > 0).sum(axis=1)))
     small, counts = fixed_length_decoders(
-        teacher, student, run.cfg.small_preset, n, run.cfg.refine,
+        teacher, student, run.cfg.small_preset, n, best.refine_config(run.cfg.refine),
         run.cfg.small_iterations, run.lengths['inputs'])
     few = sources[:run.cfg.small_bench_examples]
     with run.bar(len(few), f'latency ({run.cfg.small_preset})', 'sentence') as bar:
@@ -517,7 +517,7 @@ def collect_results(run: Any) -> dict[str, Any]:
   if small:
     results['latency_small'] = {
         'config': small['config'], 'output_length': small['output_length'],
-        'length_beam': refine.length_beam,
+        'length_beam': chosen_setting(run).length_beam,
         'systems': [{'name': name, 'label': 'AR greedy' if name == 'ar_greedy' else
                      f'PaDIR {name.split("_t")[-1]} it.',
                      'iterations': None if name == 'ar_greedy' else int(name.split('_t')[-1]),
@@ -576,7 +576,7 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
   seconds = {name: round(marker['seconds'], 1) for name in run.STAGES
              if (marker := run.stage_result(name))}
   setup['stage seconds'] = seconds
-  setup['total seconds (stages 1-7)'] = round(sum(seconds.values()), 1)
+  setup['total seconds (every stage but the report)'] = round(sum(seconds.values()), 1)
   if bench.get('load_average'):
     setup['load average (1 min) before / after the latency runs'] = bench['load_average']
   return setup

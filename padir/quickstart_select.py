@@ -200,7 +200,9 @@ def ablations(run: Any, best: selection.DecodeSetting, chosen: Mapping[str, Any]
   """The chosen setting with one choice switched off at a time, on validation."""
   variants: list[tuple[str, str, Any]] = []  # (label, what, decoder)
   if best.iterations > 1 and best.rule != 'keep_all':
-    variants.append(('decoding rule: keep_all (every position re-predicted)', 'rule',
+    forced = 'all' not in student.trained_updates
+    variants.append(('decoding rule: keep_all (every position re-predicted'
+                     + ('; forced, the training does not support it)' if forced else ')'), 'rule',
                      padir_decoder(dataclasses.replace(best, rule='keep_all'), s_params,
                                    allow=True)))
   variants.append((f'teacher re-ranking {"off" if best.rerank else "on"}', 'rerank',

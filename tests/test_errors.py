@@ -14,7 +14,8 @@ import train_testlib
 
 @pytest.fixture(autouse=True)
 def _no_debug(monkeypatch):
-  monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
+  # setenv (not delenv) so that the variable a --debug test sets is removed afterwards.
+  monkeypatch.setenv(errors.DEBUG_ENV, '')
 
 
 def _train_flags(tmp_path, *extra):
