@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from padir.ar_decoding import ARConfig, ARFns, ar_decode, make_reranker, sequence_log_prob
-from padir.refine_decoding import RefineConfig, TransformerFns, refine_decode
+from padir.refine_decoding import RefineConfig, TransformerFns, refine_decode, with_overrides
 from padir.remasking import RemaskConfig
 from padir.special_ids import SpecialIds
 
@@ -37,12 +37,6 @@ Array = jax.Array
 Batch = Mapping[str, Array]
 
 
-def _with_overrides(config, overrides: Mapping[str, Any]):
-  unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
-  if unknown:
-    raise ValueError(f'Unknown decode option(s) {unknown} for {type(config).__name__}; '
-                     f'valid ones: {[f.name for f in dataclasses.fields(config)]}.')
-  return dataclasses.replace(config, **overrides) if overrides else config
 
 
 def _decode_length(model, batch: Batch) -> int:
@@ -86,7 +80,7 @@ def predict_refine(model,
   if hasattr(model, 'decoding_config'):  # the model's defaults, checked against its training
     config = model.decoding_config(decode_config, **decode_kwargs)
   else:
-    config = _with_overrides(decode_config or RefineConfig(), decode_kwargs)
+    config = with_overrides(decode_config or RefineConfig(), decode_kwargs)
     if config.canvas_init is None:
       config = dataclasses.replace(config, canvas_init='mask')
   ids: SpecialIds = model.special_ids
@@ -128,7 +122,7 @@ def predict_ar(model,
   Returns:
     tokens [B, L] and the aux dict of `padir.ar_decoding.ar_decode`.
   """
-  config = _with_overrides(decode_config or ARConfig(), decode_kwargs)
+  config = with_overrides(decode_config or ARConfig(), decode_kwargs)
   ids = getattr(model, 'special_ids', None)
   if ids is not None and config.eos_id != ids.eos:
     config = dataclasses.replace(config, eos_id=ids.eos)

@@ -398,12 +398,7 @@ class PadirModel(_BaseModel):
       config = refine_decoding.RefineConfig()
       if config.remask.effective_update not in self.trained_updates:
         config = dataclasses.replace(config, remask=remasking.RemaskConfig(rule='mask_predict'))
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
-    if unknown:
-      raise ValueError(f'Unknown decode option(s) {unknown} for RefineConfig; valid ones: '
-                       f'{[f.name for f in dataclasses.fields(config)]}.')
-    if overrides:
-      config = dataclasses.replace(config, **overrides)
+    config = refine_decoding.with_overrides(config, overrides)
     if config.canvas_init is None:  # decode from the fill the model was trained with
       config = dataclasses.replace(config, canvas_init=self.corruption.decoder_input_scheme)
     self.check_decoding(config)

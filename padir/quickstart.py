@@ -58,7 +58,6 @@ from padir import errors
 from padir import gin_utils
 from padir import quickstart_eval as qs_eval
 from padir import summaries
-from padir.ar_decoding import ARConfig
 from padir.refine_decoding import RefineConfig
 
 DEFAULT_OUTPUT_DIR = 'padir_quickstart'
@@ -319,7 +318,7 @@ class Quickstart:
     else:
       self.print(line)
 
-  def _register_task(self) -> None:
+  def register_task(self) -> None:
     from padir.data import tasks  # pylint: disable=g-import-not-at-top
     if self.filtered_task:
       src, tgt, refs = tasks.BIBLE_TASKS[self.cfg.task]
@@ -443,7 +442,7 @@ class Quickstart:
   def _stage_data(self) -> dict[str, Any]:
     from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
     from padir.data import export  # pylint: disable=g-import-not-at-top
-    self._register_task()
+    self.register_task()
     counts = {}
     with self.bar(3, 'export', 'split') as bar:
       for split in ('train', 'validation', 'test'):
@@ -556,55 +555,8 @@ class Quickstart:
   # ------------------------------------------------------------------ 3. distillation
 
   def _stage_distill(self) -> dict[str, Any]:
-    from padir import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
-    from padir import distill as distill_lib  # pylint: disable=g-import-not-at-top
-    from padir import partitioning  # pylint: disable=g-import-not-at-top
     from padir import quickstart_select  # pylint: disable=g-import-not-at-top
-    from padir.data import vocab  # pylint: disable=g-import-not-at-top
-    teacher = self.teacher_model()
-    self._register_task()
-    partitioner = partitioning.Partitioner()
-    choice_path = self.path('distill', 'choice.json')
-    if os.path.isfile(choice_path):
-      record = qs_eval.read_json(choice_path)
-    else:
-      tokenizer = vocab.load_tokenizer(self.cfg.vocabulary)
-      params, shardings, _ = qs_eval.load_params(self, teacher, 'teacher', tokenizer,
-                                                 partitioner)
-      record = quickstart_select.choose_distillation(self, teacher, params, shardings,
-                                                     tokenizer, partitioner)
-      record['config'] = dataclasses.asdict(record['config'])
-      qs_eval.write_json(choice_path, record)
-      del params
-    decoding = ARConfig(**record['config'])
-    self.print(f'  distilling with the teacher\'s {record["chosen"]} decoding (validation: ' +
-               ', '.join(f'{c["name"]} BLEU {c["bleu"]:.2f}, length ratio '
-                         f'{c["length_ratio"]:.3f}' for c in record['candidates']) + ').')
-    dataset = datasets_lib.DatasetConfig(source=self.subset_data, split='train',
-                                         batch_size=self.cfg.distill_batch_size,
-                                         task_feature_lengths=self.lengths, shuffle=False)
-    result = distill_lib.distill(
-        model=teacher, checkpoint_path=self.path('teacher'),
-        partitioner=partitioner, dataset_cfg=dataset,
-        output_dir=self.path('distill'), task_name=f'{self.task_name}_distilled',
-        base_task=self.task_name, decode_kwargs={'decode_config': decoding},
-        export_feature_lengths=self.lengths, overlong=self.cfg.overlong,
-        progress=self.progress, print_fn=self.print)
-    summary = dict(result.summary)
-    summary['decode_seconds'] = result.seconds or summary.get('decode_seconds', 0.0)
-    ratio = quickstart_select.distilled_length_ratio(self.distilled_data, self.subset_data)
-    summary.update(choice=record, length_ratio=ratio)
-    summary_path = self.path('distill', distill_lib.SUMMARY_FILE)
-    if os.path.isfile(summary_path):  # distill.json records the choice and the ratio too
-      saved = qs_eval.read_json(summary_path)
-      saved.update(choice=record, length_ratio=ratio)
-      qs_eval.write_json(summary_path, saved)
-    self.print(f'  distilled targets are {ratio:.3f}x the length of the human references.')
-    if ratio < 0.95:
-      self.print(f'  WARNING: the distilled targets are {100 * (1 - ratio):.0f}% shorter than '
-                 'the references; the students will learn to write short outputs (try other '
-                 'QuickstartConfig.distill_choices).')
-    return summary
+    return quickstart_select.distill(self)
 
   def _stage_evaluate(self) -> dict[str, Any]:
     return qs_eval.evaluate(self)

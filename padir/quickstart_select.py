@@ -1,6 +1,6 @@
 """The quickstart's choices on the validation split: distillation decoding and PaDIR decoding.
 
-* :func:`choose_distillation`: decodes the validation split with each candidate teacher decoding
+* :func:`distill` (the ``distill`` stage) and :func:`choose_distillation`: decodes the validation split with each candidate teacher decoding
   (greedy, beam with length penalties); of those within ``select_margin`` BLEU of the best, the
   one whose outputs are closest to the reference length distills (the students copy its
   lengths). Every candidate's BLEU and output-to-reference length ratio go into the record.
@@ -115,6 +115,57 @@ def distilled_length_ratio(distilled_dir: str, subset_dir: str) -> float:
   return mean(ours) / max(mean(human), 1e-9)
 
 
+def distill(run: Any) -> dict[str, Any]:
+  """Body of the ``distill`` stage: the teacher decoding chosen on validation, then distilling."""
+  from padir import datasets as datasets_lib  # pylint: disable=g-import-not-at-top
+  from padir import distill as distill_lib  # pylint: disable=g-import-not-at-top
+  from padir import partitioning  # pylint: disable=g-import-not-at-top
+  from padir.data import vocab  # pylint: disable=g-import-not-at-top
+  teacher = run.teacher_model()
+  run.register_task()
+  partitioner = partitioning.Partitioner()
+  choice_path = run.path('distill', 'choice.json')
+  if os.path.isfile(choice_path):
+    record = qs_eval.read_json(choice_path)
+  else:
+    tokenizer = vocab.load_tokenizer(run.cfg.vocabulary)
+    params, shardings, _ = qs_eval.load_params(run, teacher, 'teacher', tokenizer,
+                                               partitioner)
+    record = choose_distillation(run, teacher, params, shardings, tokenizer, partitioner)
+    record['config'] = dataclasses.asdict(record['config'])
+    qs_eval.write_json(choice_path, record)
+    del params
+  decoding = ARConfig(**record['config'])
+  run.print(f'  distilling with the teacher\'s {record["chosen"]} decoding (validation: ' +
+            ', '.join(f'{c["name"]} BLEU {c["bleu"]:.2f}, length ratio '
+                      f'{c["length_ratio"]:.3f}' for c in record['candidates']) + ').')
+  dataset = datasets_lib.DatasetConfig(source=run.subset_data, split='train',
+                                       batch_size=run.cfg.distill_batch_size,
+                                       task_feature_lengths=run.lengths, shuffle=False)
+  result = distill_lib.distill(
+      model=teacher, checkpoint_path=run.path('teacher'),
+      partitioner=partitioner, dataset_cfg=dataset,
+      output_dir=run.path('distill'), task_name=f'{run.task_name}_distilled',
+      base_task=run.task_name, decode_kwargs={'decode_config': decoding},
+      export_feature_lengths=run.lengths, overlong=run.cfg.overlong,
+      progress=run.progress, print_fn=run.print)
+  summary = dict(result.summary)
+  summary['decode_seconds'] = result.seconds or summary.get('decode_seconds', 0.0)
+  ratio = distilled_length_ratio(run.distilled_data, run.subset_data)
+  summary.update(choice=record, length_ratio=ratio)
+  summary_path = run.path('distill', distill_lib.SUMMARY_FILE)
+  if os.path.isfile(summary_path):  # distill.json records the choice and the ratio too
+    saved = qs_eval.read_json(summary_path)
+    saved.update(choice=record, length_ratio=ratio)
+    qs_eval.write_json(summary_path, saved)
+  run.print(f'  distilled targets are {ratio:.3f}x the length of the human references.')
+  if ratio < 0.95:
+    run.print(f'  WARNING: the distilled targets are {100 * (1 - ratio):.0f}% shorter than '
+              'the references; the students will learn to write short outputs (try other '
+              'QuickstartConfig.distill_choices).')
+  return summary
+
+
 # ----------------------------------------------------------------------------------------
 # The select stage.
 
@@ -125,8 +176,8 @@ def _setting_rows(names: Sequence[str], tokens: Mapping[str, np.ndarray],
   rows = {}
   for name in names:
     row = score_tokens(tokens[name], references, tokenizer, reference_tokens)
-    row.update(latency=qs_eval.latency_stats(times[name]),
-               median_ms=qs_eval.latency_stats(times[name])['median'])
+    latency = qs_eval.latency_stats(times[name])
+    row.update(latency=latency, median_ms=latency['median'])
     rows[name] = row
   return rows
 

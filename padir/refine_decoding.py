@@ -151,6 +151,16 @@ class RefineConfig:
           f'special_ids(..., mask_range_length={max_length}).')
 
 
+def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+  """A decode config (RefineConfig / ARConfig) with fields replaced; unknown names are refused."""
+  names = [f.name for f in dataclasses.fields(config)]
+  unknown = sorted(set(overrides) - set(names))
+  if unknown:
+    raise ValueError(f'Unknown decode option(s) {unknown} for {type(config).__name__}; '
+                     f'valid ones: {names}.')
+  return dataclasses.replace(config, **overrides) if overrides else config
+
+
 # ----------------------------------------------------------------------------------------
 # The network adapter.
 

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from padir import errors
+from padir import hlo_stats
 from padir import optimizers as optimizers_lib
 from padir import partitioning as partitioning_lib
 
@@ -211,7 +212,7 @@ class Trainer:
     with self.partitioner.context():
       compiled = jitted.lower(self.abstract_state(), self._abstract_batch()).compile()
     self.compile_seconds = time.perf_counter() - start
-    self.train_step_flops = _flops(compiled)
+    self.train_step_flops = hlo_stats.flops(compiled)
     self._train_step = compiled
 
   @property
@@ -262,19 +263,6 @@ class Trainer:
       batch = self.partitioner.shard_batch(batch)
     with self.partitioner.context():
       return self._eval_step(params, dict(batch))
-
-
-def _flops(compiled: Any) -> float | None:
-  """FLOPs of a compiled step from XLA's cost analysis (None when unavailable)."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost or 'flops' not in cost:
-    return None
-  return float(cost['flops'])
 
 
 class MetricsAccumulator:
