@@ -5,6 +5,8 @@ import setuptools
 with open('README.md', encoding='utf-8') as f:
   _LONG_DESCRIPTION = f.read()
 
+_GIN_FOLDERS = ('experiments', 'models', 'objectives', 'runs')
+
 setuptools.setup(
     name='padir',
     version='0.1.0',
@@ -14,9 +16,14 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     python_requires='>=3.10',
-    packages=setuptools.find_packages(include=['padir', 'padir.*']),
+    # The shipped gin files live once, in the top-level gin/ (no __init__.py there: it must not
+    # shadow the gin-config package); a wheel installs them as padir/_shipped/gin.
+    packages=setuptools.find_packages(include=['padir', 'padir.*']) + [
+        f'padir._shipped.gin.{d}' for d in _GIN_FOLDERS],
+    package_dir={f'padir._shipped.gin.{d}': f'gin/{d}' for d in _GIN_FOLDERS},
     package_data={
-        'padir': ['gin/**/*.gin', 'data/assets/*', 'data/assets/**/*'],
+        'padir': ['data/assets/*', 'data/assets/**/*'],
+        **{f'padir._shipped.gin.{d}': ['*.gin'] for d in _GIN_FOLDERS},
     },
     include_package_data=True,
     install_requires=[

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'train': ('padir.train', 'train a model from gin files (T5X-style flags)'),
     'eval': ('padir.eval', 'metrics of a checkpoint on a task split'),
     'infer': ('padir.infer', 'decode a task split or a text file into a TSV'),
+    'translate': ('padir.translate', 'translate stdin (or a file) with a trained model dir'),
     'distill': ('padir.distill', 'decode a training set with a teacher into a distilled task'),
     'average': ('padir.average_checkpoints', 'average the last N checkpoints of a run'),
     'bench': ('padir.bench', 'speed benchmarks (decode, train, data)'),

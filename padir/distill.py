@@ -1,7 +1,7 @@
 r"""Sequence-level distillation: a teacher decodes a task split into a distilled task.
 
   python -m padir.distill \
-    --gin_file=padir/gin/experiments/bible_es_en_ar.gin --gin_file=padir/gin/runs/distill.gin \
+    --gin_file=gin/experiments/bible_es_en_ar.gin --gin_file=gin/runs/distill.gin \
     --gin.CHECKPOINT_PATH="'/tmp/bible_es_en_ar'" --gin.DISTILL_OUTPUT_DIR="'/tmp/distilled'"
 
 The teacher (any model with ``predict_batch_with_aux``, normally the AR

@@ -1,7 +1,7 @@
 r"""Metrics of a checkpoint on a task split: ``python -m padir.eval`` (or ``padir eval``).
 
   python -m padir.eval \
-    --gin_file=padir/gin/experiments/bible_es_en_padir.gin --gin_file=padir/gin/runs/eval.gin \
+    --gin_file=gin/experiments/bible_es_en_padir.gin --gin_file=gin/runs/eval.gin \
     --gin.CHECKPOINT_PATH="'/tmp/bible_padir'" --gin.EVAL_OUTPUT_DIR="'/tmp/bible_eval'"
 
 Loads only the params (newest checkpoint of a model dir, or one step dir), checks the

@@ -2,13 +2,15 @@
 
 T5X-style command lines::
 
-  python -m padir.train --gin_file=padir/gin/experiments/bible_es_en_padir.gin \
+  python -m padir.train --gin_file=gin/experiments/bible_es_en_padir.gin \
       --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=1000
 
 * ``--gin_file=F`` (repeatable; later files override earlier ones). ``F`` is a path, or a name
-  relative to the installed package (``padir/gin/models/small.gin``) or to its gin directory
-  (``models/small.gin``). Includes inside gin files resolve the same way, so no search path is
-  ever needed; ``--gin_search_paths=A,B`` adds more.
+  relative to the shipped gin directory, with or without its ``gin/`` prefix
+  (``gin/models/small.gin`` or ``models/small.gin``), from any working directory. Includes
+  inside gin files resolve relative to the shipped directory too (the shipped files include
+  ``models/small.gin`` etc.), so no search path is ever needed; ``--gin_search_paths=A,B`` adds
+  more.
 * ``--gin_bindings='NAME = VALUE'`` (repeatable) and the sugar ``--gin.NAME=VALUE``, which is
   rewritten to the binding ``NAME = VALUE`` (strings need inner quotes: ``--gin.X="'text'"``).
 
@@ -36,9 +38,23 @@ from gin import config as gin_config
 from gin import config_parser
 
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
-GIN_DIR = PACKAGE_DIR / 'gin'
-# The parent of the package: makes 'padir/gin/...' resolve from an installed package.
-_PACKAGE_PARENT = PACKAGE_DIR.parent
+
+
+def _find_gin_dir() -> pathlib.Path:
+  """The shipped gin files: the repository's top-level ``gin/`` (a source checkout or an
+  editable install) or the copy a wheel installs as ``padir/_shipped/gin`` (see setup.py)."""
+  for candidate in (PACKAGE_DIR.parent / 'gin', PACKAGE_DIR / '_shipped' / 'gin'):
+    if (candidate / 'objectives').is_dir() and (candidate / 'runs').is_dir():
+      return candidate
+  raise ImportError(f'padir is installed without its gin files (looked in {PACKAGE_DIR.parent}/gin '
+                    f'and {PACKAGE_DIR}/_shipped/gin); reinstall it with pip install -e . or from '
+                    'a wheel.')
+
+
+GIN_DIR = _find_gin_dir()
+# Names may start with these prefixes ('gin/models/small.gin'; 'padir/gin/...' from padir 0.1
+# command lines); they are stripped to get a name relative to GIN_DIR.
+_GIN_PREFIXES = ('gin/', 'padir/gin/')
 
 # Example values of the documented macros, for the "missing macro" message.
 EXAMPLE_FLAGS = {
@@ -135,8 +151,11 @@ def resolve_gin_file(name: str, search_paths: Iterable[str] = ()) -> str:
     GinFlagError: naming every place looked at.
   """
   candidates = [pathlib.Path(name)]
-  for base in (*map(pathlib.Path, search_paths), _PACKAGE_PARENT, GIN_DIR):
+  for base in (*map(pathlib.Path, search_paths), GIN_DIR):
     candidates.append(base / name)
+  for prefix in _GIN_PREFIXES:
+    if name.startswith(prefix):
+      candidates.append(GIN_DIR / name[len(prefix):])
   if not name.endswith('.gin'):
     candidates += [c.with_name(c.name + '.gin') for c in list(candidates)]
   for c in candidates:
@@ -149,9 +168,27 @@ def resolve_gin_file(name: str, search_paths: Iterable[str] = ()) -> str:
 
 
 def _register_search_paths(extra: Iterable[str]) -> None:
-  for path in (*extra, str(_PACKAGE_PARENT), str(GIN_DIR)):
+  # GIN_DIR.parent makes includes of 'gin/models/small.gin' resolve as well as 'models/small.gin'.
+  for path in (*extra, str(GIN_DIR.parent), str(GIN_DIR)):
     if path not in gin_config._LOCATION_PREFIXES:  # pylint: disable=protected-access
       gin.add_config_file_search_path(path)
+
+
+# Every padir module that registers configurables. A saved config (``MODEL_DIR/config.gin``)
+# names configurables of whichever command wrote it (the quickstart's QuickstartConfig, say), so
+# every command imports them all before parsing: any run's config.gin parses in any command.
+CONFIGURABLE_MODULES = (
+    'padir.ar_decoding', 'padir.builders', 'padir.checkpoints', 'padir.datasets',
+    'padir.decoding', 'padir.distill', 'padir.eval', 'padir.infer', 'padir.models',
+    'padir.objectives', 'padir.optimizers', 'padir.partitioning', 'padir.quickstart',
+    'padir.refine_decoding', 'padir.remasking', 'padir.train')
+
+
+def import_configurables() -> None:
+  """Imports :data:`CONFIGURABLE_MODULES` (cheap after the first call)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  for name in CONFIGURABLE_MODULES:
+    importlib.import_module(name)
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
@@ -175,6 +212,7 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
       never used, or an unknown configurable or parameter (with the closest names).
     ValueError: missing required values (:func:`check_required`).
   """
+  import_configurables()
   gin.clear_config(clear_constants=False)
   _register_search_paths(search_paths)
   files = [resolve_gin_file(f, search_paths) for f in gin_files]
@@ -420,7 +458,7 @@ def parse_command_line(argv: Sequence[str], required: bool = True) -> list[str]:
   args = split_gin_args(argv)
   if not args.gin_files:
     raise GinFlagError('No --gin_file given. Start from a shipped experiment, e.g. '
-                       '--gin_file=padir/gin/experiments/bible_es_en_padir.gin (see docs/gin.md).')
+                       '--gin_file=gin/experiments/bible_es_en_padir.gin (see docs/gin.md).')
   parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths, required=required,
             strict_bindings=True)
   return args.rest

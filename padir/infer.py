@@ -2,7 +2,7 @@ r"""Decodes a task split or a plain text file into a TSV: ``python -m padir.infe
 
   # a split of the run's task (or export):
   python -m padir.infer \
-    --gin_file=padir/gin/experiments/bible_es_en_padir.gin --gin_file=padir/gin/runs/infer.gin \
+    --gin_file=gin/experiments/bible_es_en_padir.gin --gin_file=gin/runs/infer.gin \
     --gin.CHECKPOINT_PATH="'/tmp/bible_padir'" --gin.INFER_OUTPUT_DIR="'/tmp/bible_infer'"
 
   # a text file, one source sentence per line:

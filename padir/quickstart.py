@@ -28,9 +28,9 @@ when it finishes; rerunning the same command skips finished stages and resumes t
 (training from its last checkpoint, distillation from its last saved chunk, evaluation from its
 last finished system). A rerun with a different configuration in the same directory is refused.
 
-Configuration is gin: ``padir/gin/runs/quickstart.gin`` (CPU-sized defaults, about an hour
+Configuration is gin: ``gin/runs/quickstart.gin`` (CPU-sized defaults, about an hour
 on two cores) is always read first; ``--gin_file`` files and ``--gin.NAME=VALUE`` bindings come
-after it, e.g. ``--gin_file=padir/gin/experiments/quickstart_small.gin`` (T5.1.1 small, for a
+after it, e.g. ``--gin_file=gin/experiments/quickstart_small.gin`` (T5.1.1 small, for a
 GPU) or ``--gin.TEACHER_STEPS=3000``. Each training stage parses its experiment gin
 (``QuickstartConfig.teacher_gin_files`` / ``student_gin_files``), then the quickstart files and
 bindings, then its own MODEL_DIR, MIXTURE_OR_TASK_NAME and TRAIN_STEPS.
@@ -61,7 +61,7 @@ from padir import summaries
 from padir.refine_decoding import RefineConfig
 
 DEFAULT_OUTPUT_DIR = 'padir_quickstart'
-DEFAULT_GIN_FILE = 'padir/gin/runs/quickstart.gin'
+DEFAULT_GIN_FILE = 'gin/runs/quickstart.gin'
 STAGES = ('data', 'teacher', 'distill', 'student_distilled', 'student_raw', 'student_scratch',
           'student_ablations', 'select', 'evaluate', 'benchmark', 'report')
 _STEP_LINE = re.compile(r'^step (\d+)/(\d+) \| (.*)$')
@@ -118,8 +118,8 @@ class QuickstartConfig:
     small_bench_examples: sentences timed at the ``small_preset`` size.
   """
 
-  teacher_gin_files: tuple[str, ...] = ('padir/gin/experiments/bible_es_en_ar.gin',)
-  student_gin_files: tuple[str, ...] = ('padir/gin/experiments/bible_es_en_padir.gin',)
+  teacher_gin_files: tuple[str, ...] = ('gin/experiments/bible_es_en_ar.gin',)
+  student_gin_files: tuple[str, ...] = ('gin/experiments/bible_es_en_padir.gin',)
   task: str = 'bible_es_en'
   vocabulary: str = 'bible'
   feature_lengths: Mapping[str, int] = dataclasses.field(

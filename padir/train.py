@@ -1,7 +1,7 @@
 r"""Trains a model from gin files: ``python -m padir.train`` (or ``padir train``).
 
   python -m padir.train \
-    --gin_file=padir/gin/experiments/bible_es_en_padir.gin \
+    --gin_file=gin/experiments/bible_es_en_padir.gin \
     --gin.MODEL_DIR="'/tmp/bible_padir'" --gin.TRAIN_STEPS=2000
 
 Rerunning the same command resumes from the newest checkpoint in MODEL_DIR (params, optimizer

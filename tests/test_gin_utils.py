@@ -30,7 +30,7 @@ def test_split_gin_args_rewrites_dot_flags():
 
 
 def test_resolve_gin_file_from_the_package():
-  by_package = gin_utils.resolve_gin_file('padir/gin/models/tiny.gin')
+  by_package = gin_utils.resolve_gin_file('gin/models/tiny.gin')
   by_gin_dir = gin_utils.resolve_gin_file('models/tiny')
   assert pathlib.Path(by_package).samefile(by_gin_dir)
   with pytest.raises(gin_utils.GinFlagError, match='Shipped gin files: .*runs/train.gin'):
@@ -50,7 +50,7 @@ def test_missing_required_macros_are_listed_together():
 
 
 def test_train_main_reports_missing_macros(capsys):
-  code = train.main(['--gin_file=padir/gin/experiments/wmt14_ende_padir.gin'])
+  code = train.main(['--gin_file=gin/experiments/wmt14_ende_padir.gin'])
   assert code == 1
   err = capsys.readouterr().err
   assert 'MODEL_DIR' in err and 'VOCABULARY' in err and '--gin.MODEL_DIR=' in err
@@ -62,7 +62,7 @@ def _run_files(path: pathlib.Path) -> set[str]:
   for line in path.read_text().splitlines():
     if line.startswith('include '):
       name = line.split(None, 1)[1].strip().strip('\'"')
-      if '/runs/' in name:
+      if name.startswith('runs/') or '/runs/' in name:
         runs.add(name.rsplit('/', 1)[1])
       else:
         runs |= _run_files(pathlib.Path(gin_utils.resolve_gin_file(name)))
@@ -172,3 +172,31 @@ def test_eval_and_infer_refuse_a_misspelled_macro(command, capsys):
   assert main(flags) == 1
   err = capsys.readouterr().err
   assert '--gin.CHECKPONT_PATH is never used' in err and 'CHECKPOINT_PATH' in err
+
+
+def test_shipped_gin_layout_and_wheel_copy(tmp_path, monkeypatch):
+  """One copy in the top-level gin/ (no __init__.py: it must not shadow gin-config); a wheel's
+  copy under padir/_shipped/gin resolves the same names."""
+  repo_gin = pathlib.Path(gin_utils.PACKAGE_DIR).parent / 'gin'
+  assert gin_utils.GIN_DIR == repo_gin
+  assert sorted(p.name for p in repo_gin.iterdir() if p.is_dir()) == [
+      'experiments', 'models', 'objectives', 'runs']
+  assert not list(repo_gin.rglob('*.py'))
+  assert gin.__file__ and 'site-packages' in gin.__file__  # gin-config, not the folder
+  for name in ('gin/models/small.gin', 'models/small.gin', 'padir/gin/models/small.gin'):
+    resolved = pathlib.Path(gin_utils.resolve_gin_file(name)).resolve()
+    assert resolved == repo_gin / 'models' / 'small.gin'
+  import shutil  # pylint: disable=g-import-not-at-top
+  wheel_pkg = tmp_path / 'site' / 'padir'
+  shutil.copytree(repo_gin, wheel_pkg / '_shipped' / 'gin')
+  monkeypatch.setattr(gin_utils, 'PACKAGE_DIR', wheel_pkg)
+  found = gin_utils._find_gin_dir()  # pylint: disable=protected-access
+  assert found == wheel_pkg / '_shipped' / 'gin'
+  monkeypatch.setattr(gin_utils, 'GIN_DIR', found)
+  monkeypatch.chdir(tmp_path)
+  assert gin_utils.resolve_gin_file('gin/runs/train.gin') == str(found / 'runs' / 'train.gin')
+  gin_utils.parse_gin(['gin/experiments/bible_es_en_padir_tiny.gin'],
+                      ["MODEL_DIR = '/tmp/x'", "TRAIN_STEPS = 1"], required=False)
+  shutil.rmtree(wheel_pkg / '_shipped')
+  with pytest.raises(ImportError, match='without its gin files'):
+    gin_utils._find_gin_dir()  # pylint: disable=protected-access

@@ -14,7 +14,7 @@ from padir import distributed
 from padir.launch import __main__ as launch_main
 from padir.launch import local, slurm, tpu
 
-TRAIN_ARGS = ['--gin_file=padir/gin/experiments/bible_es_en_padir.gin',
+TRAIN_ARGS = ['--gin_file=gin/experiments/bible_es_en_padir.gin',
               "--gin.MODEL_DIR='/runs/my run'", '--gin.TRAIN_STEPS=100']
 
 

@@ -1,4 +1,4 @@
-"""Objective presets carry decoding defaults their training supports (padir/gin/objectives)."""
+"""Objective presets carry decoding defaults their training supports (gin/objectives)."""
 
 import dataclasses
 
@@ -25,9 +25,9 @@ PRESETS = {'padir': ('keep_all', 'all'), 'cmlm': ('mask_predict', 'masked'),
 
 
 def _preset_model(name: str) -> models.PadirModel:
-  """A tiny PadirModel configured by ``padir/gin/objectives/<name>.gin``."""
+  """A tiny PadirModel configured by ``gin/objectives/<name>.gin``."""
   gin.clear_config()
-  gin_utils.parse_gin([f'padir/gin/objectives/{name}.gin'],
+  gin_utils.parse_gin([f'gin/objectives/{name}.gin'],
                       ["VOCABULARY = 'byte'", "TASK_FEATURE_LENGTHS = {'inputs': 8, "
                        "'targets': 8}"], required=False, finalize=False)
   config = T5Config.preset('tiny', decoder_mode='bidirectional', max_target_length=L,

@@ -15,7 +15,7 @@ def trainer_command(trainer_args: Sequence[str], python: str = 'python3',
   """The argument list that starts one trainer process."""
   if not trainer_args:
     raise ValueError('No trainer flags were given: put them after "--", e.g. '
-                     '-- --gin_file=padir/gin/experiments/bible_es_en_padir.gin '
+                     '-- --gin_file=gin/experiments/bible_es_en_padir.gin '
                      "--gin.MODEL_DIR=\"'/tmp/run'\"")
   return [python, '-m', module, *trainer_args]
 

@@ -1,1 +1,0 @@
-"""padir's gin files. A package only so that gin resolves ``include 'padir/gin/...'`` from an installed padir."""

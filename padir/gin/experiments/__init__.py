@@ -1,1 +1,0 @@
-"""Gin files (experiments); see docs/gin.md."""

@@ -1,1 +1,0 @@
-"""Gin files (models); see docs/gin.md."""

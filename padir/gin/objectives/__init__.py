@@ -1,1 +1,0 @@
-"""Gin files (objectives); see docs/gin.md."""

@@ -1,1 +1,0 @@
-"""Gin files (runs); see docs/gin.md."""

@@ -1,0 +1,417 @@
+"""Use a trained model from Python: ``padir.load(MODEL_DIR)`` (T5X's InteractiveModel, smaller).
+
+::
+
+  import padir
+  model = padir.load('padir_quickstart/student_distilled')
+  model.translate(['En el principio creó Dios los cielos y la tierra.'])
+  model.translate('Y dijo Dios', iterations=2, length_beam=1)   # PaDIR overrides
+  model.score(['Y dijo Dios'], ['And God said'])                 # [N] log-scores
+  for p in model.refine('Y dijo Dios').passes: print(p)         # every pass of the decode
+
+A model dir is self-describing: ``padir train`` (and every quickstart stage) writes
+``config.gin``, the whole parsed config, and :func:`load` reads the network, the vocabulary,
+the feature lengths and the decoding defaults back from it; nothing has to be repeated as
+flags. A ``decoding.json`` next to it (the quickstart writes one for its students: the setting
+chosen on the validation split) overrides the decoding defaults, and may name an AR model dir
+(``rerank_model_dir``, relative to the model dir) whose log-likelihood re-ranks PaDIR's length
+candidates.
+
+:func:`load` parses gin while it builds the model, then clears gin's config again: it replaces
+whatever gin config the caller had parsed. Decoding runs on every local device of this process
+(a data-parallel mesh); for multi-host decoding of whole splits use ``padir infer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from typing import Any, Mapping, Sequence
+
+import gin
+import jax
+import numpy as np
+
+from padir import eval as eval_lib
+from padir import evaluation
+from padir import gin_utils
+from padir import partitioning as partitioning_lib
+from padir.special_ids import EOS_ID
+
+CONFIG_FILE = 'config.gin'
+DECODING_FILE = 'decoding.json'
+# Short names accepted by translate() / refine() for the usual decoding knobs.
+_ALIASES = {'iterations': 'num_iterations'}
+
+
+def model_spec(model: Any = gin.REQUIRED, vocabulary: Any = None,
+               task_feature_lengths: Mapping[str, int] | None = None) -> tuple[Any, Any, Any]:
+  """What a saved config describes: (model, vocabulary, feature lengths)."""
+  return model, vocabulary, task_feature_lengths
+
+
+model_spec = gin_utils.configurable(model_spec, module='padir.interactive')
+
+_SPEC_BINDINGS = ('padir.interactive.model_spec.model = %MODEL',
+                  'padir.interactive.model_spec.vocabulary = %VOCABULARY',
+                  'padir.interactive.model_spec.task_feature_lengths = %TASK_FEATURE_LENGTHS')
+
+
+@dataclasses.dataclass
+class Refinement:
+  """Every pass of one PaDIR decode (the best length candidate).
+
+  Attributes:
+    source: the input sentence.
+    translation: the final output text.
+    passes: the canvas after each pass as text, ``[MASK]`` where a position is re-masked.
+    tokens: the canvas ids after each pass (its length, EOS included).
+    confidences: the confidence of each canvas position after each pass: the log-probability
+      the decoder gave its token (what the remasking rule ranks).
+    length: the canvas length of the best candidate (EOS included).
+  """
+  source: str
+  translation: str
+  passes: list[str]
+  tokens: list[list[int]]
+  confidences: list[list[float]]
+  length: int
+
+
+def _read_decoding_file(model_dir: str) -> dict[str, Any]:
+  path = os.path.join(model_dir, DECODING_FILE)
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    try:
+      value = json.load(f)
+    except json.JSONDecodeError as err:
+      raise ValueError(f'{path} is not valid JSON ({err}); fix or delete it.') from None
+  if not isinstance(value, dict):
+    raise ValueError(f'{path} must hold a JSON object of decoding options; fix or delete it.')
+  return value
+
+
+def read_config(model_dir: str, gin_bindings: Sequence[str] = ()) -> tuple[Any, Any, Any, Any]:
+  """Builds the model a model dir's config.gin describes.
+
+  Args:
+    model_dir: a directory ``padir train`` wrote.
+    gin_bindings: extra bindings applied after the saved config (``"NAME = VALUE"``).
+
+  Returns:
+    (model, tokenizer, task_feature_lengths, decode_config): the decode config is the model's
+    default (a `RefineConfig` for PaDIR, an `ARConfig` for AR), built while the saved config is
+    parsed so that later gin changes do not alter it.
+
+  Raises:
+    ValueError: not a model dir, or a config that does not describe a model.
+  """
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not os.path.isdir(model_dir):
+    raise ValueError(f'--model_dir {model_dir} does not exist; pass the MODEL_DIR of a padir '
+                     'train run or a quickstart model (e.g. padir_quickstart/teacher).')
+  if not os.path.isfile(path):
+    raise ValueError(f'{model_dir} has no {CONFIG_FILE}, so it is not a padir model dir (padir '
+                     'train writes one next to the checkpoints).')
+  from padir import train as train_lib  # pylint: disable=g-import-not-at-top
+  try:
+    gin_utils.parse_gin([path], [*_SPEC_BINDINGS, *gin_bindings], finalize=False,
+                        required=False)
+    try:
+      model, vocabulary, lengths = model_spec()
+    except (ValueError, TypeError) as err:
+      raise ValueError(f'{path} does not describe a model the way padir train writes it '
+                       f'(MODEL, VOCABULARY and TASK_FEATURE_LENGTHS): {err}') from None
+    tokenizer = train_lib._vocabulary_of(model, vocabulary)  # pylint: disable=protected-access
+    if hasattr(model, 'decoding_config'):
+      decode_config = model.decoding_config()
+    else:
+      from padir.ar_decoding import ARConfig  # pylint: disable=g-import-not-at-top
+      decode_config = ARConfig()
+  finally:
+    gin.clear_config(clear_constants=False)
+  lengths = dict(lengths or {})
+  if not {'inputs', 'targets'} <= set(lengths):
+    raise ValueError(f'{path}: TASK_FEATURE_LENGTHS must hold inputs and targets lengths, got '
+                     f'{lengths}.')
+  return model, tokenizer, lengths, decode_config
+
+
+def _decode_overrides(config: Any, options: Mapping[str, Any]) -> Any:
+  """``config`` with translate()'s options applied (``iterations``, ``rule`` and fields)."""
+  from padir import refine_decoding  # pylint: disable=g-import-not-at-top
+  options = {_ALIASES.get(k, k): v for k, v in options.items() if v is not None}
+  rule = options.pop('rule', None)
+  if rule is not None:
+    if not hasattr(config, 'remask'):
+      raise ValueError(f"rule={rule!r} is a PaDIR option; this is an AR model (options: "
+                       f"{[f.name for f in dataclasses.fields(config)]}).")
+    options['remask'] = dataclasses.replace(config.remask, rule=rule)
+  return refine_decoding.with_overrides(config, options)
+
+
+def _bucket(n: int, shards: int, limit: int) -> int:
+  """Rows to decode ``n`` sentences in: a power of two (few shapes to compile), a multiple of
+  the data shards, at most ``limit`` (rounded up to the shards)."""
+  size = 1
+  while size < n:
+    size *= 2
+  size = min(size, limit)
+  return -(-size // shards) * shards
+
+
+class LoadedModel:
+  """A trained AR or PaDIR model with its vocabulary, ready to translate (see the module doc).
+
+  Attributes:
+    model_dir: where it was loaded from.
+    step: the checkpoint step.
+    model: the padir model (`padir.models.PadirModel` or `EncoderDecoderModel`).
+    tokenizer: its vocabulary.
+    feature_lengths: ``{'inputs': L_in, 'targets': L}``.
+    decode_config: the decoding defaults (`RefineConfig` or `ARConfig`).
+    is_padir: True for a PaDIR (bidirectional) model.
+  """
+
+  def __init__(self, model_dir: str, *, checkpoint_step: int | None = None,
+               gin_bindings: Sequence[str] = (), batch_size: int = 64,
+               partitioner: partitioning_lib.Partitioner | None = None, seed: int = 0):
+    self.model_dir = os.path.abspath(os.path.expanduser(model_dir))
+    self.model, self.tokenizer, self.feature_lengths, config = read_config(
+        self.model_dir, gin_bindings)
+    self.is_padir = hasattr(self.model, 'decoding_config')
+    saved = _read_decoding_file(self.model_dir)
+    rerank_dir = saved.pop('rerank_model_dir', None)
+    self.decode_config = _decode_overrides(config, saved)
+    if self.is_padir:
+      self.decode_config = self.model.decoding_config(self.decode_config)
+    self.partitioner = partitioner or partitioning_lib.Partitioner(
+        mesh_shape=(-1, 1, 1),
+        logical_axis_rules=partitioning_lib.standard_logical_axis_rules())
+    self.batch_size = int(batch_size)
+    if self.batch_size < 1:
+      raise ValueError(f'batch_size={batch_size} must be >= 1.')
+    self.seed = seed
+    shapes = {'encoder_input_tokens': (self.partitioner.batch_shards,
+                                       int(self.feature_lengths['inputs'])),
+              'decoder_target_tokens': (self.partitioner.batch_shards,
+                                        int(self.feature_lengths['targets']))}
+    checkpoint = self.model_dir
+    if checkpoint_step is not None:
+      checkpoint = os.path.join(self.model_dir, str(int(checkpoint_step)))
+      if not os.path.isdir(checkpoint):
+        steps = sorted(int(d) for d in os.listdir(self.model_dir) if d.isdigit())
+        raise ValueError(f'{self.model_dir} has no checkpoint of step {checkpoint_step}; it '
+                         f'has {steps or "none"}.')
+    self.params, self.param_shardings, self.step = eval_lib.load_for_inference(
+        self.model, self.partitioner, checkpoint, self.tokenizer, shapes)
+    self.reranker: LoadedModel | None = None
+    if rerank_dir is not None and self.is_padir:
+      path = os.path.normpath(os.path.join(self.model_dir, rerank_dir))
+      self.reranker = LoadedModel(path, batch_size=batch_size, partitioner=self.partitioner)
+      if self.reranker.is_padir:
+        raise ValueError(f'{os.path.join(self.model_dir, DECODING_FILE)}: rerank_model_dir '
+                         f'{rerank_dir} is a PaDIR model; re-ranking needs an AR model.')
+    self._predictors: dict[str, evaluation.Predictor] = {}
+    self._scorer = None
+
+  def __repr__(self) -> str:
+    kind = 'PaDIR' if self.is_padir else 'AR'
+    return f'LoadedModel({kind}, {self.model_dir!r}, step {self.step})'
+
+  # ------------------------------------------------------------------ helpers
+
+  def _encode(self, sentences: Sequence[str], length: int) -> np.ndarray:
+    from padir import infer as infer_lib  # pylint: disable=g-import-not-at-top
+    ids, cut = infer_lib.encode_lines(list(sentences), self.tokenizer, length)
+    if cut:
+      warnings.warn(f'{cut} of {len(sentences)} sentences were longer than {length - 1} '
+                    f'tokens, the model\'s input length, and were cut.', stacklevel=3)
+    return ids
+
+  def _predictor(self, config: Any) -> evaluation.Predictor:
+    key = repr(config)
+    if key not in self._predictors:
+      model, shardings = self.model, self.param_shardings
+      kwargs: dict[str, Any] = {'decode_config': config}
+      if self.reranker is not None:
+        from padir import selection  # pylint: disable=g-import-not-at-top
+        model = selection.TeacherReranked(self.model, self.reranker.model)
+        shardings = (self.param_shardings, self.reranker.param_shardings)
+      self._predictors[key] = evaluation.Predictor(model, self.partitioner, shardings, kwargs,
+                                                   seed=self.seed)
+    return self._predictors[key]
+
+  def _params(self) -> Any:
+    return (self.params, self.reranker.params) if self.reranker is not None else self.params
+
+  def _decode(self, sentences: Sequence[str], config: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """tokens [N, L] and aux (per-row arrays) of the non-empty ``sentences``, in order."""
+    sources = self._encode(sentences, int(self.feature_lengths['inputs']))
+    predictor = self._predictor(config)
+    out_tokens, out_aux = [], []
+    shards = self.partitioner.batch_shards
+    for start in range(0, len(sources), self.batch_size):
+      block = sources[start:start + self.batch_size]
+      rows = _bucket(len(block), shards, self.batch_size)
+      padded = np.pad(block, ((0, rows - len(block)), (0, 0)))
+      tokens, aux = predictor(self._params(), {'encoder_input_tokens': padded}, start)
+      out_tokens.append(tokens[:len(block)])
+      out_aux.append({k: v[:len(block)] for k, v in aux.items() if np.ndim(v)})
+    tokens = np.concatenate(out_tokens)
+    aux = {k: np.concatenate([a[k] for a in out_aux]) for k in out_aux[0]}
+    return tokens, aux
+
+  def _config(self, options: Mapping[str, Any]) -> Any:
+    config = _decode_overrides(self.decode_config, options)
+    return self.model.decoding_config(config) if self.is_padir else config
+
+  # ------------------------------------------------------------------ the API
+
+  def translate(self, sentences: str | Sequence[str], **decoding: Any) -> str | list[str]:
+    """Translations of ``sentences`` (one string in, one out), one per input, in order.
+
+    Args:
+      sentences: a sentence or a list of them; an empty one gets an empty translation.
+      **decoding: overrides of the decoding defaults: for PaDIR ``iterations``,
+        ``length_beam``, ``rule`` and any `padir.refine_decoding.RefineConfig` field; for AR
+        any `padir.ar_decoding.ARConfig` field (``method='beam'``, ``beam_size``, ...).
+
+    Returns:
+      The translation(s).
+    """
+    single = isinstance(sentences, str)
+    items = [sentences] if single else list(sentences)
+    out = [''] * len(items)
+    todo = [i for i, s in enumerate(items) if s.strip()]
+    if todo:
+      tokens, _ = self._decode([items[i] for i in todo], self._config(decoding))
+      for i, row in zip(todo, tokens):
+        out[i] = self.tokenizer.decode(row.tolist())
+    return out[0] if single else out
+
+  def refine(self, sentences: str | Sequence[str], **decoding: Any
+             ) -> Refinement | list[Refinement]:
+    """Every pass of PaDIR decodes: the canvas and its confidences after each pass.
+
+    Args:
+      sentences: a sentence or a list of them (non-empty).
+      **decoding: as for :meth:`translate`.
+
+    Returns:
+      One `Refinement` per sentence (one, for one string).
+
+    Raises:
+      ValueError: for an AR model (it has no passes) or an empty sentence.
+    """
+    if not self.is_padir:
+      raise ValueError(f'{self.model_dir} is an AR model; refine() shows the passes of a PaDIR '
+                       'decode. Use translate().')
+    single = isinstance(sentences, str)
+    items = [sentences] if single else list(sentences)
+    if any(not s.strip() for s in items):
+      raise ValueError('refine() needs non-empty sentences.')
+    config = dataclasses.replace(self._config(decoding), return_history=True)
+    tokens, aux = self._decode(items, config)
+    out = []
+    for i, source in enumerate(items):
+      best = int(aux['best_candidate'][i])
+      length = int(aux['candidate_lengths'][i, best])
+      used = max(int(aux['iterations'][i]), 1)
+      hist = aux['history_tokens'][i, best, :used, :length]
+      conf = aux['history_confidence'][i, best, :used, :length]
+      out.append(Refinement(
+          source=source, translation=self.tokenizer.decode(tokens[i].tolist()),
+          passes=[self.render(row) for row in hist], tokens=hist.tolist(),
+          confidences=np.round(conf.astype(np.float64), 4).tolist(), length=length))
+    return out[0] if single else out
+
+  def render(self, ids: Sequence[int]) -> str:
+    """Canvas ids as text with ``[MASK]`` for masked positions (up to the first EOS)."""
+    masks: set[int] = set()
+    if self.is_padir:
+      ids_ = self.model.special_ids
+      masks.add(ids_.mask)
+      if ids_.mask_range_start is not None:  # the [MASK_i] canvas scheme
+        masks.update(range(ids_.mask_range_start, ids_.mask_range_start + ids_.mask_range_size))
+    parts, run = [], []
+    for i in (int(x) for x in ids):
+      if i == EOS_ID:
+        break
+      if i in masks:
+        if run:
+          parts.append(self.tokenizer.decode(run))
+          run = []
+        parts.append('[MASK]')
+      else:
+        run.append(i)
+    if run:
+      parts.append(self.tokenizer.decode(run))
+    return ' '.join(p for p in parts if p)
+
+  def score(self, sources: str | Sequence[str], targets: str | Sequence[str]
+            ) -> float | np.ndarray:
+    """Log-scores of ``targets`` as translations of ``sources``: [N] float (one for strings).
+
+    AR: ``log p(y | x)`` under teacher forcing, EOS included. PaDIR: the one-pass
+    pseudo-log-likelihood of ``y`` from a fully masked canvas of its length
+    (`PadirModel.score_batch`) plus ``log p(len(y) | x)`` from the length head. Targets longer
+    than the model's target length are cut (with a warning).
+    """
+    single = isinstance(sources, str)
+    src = [sources] if single else list(sources)
+    tgt = [targets] if isinstance(targets, str) else list(targets)
+    if len(src) != len(tgt):
+      raise ValueError(f'score() needs as many targets as sources ({len(tgt)} vs {len(src)}).')
+    enc = self._encode(src, int(self.feature_lengths['inputs']))
+    dec = self._encode(tgt, int(self.feature_lengths['targets']))
+    scorer = self._score_fn()
+    out = []
+    shards = self.partitioner.batch_shards
+    for start in range(0, len(enc), self.batch_size):
+      n = min(self.batch_size, len(enc) - start)
+      rows = _bucket(n, shards, self.batch_size)
+      batch = {'encoder_input_tokens': np.pad(enc[start:start + n], ((0, rows - n), (0, 0))),
+               'decoder_target_tokens': np.pad(dec[start:start + n], ((0, rows - n), (0, 0)))}
+      with self.partitioner.context():
+        scores = scorer(self.params, self.partitioner.shard_batch(batch))
+      out.append(np.asarray(scores)[:n])
+    result = np.concatenate(out).astype(np.float64)
+    return float(result[0]) if single else result
+
+  def _score_fn(self):
+    if self._scorer is None:
+      model, is_padir = self.model, self.is_padir
+
+      def score(params, batch):
+        if not is_padir:
+          return model.score_batch(params, batch)
+        scores, extra = model.score_batch(params, batch, return_intermediates=True)
+        return scores + extra['length_log_prob']
+
+      self._scorer = jax.jit(score, in_shardings=(self.param_shardings,
+                                                  self.partitioner.batch_sharding(2)),
+                             out_shardings=self.partitioner.replicated())
+    return self._scorer
+
+
+def load(model_dir: str, *, checkpoint_step: int | None = None,
+         gin_bindings: Sequence[str] = (), batch_size: int = 64, seed: int = 0) -> LoadedModel:
+  """Loads a trained model dir (``padir train`` or quickstart output) for translation.
+
+  Args:
+    model_dir: the run's MODEL_DIR.
+    checkpoint_step: a step to load (default: the newest checkpoint).
+    gin_bindings: bindings applied after the saved config.gin, e.g.
+      ``["decoding/padir.refine_decoding.RefineConfig.num_iterations = 2"]``.
+    batch_size: sentences decoded per call of the jitted decoder.
+    seed: key of sampling decoders and random canvases.
+
+  Returns:
+    A `LoadedModel` with ``translate``, ``score`` and (PaDIR) ``refine``.
+  """
+  return LoadedModel(model_dir, checkpoint_step=checkpoint_step, gin_bindings=gin_bindings,
+                     batch_size=batch_size, seed=seed)

@@ -1,0 +1,117 @@
+"""padir translate and padir.load on tiny AR and PaDIR models trained with padir train."""
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import padir
+from padir import infer
+from padir import train
+from padir import translate
+
+import train_testlib
+
+SENTENCE = 'En el principio'
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory):
+  """{'ar': model dir, 'padir': model dir}: 4 steps each on the reverse task."""
+  root = tmp_path_factory.mktemp('translate')
+  data = train_testlib.write_reverse_task(str(root / 'data'))
+  dirs = {}
+  for objective in ('ar', 'padir'):
+    model_dir = str(root / objective)
+    flags = train_testlib.train_flags(data, model_dir, 4, objective=objective, period=4)
+    assert train.main(flags) == 0
+    dirs[objective] = model_dir
+  return dirs
+
+
+@pytest.mark.parametrize('objective', ['ar', 'padir'])
+def test_cli_prints_one_line_and_load_agrees(models, objective):
+  model_dir = models[objective]
+  out = subprocess.run([sys.executable, '-m', 'padir.cli', 'translate', f'--model_dir={model_dir}'],
+                       input=SENTENCE + '\n', capture_output=True, text=True, check=False,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.split('\n')
+  assert len(lines) == 2 and lines[1] == '', out.stdout  # one line, newline-terminated
+  model = padir.load(model_dir)
+  assert model.is_padir == (objective == 'padir')
+  assert model.step == 4
+  with pytest.warns(UserWarning, match='were cut'):  # the byte model reads 7 bytes
+    assert model.translate(SENTENCE) == lines[0]
+  assert model.translate([SENTENCE, '', SENTENCE]) == [lines[0], '', lines[0]]
+
+
+def test_rows_stay_aligned_with_input_lines(models, tmp_path):
+  src = tmp_path / 'src.txt'
+  src.write_bytes(b'abc\n\n  \r\ncba\nab\n')
+  dst = tmp_path / 'out.txt'
+  assert translate.run([f'--model_dir={models["padir"]}', f'--input_file={src}',
+                        f'--output_file={dst}', '--iterations=2', '--length_beam=1']) == 0
+  got = dst.read_text(encoding='utf-8').split('\n')
+  assert len(got) == 6 and got[1] == got[2] == '' and got[5] == ''
+  model = padir.load(models['padir'])
+  assert got[0] == model.translate('abc', iterations=2, length_beam=1)
+  assert got[3] == model.translate('cba', iterations=2, length_beam=1)
+
+
+def test_show_refinement_prints_every_pass(models):
+  stdout, stderr = io.StringIO(), io.StringIO()
+  assert translate.run([f'--model_dir={models["padir"]}', '--iterations=3', '--show_refinement'],
+                       stdin=io.StringIO('abc\n'), stdout=stdout, stderr=stderr) == 0
+  passes = [l for l in stderr.getvalue().splitlines() if l.strip().startswith('pass ')]
+  model = padir.load(models['padir'])
+  r = model.refine('abc', iterations=3)
+  assert 1 <= len(r.passes) <= 3 and len(passes) == len(r.passes)
+  assert len(r.tokens) == len(r.confidences) == len(r.passes)
+  assert all(len(t) == r.length for t in r.tokens)
+  assert r.passes[-1] == r.translation == stdout.getvalue().rstrip('\n')
+  assert all(c <= 0.0 for row in r.confidences for c in row)  # log-probabilities
+
+
+def test_score(models):
+  for objective in ('ar', 'padir'):
+    model = padir.load(models[objective])
+    best = model.translate('abcd')
+    scores = model.score(['abcd', 'abcd', 'dcb'], [best, 'zzzzzz', best])
+    assert scores.shape == (3,) and np.all(np.isfinite(scores)) and np.all(scores < 0)
+    assert model.score('abcd', 'zzzzzz') == pytest.approx(scores[1], abs=1e-4)  # batch-free
+    if objective == 'ar':  # greedy output vs an arbitrary string, under the same model
+      assert scores[0] > scores[1]
+  with pytest.raises(ValueError, match='as many targets as sources'):
+    model.score(['a', 'b'], ['a'])
+
+
+def test_mistakes_are_one_line(models, tmp_path, capsys):
+  assert translate.main([f'--model_dir={models["ar"]}', '--iterations=2']) == 1
+  assert 'PaDIR option(s)' in capsys.readouterr().err
+  assert translate.main([f'--model_dir={tmp_path / "nowhere"}']) == 1
+  assert 'does not exist' in capsys.readouterr().err
+  assert translate.main([f'--model_dir={tmp_path}']) == 1
+  assert 'has no config.gin' in capsys.readouterr().err
+  assert translate.main([f'--model_dir={models["padir"]}', '--checkpoint_step=3']) == 1
+  assert 'no checkpoint of step 3' in capsys.readouterr().err
+  with pytest.raises(ValueError, match='AR model; refine'):
+    padir.load(models['ar']).refine('abc')
+
+
+def test_saved_config_drives_padir_infer(models, tmp_path):
+  """A run's config.gin is enough for padir infer: no network or length flags."""
+  src = tmp_path / 'src.txt'
+  src.write_text('abc\ncba\n', encoding='utf-8')
+  model_dir = models['padir']
+  code = infer.main([f'--gin_file={os.path.join(model_dir, "config.gin")}',
+                     '--gin_file=gin/runs/infer.gin', f"--gin.CHECKPOINT_PATH='{model_dir}'",
+                     f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'out'}'",
+                     f"--gin.INFER_INPUT_FILE='{src}'", '--gin.INFER_BATCH_SIZE=8'])
+  assert code == 0
+  rows = (tmp_path / 'out' / 'src-4.tsv').read_text(encoding='utf-8').splitlines()
+  model = padir.load(model_dir)
+  assert [r.split('\t')[1] for r in rows[1:]] == model.translate(['abc', 'cba'])
