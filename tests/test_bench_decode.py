@@ -45,7 +45,7 @@ def test_cli_arguments_and_dispatch(capsys):
   with pytest.raises(SystemExit) as exit_info:
     bench.main(['train', '--help'])
   assert exit_info.value.code == 0
-  assert 'python -m padir.bench_train' in capsys.readouterr().out
+  assert 'python -m padir.bench train' in capsys.readouterr().out
 
 
 def test_huggingface_reference_generates_the_requested_length():

@@ -1,9 +1,9 @@
-"""Tests for padir.bench_train: the FLOP model, the matmul peak and one timed tiny step."""
+"""Tests for padir.bench.train: the FLOP model, the matmul peak and one timed tiny step."""
 
 import jax
 import pytest
 
-from padir import bench_train
+from padir.bench import train as bench_train
 from padir import builders
 from padir import models
 from padir import partitioning

@@ -1,8 +1,8 @@
 """Speed benchmarks: ``python -m padir.bench <name> [flags]`` (or ``padir bench <name>``).
 
 Each benchmark is a module with a ``main(argv)`` function: ``decode`` times AR and refinement
-decoding (`padir.bench.decode`), ``train`` the training step and its MFU (`padir.bench_train`),
-``data`` the input pipeline (`padir.data.benchmark`), ``scale`` the pod-scale plan table
+decoding (`padir.bench.decode`), ``train`` the training step and its MFU (`padir.bench.train`),
+``data`` the input pipeline (`padir.bench.data`), ``scale`` the pod-scale plan table
 (`padir.bench.scale`, compiled on simulated devices by `padir.plan`).
 """
 
@@ -19,8 +19,8 @@ from padir import errors
 BENCHMARKS = {
     'decode': ('padir.bench.decode',
                'latency (batch 1) and throughput (batch 64) of AR and PaDIR decoding'),
-    'train': ('padir.bench_train', 'training tokens/s and MFU against a measured matmul peak'),
-    'data': ('padir.data.benchmark', 'input pipeline examples/s (arrays and seqio)'),
+    'train': ('padir.bench.train', 'training tokens/s and MFU against a measured matmul peak'),
+    'data': ('padir.bench.data', 'input pipeline examples/s (arrays and seqio)'),
     'scale': ('padir.bench.scale',
               'pod-scale plan table: padir plan over sizes x objectives x TPU / GPU slices'),
 }

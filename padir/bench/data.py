@@ -1,6 +1,6 @@
 r"""Input-pipeline speed: the seqio (tf.data) pipeline against the exported-array loader.
 
-  python -m padir.data.benchmark [--task=bible_es_en] [--batch_size=64] [--json=out.json]
+  python -m padir.bench data [--task=bible_es_en] [--batch_size=64] [--json=out.json]
 
 Exports the task's train split to a temporary directory, then times, after a warm-up, the
 batches each source serves (examples/s) and, for the array loader, the time to produce one batch
@@ -66,9 +66,9 @@ def run(task: str = 'bible_es_en', batch_size: int = 64, lengths: int = 128,
   return result
 
 
-@errors.command('python -m padir.data.benchmark')
+@errors.command('python -m padir.bench data')
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m padir.data.benchmark',
+  parser = argparse.ArgumentParser(prog='python -m padir.bench data',
                                    description=__doc__.split('\n')[0])
   parser.add_argument('--task', default='bible_es_en')
   parser.add_argument('--batch_size', type=int, default=64)

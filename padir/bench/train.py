@@ -1,6 +1,6 @@
 r"""Training speed: tokens/s and model FLOPs utilisation (MFU) against a measured matmul peak.
 
-  python -m padir.bench_train --sizes=tiny,small --batch_size=16 --length=64 --steps=5 \
+  python -m padir.bench train --sizes=tiny,small --batch_size=16 --length=64 --steps=5 \
       [--objective=padir|ar] [--dtype=float32|bfloat16] [--output=benchmarks/results/train.md]
 
 For each size it builds the model as ``padir.builders.build_model`` does (shipped 'bible'
@@ -208,9 +208,9 @@ def _report(results: list[Result], peak: float, args: argparse.Namespace, comman
   return '\n'.join(lines) + '\n'
 
 
-@errors.command('python -m padir.bench_train')
+@errors.command('python -m padir.bench train')
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m padir.bench_train', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m padir.bench train', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--sizes', default='tiny,small')
   parser.add_argument('--objectives', default='padir', help='padir and/or ar, comma-separated')
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--matmul_size', type=int, default=2048)
   parser.add_argument('--output', default=None, help='also write the markdown report here')
   args = parser.parse_args(argv)
-  command = 'python -m padir.bench_train ' + ' '.join(argv if argv is not None else sys.argv[1:])
+  command = 'python -m padir.bench train ' + ' '.join(argv if argv is not None else sys.argv[1:])
   partitioner = partitioning.Partitioner((-1, 1, 1), devices=jax.local_devices())
   peak = measure_matmul_peak(args.matmul_size, args.dtype)
   print(f'matmul peak: {peak.flops_per_sec / 1e9:.1f} GFLOP/s, '

@@ -18,7 +18,7 @@ TensorFlow / seqio modules:
   features    the PaDIR feature converter and the converter registry.
   pipeline    a seqio-backed BatchIterator.
   export      ``python -m padir.data.export``: a task split to numpy arrays.
-  benchmark   ``python -m padir.data.benchmark``: input-pipeline speed.
+  benchmark   ``python -m padir.bench data``: input-pipeline speed.
 
 See docs/data.md in the repository.
 """
