@@ -12,8 +12,9 @@
 A model dir is self-describing: ``padir train`` (and every quickstart stage) writes
 ``config.gin``, the whole parsed config, and :func:`load` reads the network, the vocabulary,
 the feature lengths and the decoding defaults back from it; nothing has to be repeated as
-flags. A ``decoding.json`` next to it (the quickstart writes one for its students: the setting
-chosen on the validation split) overrides the decoding defaults, and may name an AR model dir
+flags. A ``decoding.json`` next to it (the quickstart writes one for its distilled student: the
+setting chosen on the validation split) overrides the decoding defaults (RefineConfig or
+ARConfig fields, plus ``iterations``, ``rule`` and ``stutter``), and may name an AR model dir
 (``rerank_model_dir``, relative to the model dir) whose log-likelihood re-ranks PaDIR's length
 candidates.
 
@@ -144,12 +145,12 @@ def _decode_overrides(config: Any, options: Mapping[str, Any]) -> Any:
   """``config`` with translate()'s options applied (``iterations``, ``rule`` and fields)."""
   from padir import refine_decoding  # pylint: disable=g-import-not-at-top
   options = {_ALIASES.get(k, k): v for k, v in options.items() if v is not None}
-  rule = options.pop('rule', None)
-  if rule is not None:
+  remask = {k: options.pop(k) for k in ('rule', 'stutter') if k in options}
+  if remask:
     if not hasattr(config, 'remask'):
-      raise ValueError(f"rule={rule!r} is a PaDIR option; this is an AR model (options: "
+      raise ValueError(f"{sorted(remask)} are PaDIR options; this is an AR model (options: "
                        f"{[f.name for f in dataclasses.fields(config)]}).")
-    options['remask'] = dataclasses.replace(config.remask, rule=rule)
+    options['remask'] = dataclasses.replace(config.remask, **remask)
   return refine_decoding.with_overrides(config, options)
 
 

@@ -281,6 +281,7 @@ class Quickstart:
                print_fn: Callable[[str], Any] = print):
     self.cfg = config
     self.out = os.path.abspath(os.path.expanduser(output_dir))
+    self.output_dir = output_dir  # as the user gave it: the report's commands use it
     self.gin_files = list(gin_files)
     self.gin_bindings = list(gin_bindings)
     self.progress = progress

@@ -531,6 +531,10 @@ def collect_results(run: Any) -> dict[str, Any]:
                                'chosen': distill['choice'].get('chosen'),
                                'length_ratio': distill.get('length_ratio')}
   results['setup'] = _setup(run, data, bench)
+  results['models'] = {stage: os.path.join(run.output_dir, stage)
+                       for stage in ('teacher', 'student_distilled', 'student_raw',
+                                     'student_scratch')
+                       if run.stage_result(stage)}
   return results
 
 def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[str, Any]:

@@ -235,12 +235,29 @@ def select(run: Any) -> dict[str, Any]:
   best = selection.DecodeSetting.from_json(chosen['setting'])
   run.print(f'  chosen on validation: {best.label}: BLEU {chosen["bleu"]:.2f} (teacher '
             f'{teacher_row["bleu"]:.2f}), {chosen["speedup"]:.2f}x the teacher\'s speed; {why}.')
+  write_decoding_file(run.path('student_distilled'), best, 'teacher')
   ablation = ablations(run, best, chosen, teacher_row, student, s_params, padir_decoder,
                        decoders[TEACHER], sources, references, reference_tokens, tokenizer,
                        partitioner)
   return {'teacher': teacher_row, 'candidates': candidates, 'chosen': best.to_json(),
           'chosen_name': best.name, 'why': why, 'margin': cfg.select_margin,
           'validation_examples': int(n), 'ablations': ablation}
+
+
+def write_decoding_file(model_dir: str, setting: selection.DecodeSetting,
+                        teacher_dir_name: str) -> str:
+  """Saves ``setting`` as the model dir's decoding defaults (`padir.interactive.DECODING_FILE`):
+  ``padir translate`` and ``padir.load`` then decode as the validation split chose, the
+  teacher (a sibling dir) re-ranking when the setting says so."""
+  from padir import interactive  # pylint: disable=g-import-not-at-top
+  value: dict[str, Any] = {'num_iterations': setting.iterations,
+                           'length_beam': setting.length_beam, 'rule': setting.rule,
+                           'stutter': setting.stutter}
+  if setting.rerank:
+    value['rerank_model_dir'] = os.path.join('..', teacher_dir_name)
+  path = os.path.join(model_dir, interactive.DECODING_FILE)
+  qs_eval.write_json(path, value)
+  return path
 
 
 def ablations(run: Any, best: selection.DecodeSetting, chosen: Mapping[str, Any],

@@ -317,6 +317,33 @@ def _distillation_lines(results: Mapping[str, Any]) -> list[str]:
   return lines
 
 
+_MODEL_TEXT = {
+    'teacher': 'AR teacher (greedy)',
+    'student_distilled': 'PaDIR on distilled data, with the decoding chosen on validation '
+                         '(its decoding.json)',
+    'student_raw': 'PaDIR on the raw references (ablation)',
+    'student_scratch': 'PaDIR from random weights (ablation)',
+}
+
+
+def _translate_lines(results: Mapping[str, Any]) -> list[str]:
+  """How to use each trained model: the ``padir translate`` command and ``padir.load``."""
+  models = results.get('models') or {}
+  if not models:
+    return []
+  width = max(len(path) for path in models.values())
+  lines = ['', '## Translate with these models', '', '```']
+  for stage, path in models.items():
+    lines.append(f'echo "En el principio creó Dios los cielos y la tierra." | padir translate '
+                 f'--model_dir={path:<{width}}  # {_MODEL_TEXT.get(stage, stage)}')
+  lines += ['```', '', 'From Python: `model = padir.load("' + next(iter(models.values())) +
+            '"); model.translate([...])`; a PaDIR model also has `model.refine(sentence)` (every '
+            'pass) and every model `model.score(sources, targets)`. `--iterations`, '
+            '`--length_beam` and `--show_refinement` change or show the PaDIR decoding; see '
+            'docs/translate.md.']
+  return lines
+
+
 def _setup_lines(setup: Any, indent: str = '') -> list[str]:
   lines = []
   if isinstance(setup, Mapping):
@@ -367,6 +394,7 @@ def render_markdown(results: Mapping[str, Any], plot_name: str | None = None) ->
   lines += _small_latency_table(results)
   lines += _selection_tables(results)
   lines += _distillation_lines(results)
+  lines += _translate_lines(results)
   if results.get('setup'):
     lines += ['', '## Set-up', ''] + _setup_lines(results['setup'])
   if results.get('notes'):

@@ -141,6 +141,34 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert os.path.isfile(os.path.join(out, 'eval', 'decodes', 'padir_distilled_t2.npz'))
 
 
+def test_its_models_translate_with_the_chosen_decoding(run):
+  """The report names a translate command per model; padir translate and padir.load work on
+  the teacher and the students with no other flag, the student with the validation choice."""
+  import io  # pylint: disable=g-import-not-at-top
+  import padir  # pylint: disable=g-import-not-at-top
+  from padir import translate  # pylint: disable=g-import-not-at-top
+  out, _ = run
+  md = open(os.path.join(out, 'report', 'report.md'), encoding='utf-8').read()
+  assert '## Translate with these models' in md
+  chosen = _load(os.path.join(out, 'stages', 'select.json'))['result']['chosen']
+  saved = _load(os.path.join(out, 'student_distilled', 'decoding.json'))
+  assert saved['num_iterations'] == chosen['iterations']
+  assert saved['length_beam'] == chosen['length_beam']
+  assert ('rerank_model_dir' in saved) == chosen['rerank']
+  for stage in ('teacher', 'student_distilled', 'student_raw'):
+    model_dir = os.path.join(out, stage)
+    assert f'--model_dir={model_dir}' in md
+    stdout = io.StringIO()
+    assert translate.run([f'--model_dir={model_dir}'], stdin=io.StringIO('En el principio\n'),
+                         stdout=stdout) == 0
+    model = padir.load(model_dir)
+    assert stdout.getvalue() == model.translate('En el principio') + '\n'
+    if stage == 'student_distilled':
+      assert model.decode_config.num_iterations == chosen['iterations']
+      assert model.decode_config.length_beam == chosen['length_beam']
+      assert (model.reranker is not None) == chosen['rerank']
+
+
 def test_rerun_skips_finished_stages_and_resumes_a_missing_one(run, capsys):
   out, _ = run
   capsys.readouterr()
