@@ -70,6 +70,8 @@ EXAMPLE_FLAGS = {
     'VOCABULARY': '--gin.VOCABULARY="\'bible\'" (or "\'byte\'", "\'/path/spm.model\'")',
     'EVAL_SPLIT': '--gin.EVAL_SPLIT="\'validation\'"',
     'INFER_INPUT_FILE': '--gin.INFER_INPUT_FILE="\'/tmp/sources.txt\'"',
+    'INIT_FROM': ('--gin.INIT_FROM="\'/data/t5-v1_1-base\'" (a Hugging Face T5 directory or a '
+                  'padir MODEL_DIR; None starts from random weights)'),
 }
 
 

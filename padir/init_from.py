@@ -74,17 +74,71 @@ def _flat(tree: Any) -> dict[str, Any]:
           for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def read_source(path: str, vocabulary: Any = None) -> tuple[Params, str, int | None]:
-  """The source's params on the host: (params, kind, step).
+# T5Config fields a HF checkpoint fixes: the model must have the same, or the copied weights
+# would compute something else (an ungated MLP read as gated, a tied head as untied, ...).
+_HF_ARCHITECTURE = ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim',
+                    'num_encoder_layers', 'num_decoder_layers', 'mlp_activations',
+                    'logits_via_embedding', 'relative_attention_num_buckets',
+                    'relative_attention_max_distance')
+
+
+def check_hf_architecture(path: str, source: Any, model: Any) -> None:
+  """Refuses a model whose architecture differs from the HF checkpoint's (T5Configs).
 
   Raises:
-    ValueError: a path that is neither a padir checkpoint nor a HF directory, or a padir
-      checkpoint of another vocabulary.
+    ValueError: naming each differing field with both values.
+  """
+  diffs = [f'{name}: {getattr(source, name)!r} in the checkpoint, {getattr(model, name)!r} in '
+           'the model' for name in _HF_ARCHITECTURE
+           if getattr(source, name) != getattr(model, name)]
+  if diffs:
+    raise ValueError(
+        f'init_from={path!r}: the model is not the checkpoint\'s architecture ('
+        + '; '.join(diffs) + '). Use the model gin of the checkpoint\'s size (gin/models/base.gin '
+        'is t5-v1_1-base) and its vocabulary (its spiece.model).')
+
+
+def check_hf_vocabulary(path: str, vocabulary: Any) -> None:
+  """Refuses a run vocabulary that is not the HF checkpoint's ``spiece.model``.
+
+  The embedding rows of a pretrained T5 belong to its SentencePiece model: another vocabulary of
+  the same size would load without a shape error and mean nothing.
+
+  Raises:
+    ValueError: naming the checkpoint's vocabulary file and the fix.
+  """
+  spm = os.path.join(path, 'spiece.model')
+  if vocabulary is None or not os.path.isfile(spm):
+    return
+  from padir.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  if getattr(vocabulary, 'sha256', None) != vocab_lib.file_sha256(spm):
+    raise ValueError(
+        f'init_from={path!r}: the run\'s vocabulary ({vocabulary.spec}) is not the checkpoint\'s '
+        f'{spm}, so its embeddings would be rows of other pieces. Set --gin.VOCABULARY="\'{spm}\'".')
+
+
+def read_source(path: str, vocabulary: Any = None,
+                network_config: Any = None) -> tuple[Params, str, int | None]:
+  """The source's params on the host: (params, kind, step).
+
+  Args:
+    path: a padir model/step dir or a HF T5 directory.
+    vocabulary: the run's vocabulary (a `padir.data.vocab.Tokenizer`): checked against a padir
+      checkpoint's fingerprint or a HF directory's ``spiece.model``.
+    network_config: the model's `padir.network.T5Config`: checked against a HF checkpoint's
+      architecture.
+
+  Raises:
+    ValueError: a path that is neither a padir checkpoint nor a HF directory, or a checkpoint of
+      another vocabulary or (HF) architecture.
   """
   path = os.path.expanduser(path)
   if is_hf_directory(path):
     from padir import hf  # pylint: disable=g-import-not-at-top
-    _, params = hf.load_t5(path)
+    check_hf_vocabulary(path, vocabulary)
+    source_config, params = hf.load_t5(path)
+    if network_config is not None:
+      check_hf_architecture(path, source_config, network_config)
     return params, 'huggingface', None
   if not os.path.exists(path):
     raise ValueError(f'init_from={path!r} does not exist; give a padir MODEL_DIR (or '
@@ -133,18 +187,20 @@ def merge_params(source: Params, fresh: Params, where: str = 'init_from'
   return merged, len(fresh_flat) - len(new), new, dropped
 
 
-def init_params(path: str, fresh: Params, vocabulary: Any = None) -> tuple[Params, InitSummary]:
+def init_params(path: str, fresh: Params, vocabulary: Any = None,
+                network_config: Any = None) -> tuple[Params, InitSummary]:
   """The new model's params started from ``path`` (see the module docstring).
 
   Args:
     path: a padir model/step dir or a HF T5 directory.
     fresh: the model's freshly initialised params (their shardings are kept).
-    vocabulary: the run's vocabulary, checked against a padir checkpoint's.
+    vocabulary: the run's vocabulary, checked against the source's (see `read_source`).
+    network_config: the model's T5Config, checked against a HF checkpoint's architecture.
 
   Returns:
     (params, `InitSummary`).
   """
-  source, kind, step = read_source(path, vocabulary)
+  source, kind, step = read_source(path, vocabulary, network_config)
   merged, copied, new, dropped = merge_params(source, fresh, where=f'init_from={path!r}')
   return merged, InitSummary(path, kind, step, copied, new, dropped)
 

@@ -243,8 +243,9 @@ def train(*,
   elif checkpoint_cfg.init_from:
     from padir import init_from as init_from_lib  # pylint: disable=g-import-not-at-top
     state = trainer.init_state()
-    params, summary = init_from_lib.init_params(checkpoint_cfg.init_from, state.params,
-                                                vocabulary=tokenizer)
+    params, summary = init_from_lib.init_params(
+        checkpoint_cfg.init_from, state.params, vocabulary=tokenizer,
+        network_config=getattr(model, 'network_config', None))
     state = trainer.state_from(0, params, state.opt_state)
     print_fn(summary.describe())
   else:

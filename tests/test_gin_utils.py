@@ -54,6 +54,7 @@ def test_train_main_reports_missing_macros(capsys):
   assert code == 1
   err = capsys.readouterr().err
   assert 'MODEL_DIR' in err and 'VOCABULARY' in err and '--gin.MODEL_DIR=' in err
+  assert '--gin.INIT_FROM="\'/data/t5-v1_1-base\'"' in err  # the recipe starts from T5
 
 
 def _run_files(path: pathlib.Path) -> set[str]:
@@ -87,7 +88,8 @@ def test_training_experiments_are_shipped():
 @pytest.mark.parametrize('experiment', TRAIN_EXPERIMENTS)
 def test_shipped_experiments_parse(experiment, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)  # includes resolve from the package, not the working directory
-  bindings = ["MODEL_DIR = '/tmp/x'", "VOCABULARY = 'byte'", "DISTILLED_DATA = '/tmp/d'"]
+  bindings = ["MODEL_DIR = '/tmp/x'", "VOCABULARY = 'byte'", "DISTILLED_DATA = '/tmp/d'",
+              'INIT_FROM = None']
   gin_utils.parse_gin([f'experiments/{experiment}'], bindings)
   assert gin.query_parameter('TRAIN_STEPS/macro.value') > 0
   for run in ('eval', 'infer'):
@@ -100,7 +102,7 @@ def test_shipped_experiments_parse(experiment, tmp_path, monkeypatch):
 def test_distilled_students_train_on_distilled_data(pair, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   experiment = f'experiments/{pair}_padir_distilled.gin'
-  bindings = ["MODEL_DIR = '/tmp/x'", "VOCABULARY = 'byte'"]
+  bindings = ["MODEL_DIR = '/tmp/x'", "VOCABULARY = 'byte'", "INIT_FROM = '/data/t5-v1_1-base'"]
   with pytest.raises(ValueError, match='DISTILLED_DATA'):
     gin_utils.parse_gin([experiment], bindings)
   gin_utils.parse_gin([experiment], bindings + ["DISTILLED_DATA = '/data/distilled/arrays'"])
@@ -110,6 +112,8 @@ def test_distilled_students_train_on_distilled_data(pair, tmp_path, monkeypatch)
   # The rest is the raw-data PaDIR experiment (two unrolled stages, base size).
   assert gin.query_parameter('padir.models.PadirModel.num_train_stages') == 2
   assert gin.query_parameter('padir.builders.network_config.size') == 'base'
+  from padir import checkpoints  # pylint: disable=g-import-not-at-top
+  assert checkpoints.CheckpointConfig().init_from == '/data/t5-v1_1-base'  # pretrained start
   gin.clear_config()
 
 

@@ -84,3 +84,56 @@ def test_init_params_from_a_saved_ar_checkpoint(tmp_path):
   assert 'step 7' in summary.describe() and '1 new' in summary.describe()
   np.testing.assert_array_equal(np.asarray(merged['token_embedder']['embedding']),
                                 np.asarray(ar['token_embedder']['embedding']))
+
+
+def _save_random_hf_t5(path):
+  """A small random T5.1.1-style HF checkpoint (gated-GELU, untied head), as test_hf does."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  torch.manual_seed(0)
+  config = transformers.T5Config(
+      vocab_size=128, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+      num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
+      feed_forward_proj='gated-gelu', tie_word_embeddings=False, dropout_rate=0.0,
+      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+  model = transformers.T5ForConditionalGeneration(config).eval()
+  model.save_pretrained(path)
+  return model
+
+
+def test_hf_initialised_padir_encoder_equals_the_hf_encoder(tmp_path):
+  """Before training, a PaDIR model started from a HF T5 computes the HF encoder's outputs."""
+  torch = pytest.importorskip('torch')
+  from padir import hf  # pylint: disable=g-import-not-at-top
+  hf_model = _save_random_hf_t5(tmp_path)
+  causal, _ = hf.load_t5(tmp_path, dropout_rate=0.0)
+  padir_cfg = causal.replace(decoder_mode='bidirectional', length_head='pooled', length_id=127,
+                             max_target_length=8)
+  enc = np.array([[5, 6, 7, 8, 9, 1], [10, 11, 1, 0, 0, 0]], np.int32)
+  fresh = nn.unbox(Transformer(padir_cfg).init(jax.random.key(3), enc, DEC,
+                                               enable_dropout=False)['params'])
+  params, summary = init_from.init_params(str(tmp_path), fresh, network_config=padir_cfg)
+  assert summary.kind == 'huggingface' and summary.fresh == ('length_offset_embedding',)
+  ours, length_logits = Transformer(padir_cfg).apply({'params': params}, enc,
+                                                     enable_dropout=False,
+                                                     method=Transformer.encode)
+  with torch.no_grad():
+    theirs = hf_model.encoder(input_ids=torch.tensor(enc, dtype=torch.long),
+                              attention_mask=torch.tensor(enc > 0, dtype=torch.long)
+                              ).last_hidden_state.numpy()
+  real = enc > 0
+  np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-4, rtol=1e-4)
+  assert length_logits.shape == (2, 8)
+  # Another architecture or vocabulary is refused before anything is copied.
+  with pytest.raises(ValueError, match=r'mlp_dim: 48 in the checkpoint, 64 in the model'):
+    init_from.init_params(str(tmp_path), fresh, network_config=padir_cfg.replace(mlp_dim=64))
+
+
+def test_hf_vocabulary_must_be_the_checkpoints(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from padir.data import vocab  # pylint: disable=g-import-not-at-top
+  bible = vocab.load_tokenizer('bible')
+  shutil.copy(bible.spec.path, tmp_path / 'spiece.model')
+  init_from.check_hf_vocabulary(str(tmp_path), bible)  # the same file: accepted
+  with pytest.raises(ValueError, match=r'is not the checkpoint\'s .*spiece.model.*VOCABULARY'):
+    init_from.check_hf_vocabulary(str(tmp_path), vocab.load_tokenizer('byte'))
