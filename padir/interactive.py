@@ -164,64 +164,77 @@ def _bucket(n: int, shards: int, limit: int) -> int:
   return -(-size // shards) * shards
 
 
+def _param_shardings(model: Any, partitioner: partitioning_lib.Partitioner,
+                     feature_lengths: Mapping[str, int]) -> Any:
+  """The partitioner's NamedShardings of ``model``'s params (from abstract shapes)."""
+  shapes = _init_shapes(partitioner, feature_lengths)
+  with partitioner.context():
+    logical = model.get_logical_axes(shapes)
+  abstract = jax.eval_shape(lambda key: model.get_initial_variables(key, shapes).params,
+                            jax.random.key(0))
+  return partitioner.param_shardings(logical, abstract)
+
+
+def _init_shapes(partitioner: partitioning_lib.Partitioner,
+                 feature_lengths: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+  return {'encoder_input_tokens': (partitioner.batch_shards, int(feature_lengths['inputs'])),
+          'decoder_target_tokens': (partitioner.batch_shards, int(feature_lengths['targets']))}
+
+
+def _default_partitioner() -> partitioning_lib.Partitioner:
+  """Data parallel over every local device."""
+  return partitioning_lib.Partitioner(
+      mesh_shape=(-1, 1, 1), logical_axis_rules=partitioning_lib.standard_logical_axis_rules())
+
+
 class LoadedModel:
   """A trained AR or PaDIR model with its vocabulary, ready to translate (see the module doc).
 
+  Build it with :func:`load` (a model dir) or :func:`from_params` (a model in memory).
+
   Attributes:
-    model_dir: where it was loaded from.
-    step: the checkpoint step.
     model: the padir model (`padir.models.PadirModel` or `EncoderDecoderModel`).
+    params: its parameters, sharded by ``param_shardings``.
     tokenizer: its vocabulary.
     feature_lengths: ``{'inputs': L_in, 'targets': L}``.
     decode_config: the decoding defaults (`RefineConfig` or `ARConfig`).
     is_padir: True for a PaDIR (bidirectional) model.
+    model_dir, step: where it was loaded from (None for a model in memory).
+    reranker: an AR `LoadedModel` whose log-likelihood re-ranks PaDIR's length candidates.
   """
 
-  def __init__(self, model_dir: str, *, checkpoint_step: int | None = None,
-               gin_bindings: Sequence[str] = (), batch_size: int = 64,
-               partitioner: partitioning_lib.Partitioner | None = None, seed: int = 0):
-    self.model_dir = os.path.abspath(os.path.expanduser(model_dir))
-    self.model, self.tokenizer, self.feature_lengths, config = read_config(
-        self.model_dir, gin_bindings)
-    self.is_padir = hasattr(self.model, 'decoding_config')
-    saved = _read_decoding_file(self.model_dir)
-    rerank_dir = saved.pop('rerank_model_dir', None)
-    self.decode_config = _decode_overrides(config, saved)
-    if self.is_padir:
-      self.decode_config = self.model.decoding_config(self.decode_config)
-    self.partitioner = partitioner or partitioning_lib.Partitioner(
-        mesh_shape=(-1, 1, 1),
-        logical_axis_rules=partitioning_lib.standard_logical_axis_rules())
+  def __init__(self, model: Any, params: Any, tokenizer: Any,
+               feature_lengths: Mapping[str, int], *, param_shardings: Any,
+               partitioner: partitioning_lib.Partitioner, decode_config: Any = None,
+               batch_size: int = 64, seed: int = 0, model_dir: str | None = None,
+               step: int | None = None, reranker: 'LoadedModel | None' = None):
+    self.model, self.params, self.tokenizer = model, params, tokenizer
+    self.feature_lengths = dict(feature_lengths)
+    if not {'inputs', 'targets'} <= set(self.feature_lengths):
+      raise ValueError(f'feature_lengths must hold inputs and targets lengths, got '
+                       f'{self.feature_lengths}.')
+    self.param_shardings, self.partitioner = param_shardings, partitioner
+    self.is_padir = hasattr(model, 'decoding_config')
+    if decode_config is None:
+      from padir.ar_decoding import ARConfig  # pylint: disable=g-import-not-at-top
+      decode_config = None if self.is_padir else ARConfig()
+    self.decode_config = (model.decoding_config(decode_config) if self.is_padir
+                          else decode_config)
     self.batch_size = int(batch_size)
     if self.batch_size < 1:
       raise ValueError(f'batch_size={batch_size} must be >= 1.')
-    self.seed = seed
-    shapes = {'encoder_input_tokens': (self.partitioner.batch_shards,
-                                       int(self.feature_lengths['inputs'])),
-              'decoder_target_tokens': (self.partitioner.batch_shards,
-                                        int(self.feature_lengths['targets']))}
-    checkpoint = self.model_dir
-    if checkpoint_step is not None:
-      checkpoint = os.path.join(self.model_dir, str(int(checkpoint_step)))
-      if not os.path.isdir(checkpoint):
-        steps = sorted(int(d) for d in os.listdir(self.model_dir) if d.isdigit())
-        raise ValueError(f'{self.model_dir} has no checkpoint of step {checkpoint_step}; it '
-                         f'has {steps or "none"}.')
-    self.params, self.param_shardings, self.step = eval_lib.load_for_inference(
-        self.model, self.partitioner, checkpoint, self.tokenizer, shapes)
-    self.reranker: LoadedModel | None = None
-    if rerank_dir is not None and self.is_padir:
-      path = os.path.normpath(os.path.join(self.model_dir, rerank_dir))
-      self.reranker = LoadedModel(path, batch_size=batch_size, partitioner=self.partitioner)
-      if self.reranker.is_padir:
-        raise ValueError(f'{os.path.join(self.model_dir, DECODING_FILE)}: rerank_model_dir '
-                         f'{rerank_dir} is a PaDIR model; re-ranking needs an AR model.')
+    self.seed, self.model_dir, self.step = seed, model_dir, step
+    if reranker is not None and (not self.is_padir or reranker.is_padir):
+      raise ValueError('A reranker re-ranks a PaDIR model\'s candidates and must be an AR '
+                       'model.')
+    self.reranker = reranker
     self._predictors: dict[str, evaluation.Predictor] = {}
     self._scorer = None
 
   def __repr__(self) -> str:
     kind = 'PaDIR' if self.is_padir else 'AR'
-    return f'LoadedModel({kind}, {self.model_dir!r}, step {self.step})'
+    where = f'{self.model_dir!r}, step {self.step}' if self.model_dir else 'in memory'
+    return f'LoadedModel({kind}, {where})'
 
   # ------------------------------------------------------------------ helpers
 
@@ -250,8 +263,10 @@ class LoadedModel:
     return (self.params, self.reranker.params) if self.reranker is not None else self.params
 
   def _decode(self, sentences: Sequence[str], config: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    """tokens [N, L] and aux (per-row arrays) of the non-empty ``sentences``, in order."""
-    sources = self._encode(sentences, int(self.feature_lengths['inputs']))
+    """tokens [N, L] and aux (per-row arrays) of ``sentences``, in order."""
+    return self._decode_ids(self._encode(sentences, int(self.feature_lengths['inputs'])), config)
+
+  def _decode_ids(self, sources: np.ndarray, config: Any) -> tuple[np.ndarray, dict[str, Any]]:
     predictor = self._predictor(config)
     out_tokens, out_aux = [], []
     shards = self.partitioner.batch_shards
@@ -261,10 +276,30 @@ class LoadedModel:
       padded = np.pad(block, ((0, rows - len(block)), (0, 0)))
       tokens, aux = predictor(self._params(), {'encoder_input_tokens': padded}, start)
       out_tokens.append(tokens[:len(block)])
-      out_aux.append({k: v[:len(block)] for k, v in aux.items() if np.ndim(v)})
+      out_aux.append({k: v[:len(block)] if np.ndim(v) else v for k, v in aux.items()})
     tokens = np.concatenate(out_tokens)
-    aux = {k: np.concatenate([a[k] for a in out_aux]) for k in out_aux[0]}
+    # Per-row arrays are concatenated; scalars (the AR loop's step count) keep their largest.
+    aux = {k: (np.concatenate([a[k] for a in out_aux]) if np.ndim(out_aux[0][k])
+               else np.max([a[k] for a in out_aux])) for k in out_aux[0]}
     return tokens, aux
+
+  def decode_ids(self, sources: np.ndarray, **decoding: Any) -> tuple[np.ndarray, dict[str, Any]]:
+    """The jitted decoder on token ids: for benchmarks and custom pipelines.
+
+    Args:
+      sources: int32 [N, L_in] source ids (EOS-terminated, 0-padded).
+      **decoding: as for :meth:`translate`.
+
+    Returns:
+      (tokens [N, L], aux): the decoder's per-row aux arrays with a leading [N] dimension
+      (PaDIR: ``iterations``, ``scores``, ``candidate_lengths``, ...) and its scalars (AR:
+      ``steps``, the decoder steps run; the largest over the batches).
+    """
+    sources = np.asarray(sources, np.int32)
+    if sources.ndim != 2 or sources.shape[1] != int(self.feature_lengths['inputs']):
+      raise ValueError(f'sources must be [N, {self.feature_lengths["inputs"]}] ids, got '
+                       f'{sources.shape}.')
+    return self._decode_ids(sources, self._config(decoding))
 
   def _config(self, options: Mapping[str, Any]) -> Any:
     config = _decode_overrides(self.decode_config, options)
@@ -309,8 +344,8 @@ class LoadedModel:
       ValueError: for an AR model (it has no passes) or an empty sentence.
     """
     if not self.is_padir:
-      raise ValueError(f'{self.model_dir} is an AR model; refine() shows the passes of a PaDIR '
-                       'decode. Use translate().')
+      raise ValueError(f'{self.model_dir or "this"} is an AR model; refine() shows the passes of '
+                       'a PaDIR decode. Use translate().')
     single = isinstance(sentences, str)
     items = [sentences] if single else list(sentences)
     if any(not s.strip() for s in items):
@@ -399,6 +434,33 @@ class LoadedModel:
     return self._scorer
 
 
+def from_params(model: Any, params: Any, tokenizer: Any, feature_lengths: Mapping[str, int],
+                *, decoding: Mapping[str, Any] | None = None, batch_size: int = 64,
+                seed: int = 0) -> LoadedModel:
+  """A model in memory (e.g. trained in a notebook) with the same API as :func:`load`.
+
+  Args:
+    model: a padir model.
+    params: its parameters (host or device arrays; placed on this process's devices).
+    tokenizer: its vocabulary (`padir.data.vocab.Tokenizer`).
+    feature_lengths: ``{'inputs': L_in, 'targets': L}``.
+    decoding: overrides of the model's decoding defaults (as for ``translate``).
+    batch_size: sentences per call of the jitted decoder.
+    seed: key of sampling decoders and random canvases.
+  """
+  partitioner = _default_partitioner()
+  shardings = _param_shardings(model, partitioner, feature_lengths)
+  params = jax.device_put(params, shardings)
+  base = model.decoding_config() if hasattr(model, 'decoding_config') else None
+  if base is None:
+    from padir.ar_decoding import ARConfig  # pylint: disable=g-import-not-at-top
+    base = ARConfig()
+  return LoadedModel(model, params, tokenizer, feature_lengths, param_shardings=shardings,
+                     partitioner=partitioner,
+                     decode_config=_decode_overrides(base, dict(decoding or {})),
+                     batch_size=batch_size, seed=seed)
+
+
 def load(model_dir: str, *, checkpoint_step: int | None = None,
          gin_bindings: Sequence[str] = (), batch_size: int = 64, seed: int = 0) -> LoadedModel:
   """Loads a trained model dir (``padir train`` or quickstart output) for translation.
@@ -413,6 +475,38 @@ def load(model_dir: str, *, checkpoint_step: int | None = None,
 
   Returns:
     A `LoadedModel` with ``translate``, ``score`` and (PaDIR) ``refine``.
+
+  Raises:
+    ValueError: not a model dir, a missing step, a bad ``decoding.json``.
   """
-  return LoadedModel(model_dir, checkpoint_step=checkpoint_step, gin_bindings=gin_bindings,
-                     batch_size=batch_size, seed=seed)
+  return _load(model_dir, checkpoint_step, gin_bindings, batch_size, seed, None)
+
+
+def _load(model_dir: str, checkpoint_step: int | None, gin_bindings: Sequence[str],
+          batch_size: int, seed: int,
+          partitioner: partitioning_lib.Partitioner | None) -> LoadedModel:
+  model_dir = os.path.abspath(os.path.expanduser(model_dir))
+  model, tokenizer, lengths, config = read_config(model_dir, gin_bindings)
+  saved = _read_decoding_file(model_dir)
+  rerank_dir = saved.pop('rerank_model_dir', None)
+  config = _decode_overrides(config, saved)
+  partitioner = partitioner or _default_partitioner()
+  checkpoint = model_dir
+  if checkpoint_step is not None:
+    checkpoint = os.path.join(model_dir, str(int(checkpoint_step)))
+    if not os.path.isdir(checkpoint):
+      steps = sorted(int(d) for d in os.listdir(model_dir) if d.isdigit())
+      raise ValueError(f'{model_dir} has no checkpoint of step {checkpoint_step}; it has '
+                       f'{steps or "none"}.')
+  params, shardings, step = eval_lib.load_for_inference(
+      model, partitioner, checkpoint, tokenizer, _init_shapes(partitioner, lengths))
+  reranker = None
+  if rerank_dir is not None:
+    path = os.path.normpath(os.path.join(model_dir, rerank_dir))
+    reranker = _load(path, None, (), batch_size, seed, partitioner)
+    if reranker.is_padir:
+      raise ValueError(f'{os.path.join(model_dir, DECODING_FILE)}: rerank_model_dir '
+                       f'{rerank_dir} is a PaDIR model; re-ranking needs an AR model.')
+  return LoadedModel(model, params, tokenizer, lengths, param_shardings=shardings,
+                     partitioner=partitioner, decode_config=config, batch_size=batch_size,
+                     seed=seed, model_dir=model_dir, step=step, reranker=reranker)

@@ -77,7 +77,7 @@ def test_notebook_runs_end_to_end(tmp_path, monkeypatch):
   assert html.escape(held_es[0]) in tables[1] and html.escape(held_en[0]) in tables[1]
 
   t = result['iterations']
-  assert result['history_shape'] == [t, result['width']]
+  assert result['history_shape'] == [result['used'], result['width']]
   assert 1 <= result['used'] <= t
   assert 0.0 <= result['probs_min'] <= result['probs_max'] <= 1.0
   assert 'pass 0' in tables[2] and '[MASK]' in tables[2]
