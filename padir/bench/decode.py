@@ -90,7 +90,8 @@ def time_call(fn: Callable[[], Any], budget_s: float, min_repeats: int,
               runs=len(times), first_call_s=first)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo), else what the platform module says."""
   try:
     with open('/proc/cpuinfo', encoding='utf-8') as f:
       for line in f:
@@ -105,7 +106,7 @@ def hardware() -> dict[str, Any]:
   """The machine and software the numbers come from."""
   import jax  # pylint: disable=g-import-not-at-top
   info = dict(
-      cpu=_cpu_model(),
+      cpu=cpu_model(),
       cpu_cores_usable=len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
       else os.cpu_count(),
       platform=platform.platform(),

@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
 import sys
 import time
 from typing import Any, Sequence
@@ -45,6 +44,7 @@ from padir import models
 from padir import optimizers
 from padir import partitioning
 from padir import trainer as trainer_lib
+from padir.bench import decode as bench_decode
 
 
 @dataclasses.dataclass
@@ -170,24 +170,13 @@ def bench_size(size: str, objective: str, batch_size: int, length: int, steps: i
                 trainer.train_step_flops, trainer.compile_seconds or 0.0)
 
 
-def _cpu_name() -> str:
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def _report(results: list[Result], peak: float, args: argparse.Namespace, command: str) -> str:
   now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
   devices = jax.local_devices()
   lines = [
       f'# Training speed ({devices[0].platform}, {args.dtype})', '',
       f'Measured {now} with:', '', '```', command, '```', '',
-      f'- devices: {len(devices)} x {devices[0].device_kind} ({_cpu_name()}, '
+      f'- devices: {len(devices)} x {devices[0].device_kind} ({bench_decode.cpu_model()}, '
       f'{os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f} at the start)',
       f'- jax {jax.__version__}; matmul peak ({args.matmul_size}x{args.matmul_size}, '
       f'{args.dtype}): **{peak.flops_per_sec / 1e9:.1f} GFLOP/s** '
