@@ -204,3 +204,17 @@ def test_shipped_gin_layout_and_wheel_copy(tmp_path, monkeypatch):
   shutil.rmtree(wheel_pkg / '_shipped')
   with pytest.raises(ImportError, match='without its gin files'):
     gin_utils._find_gin_dir()  # pylint: disable=protected-access
+
+
+def test_any_shipped_or_saved_config_parses_in_a_fresh_process(tmp_path):
+  """The quickstart's gin (and a config.gin that names its configurables) parses without
+  importing padir.quickstart first: every command imports all configurables."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ('import sys; from padir import gin_utils; '
+          "gin_utils.parse_gin(['experiments/bible_es_en_padir.gin', 'runs/quickstart.gin'], "
+          "[\"MODEL_DIR = '/tmp/x'\", 'TRAIN_STEPS = 1'], required=False); "
+          "assert 'padir.quickstart' in sys.modules")
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       cwd=tmp_path, check=False, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
