@@ -129,7 +129,8 @@ class QuickstartConfig:
   student_steps: int = 1000
   student_train_examples: int | None = None
   subset_seed: int = 0
-  distill_choices: tuple[tuple[float, float], ...] = ((1, 0.0), (4, 0.6), (4, 1.0), (4, 2.0))
+  distill_choices: tuple[tuple[float, float], ...] = ((1, 0.0), (4, 0.6), (4, 1.0), (4, 1.5),
+                                                    (4, 2.0))
   student_init: str = 'teacher'
   distill_batch_size: int = 64
   eval_batch_size: int = 64

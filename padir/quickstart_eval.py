@@ -317,6 +317,20 @@ def trained_students(run: Any) -> list[str]:
   return out
 
 
+def beam_length_penalty(run: Any) -> tuple[float, bool]:
+  """(length penalty, chosen) of the teacher's beam row: the penalty whose beam of
+  ``eval_beam_size`` had the best validation BLEU among the distillation candidates (the distill
+  stage decodes them), else ARConfig's default (chosen False)."""
+  result = (run.stage_result('distill') or {}).get('result', {})
+  rows = [r for r in result.get('choice', {}).get('candidates', [])
+          if r['config'].get('method') == 'beam'
+          and r['config'].get('beam_size') == run.cfg.eval_beam_size]
+  if not rows:
+    return ARConfig().length_penalty, False
+  best = max(rows, key=lambda r: r['bleu'])
+  return float(best['config']['length_penalty']), True
+
+
 def decoded_systems(run: Any) -> list[dict[str, Any]]:
   """Every decoded system of a quickstart run: name, label, model stage, kind, config.
 
@@ -326,10 +340,13 @@ def decoded_systems(run: Any) -> list[dict[str, Any]]:
   out = [{'name': 'ar_greedy', 'label': 'AR teacher, greedy', 'model': 'teacher',
           'kind': 'ar', 'config': ARConfig(method='greedy')}]
   if run.cfg.eval_beam_size > 1:
+    penalty, chosen = beam_length_penalty(run)
     out.append({'name': f'ar_beam{run.cfg.eval_beam_size}',
-                'label': f'AR teacher, beam {run.cfg.eval_beam_size}', 'model': 'teacher',
-                'kind': 'ar', 'config': ARConfig(method='beam',
-                                                 beam_size=run.cfg.eval_beam_size)})
+                'label': f'AR teacher, beam {run.cfg.eval_beam_size}, length penalty {penalty:g}'
+                         + (' (best on validation)' if chosen else ''),
+                'model': 'teacher', 'kind': 'ar',
+                'config': ARConfig(method='beam', beam_size=run.cfg.eval_beam_size,
+                                   length_penalty=penalty)})
   best = chosen_setting(run)
   sweep = sorted(set(run.cfg.iterations) | {best.iterations})
   for stage in trained_students(run):

@@ -225,3 +225,17 @@ def test_train_display_drives_the_bar_from_the_step_callback():
   display.on_step(3, {'loss': 1.0})  # no bar: nothing to update
   display.print('step 3/10 | loss 1.0')
   assert plain == ['step 3/10 | loss 1.0']
+
+
+def test_the_teacher_beam_row_uses_the_best_validation_length_penalty():
+  from types import SimpleNamespace  # pylint: disable=g-import-not-at-top
+  from padir import quickstart_eval  # pylint: disable=g-import-not-at-top
+  beam = lambda lp, bleu: {'config': {'method': 'beam', 'beam_size': 4, 'length_penalty': lp},
+                           'bleu': bleu}
+  candidates = [{'config': {'method': 'greedy', 'beam_size': 4, 'length_penalty': 0.6},
+                 'bleu': 20.0}, beam(0.6, 11.0), beam(1.5, 13.9), beam(2.0, 11.7)]
+  run = SimpleNamespace(cfg=SimpleNamespace(eval_beam_size=4),
+                        stage_result=lambda s: {'result': {'choice': {'candidates': candidates}}})
+  assert quickstart_eval.beam_length_penalty(run) == (1.5, True)
+  run.cfg.eval_beam_size = 8  # no candidate with that beam: ARConfig's default
+  assert quickstart_eval.beam_length_penalty(run) == (0.6, False)
