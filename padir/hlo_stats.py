@@ -39,6 +39,9 @@ _COMPUTATION = re.compile(r'^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
 _CALLEE = re.compile(r'\b(?:calls|to_apply|body|condition)=%?([\w.\-]+)')
 _CALLEE_LIST = re.compile(r'\b(?:branch_computations|called_computations)=\{([^}]*)\}')
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_NAMED = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+[a-z][\w\-]*\(')
+_OPERANDS = re.compile(r'\bdot\(\s*((?:[a-z]+\d*\[[\d,]*\]\S*\s+)?%?[\w.\-]+)')
+_LHS_CONTRACTING = re.compile(r'lhs_contracting_dims=\{([\d,]*)\}')
 
 
 @dataclasses.dataclass
@@ -94,6 +97,53 @@ def _callees(line: str) -> list[str]:
   return names
 
 
+def _walk(hlo_text: str):
+  """Yields (instruction line, executions per call, inside a loop of unknown trip count, names).
+
+  Walks the call graph from the entry computation; a computation called from several places
+  is visited once per call site, a while loop's body and condition ``known_trip_count`` times
+  (once, flagged, when XLA does not know the trip count). ``names`` maps the instruction names
+  of the line's computation to their types.
+  """
+  computations, entry = _split_computations(hlo_text)
+  if entry is None:
+    return
+  types: dict[str, dict[str, str]] = {}
+  # (computation, weight, inside a loop of unknown trip count)
+  stack = [(entry, 1, False)]
+  visits = 0
+  while stack:
+    name, weight, unknown_loop = stack.pop()
+    visits += 1
+    if visits > 100_000:
+      raise ValueError('HLO call graph too large to walk (more than 100,000 call sites).')
+    if name not in types:
+      types[name] = {}
+      for line in computations.get(name, ()):
+        match = _NAMED.match(line)
+        if match:
+          types[name][match.group(1)] = match.group(2)
+    for line in computations.get(name, ()):
+      match = _INSTRUCTION.match(line)
+      if not match:
+        continue
+      yield line, match.group(1), match.group(2), weight, unknown_loop, types[name]
+      callees = _callees(line)
+      if not callees:
+        continue
+      trips = 1
+      loop_unknown = unknown_loop
+      if match.group(2) == 'while':
+        trip = _TRIP_COUNT.search(line)
+        if trip:
+          trips = int(trip.group(1))
+        else:
+          loop_unknown = True
+      for callee in callees:
+        if callee in computations:
+          stack.append((callee, weight * trips, loop_unknown))
+
+
 def collectives(hlo_text: str) -> dict[str, CollectiveStats]:
   """Count and result bytes of each collective kind in an optimised, partitioned HLO module.
 
@@ -103,49 +153,49 @@ def collectives(hlo_text: str) -> dict[str, CollectiveStats]:
   Returns:
     ``{kind: CollectiveStats}`` for every kind in `COLLECTIVE_KINDS` (zeros when absent).
   """
-  computations, entry = _split_computations(hlo_text)
   stats = {kind: CollectiveStats() for kind in COLLECTIVE_KINDS}
-  if entry is None:
-    return stats
-  # (computation, weight, inside a loop of unknown trip count); a computation called from
-  # several places is visited once per call site.
-  stack = [(entry, 1, False)]
-  visits = 0
-  while stack:
-    name, weight, unknown_loop = stack.pop()
-    visits += 1
-    if visits > 100_000:
-      raise ValueError('HLO call graph too large to walk (more than 100,000 call sites).')
-    for line in computations.get(name, ()):
-      match = _INSTRUCTION.match(line)
-      if not match:
-        continue
-      type_text, op = match.groups()
-      base = op[:-len('-start')] if op.endswith('-start') else op
-      if base in stats:
-        sizes = array_bytes(type_text)
-        if op.endswith('-start') and base in ('all-gather', 'collective-permute') and len(sizes) > 1:
-          sizes = sizes[len(sizes) // 2:]  # (operands, results): keep the results
-        entry_stats = stats[base]
-        entry_stats.count += weight
-        entry_stats.bytes += weight * sum(sizes)
-        if unknown_loop:
-          entry_stats.per_loop_iteration += 1
-      callees = _callees(line)
-      if not callees:
-        continue
-      trips = 1
-      loop_unknown = unknown_loop
-      if op == 'while':
-        trip = _TRIP_COUNT.search(line)
-        if trip:
-          trips = int(trip.group(1))
-        else:
-          loop_unknown = True
-      for callee in callees:
-        if callee in computations:
-          stack.append((callee, weight * trips, loop_unknown))
+  for _, type_text, op, weight, unknown_loop, _ in _walk(hlo_text):
+    base = op[:-len('-start')] if op.endswith('-start') else op
+    if base not in stats:
+      continue
+    sizes = array_bytes(type_text)
+    if op.endswith('-start') and base in ('all-gather', 'collective-permute') and len(sizes) > 1:
+      sizes = sizes[len(sizes) // 2:]  # (operands, results): keep the results
+    entry_stats = stats[base]
+    entry_stats.count += weight
+    entry_stats.bytes += weight * sum(sizes)
+    if unknown_loop:
+      entry_stats.per_loop_iteration += 1
   return stats
+
+
+def matmul_flops(hlo_text: str) -> float:
+  """FLOPs of the ``dot`` instructions of one call of an optimised HLO module.
+
+  2 x (result elements) x (contracted elements) per dot, counted as many times as it executes:
+  unlike ``cost_analysis()``, a dot inside a while loop of known trip count (a scan over
+  layers) counts that many times; in a loop of unknown trip count, once. Elementwise FLOPs are
+  left out (a few percent of a transformer step).
+  """
+  total = 0.0
+  for line, type_text, op, weight, _, names in _walk(hlo_text):
+    if op != 'dot':
+      continue
+    result = _ARRAY_TYPE.search(type_text)
+    operands = _OPERANDS.search(line)
+    contracting = _LHS_CONTRACTING.search(line)
+    if not (result and operands and contracting):
+      continue
+    # The operand's type is printed before its name in some dumps, else looked up by name.
+    lhs_type = _ARRAY_TYPE.match(operands.group(1)) or _ARRAY_TYPE.search(
+        names.get(operands.group(1).strip().lstrip('%'), ''))
+    if not lhs_type:
+      continue
+    lhs_dims = [int(d) for d in lhs_type.group(2).split(',') if d]
+    out_dims = [int(d) for d in result.group(2).split(',') if d]
+    dims = [int(d) for d in contracting.group(1).split(',') if d]
+    total += weight * 2.0 * math.prod(out_dims) * math.prod(lhs_dims[d] for d in dims)
+  return total
 
 
 @dataclasses.dataclass

@@ -298,6 +298,7 @@ class PadirModel(_BaseModel):
                remask: remasking.RemaskConfig | None = None,
                num_train_stages: int = 1,
                clamp_eos: bool = True,
+               joint_stage_gradients: bool = False,
                decoding: Any = None,
                length_loss_weight: float = 0.1,
                label_smoothing: float = 0.0, z_loss: float = 0.0,
@@ -314,6 +315,15 @@ class PadirModel(_BaseModel):
       clamp_eos: between stages keep the gold EOS fixed and leave it out of the rule's counts,
         as the refinement decoder does with ``RefineConfig.clamp_eos`` (its default); False
         lets the argmax overwrite it (the reference).
+      joint_stage_gradients: with several stages, first run the decoder without gradient on
+        stages 0 .. S-2 to build every stage's canvas (a canvas carries no gradient), then run
+        it once with gradient on all S canvases, each example's stages side by side in the
+        batch. Every weight gradient is then one matmul over all stages, so a data-parallel
+        step all-reduces each gradient once (the sequential stages give one partial gradient
+        per stage, and a compiler that does not reassociate all-reduces, such as XLA:CPU,
+        all-reduces each of them: S times the decoder's gradient bytes). Costs S - 1 more
+        decoder forward passes; without dropout the logits and the loss are those of the
+        sequential stages, with dropout the gradient pass draws its own dropout masks.
       decoding: the model's decoding defaults (a `padir.refine_decoding.RefineConfig`; each
         objective preset binds its own), used when no decode config is passed. None: the
         gin-configured ``RefineConfig()``, with the Mask-Predict rule when its update mode is
@@ -342,6 +352,7 @@ class PadirModel(_BaseModel):
     self.remask = remask if remask is not None else remasking.RemaskConfig()
     self.num_train_stages = num_train_stages
     self.clamp_eos = bool(clamp_eos)
+    self.joint_stage_gradients = bool(joint_stage_gradients)
     self.length_loss_weight = float(length_loss_weight)
     self._decoding = decoding
     if decoding is not None:
@@ -534,11 +545,17 @@ class PadirModel(_BaseModel):
     need_sum = self.remask.replacement == 'logits_sum'
     logits_sum = None
     canvases, all_logits = [], []
+    joint = self.joint_stage_gradients and self.num_train_stages > 1
+    # Joint: the canvases come from a pass without gradient (see joint_stage_gradients).
+    stage_params = jax.lax.stop_gradient(params) if joint else params
+    stage_encoded = jax.lax.stop_gradient(encoded) if joint else encoded
     for stage in range(self.num_train_stages):
-      logits = self.module.apply({'params': params}, encoded, enc, canvas,
+      canvases.append(canvas)
+      if joint and stage + 1 == self.num_train_stages:
+        break  # the last stage's logits only come from the joint pass
+      logits = self.module.apply({'params': stage_params}, stage_encoded, enc, canvas,
                                  method=Transformer.decode,
                                  **drop(jax.random.fold_in(k_stages, stage)))  # [B, L, V]
-      canvases.append(canvas)
       all_logits.append(logits)
       if stage + 1 < self.num_train_stages:
         bias = self._proposal_bias(logits.shape[-1])
@@ -548,6 +565,16 @@ class PadirModel(_BaseModel):
         canvas, confidence, open_ = self._next_canvas(
             logits, bias, canvas, confidence, open_, initial, editable, stage, logits_sum,
             jax.random.fold_in(k_remask, stage))
+    if joint:
+      # [B, S, L] -> [B * S, L]: an example's stages stay on its batch shard (no resharding).
+      stages = self.num_train_stages
+      stacked = jnp.stack(canvases, axis=1).reshape(-1, canvases[0].shape[-1])
+      logits = self.module.apply({'params': params}, jnp.repeat(encoded, stages, axis=0),
+                                 jnp.repeat(enc, stages, axis=0), stacked,
+                                 method=Transformer.decode,
+                                 **drop(jax.random.fold_in(k_stages, stages)))
+      logits = logits.reshape(-1, stages, *logits.shape[1:])  # [B, S, L, V]
+      all_logits = [logits[:, s] for s in range(stages)]
     return StageOutputs(canvases, all_logits, length_logits, corruption)
 
   def _loss(self, params, batch, rng, enable_dropout):

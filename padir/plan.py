@@ -69,6 +69,8 @@ class PlanSpec:
     train: compile the train step (False: only the decode step, on an explicit mesh).
     num_microbatches: gradient accumulation steps of the train step (``NUM_MICROBATCHES``).
     network_overrides: more T5Config fields (e.g. ``num_encoder_layers``; tests shrink models).
+    model_overrides: more keyword arguments of the model class (e.g. PaDIR's
+      ``joint_stage_gradients``).
   """
   size: str = 'base'
   objective: str = 'padir'
@@ -91,6 +93,7 @@ class PlanSpec:
   train: bool = True
   num_microbatches: int = 1
   network_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def validate(self) -> None:
     """Raises ValueError naming the bad field."""
@@ -135,6 +138,7 @@ class StepPlan:
   flops: float | None
   collectives: dict[str, hlo_stats.CollectiveStats]
   compile_seconds: float
+  matmul_flops: float = 0.0
 
   @property
   def peak(self) -> int:
@@ -151,6 +155,7 @@ def build_model(spec: PlanSpec) -> Any:
   from padir import builders, models  # pylint: disable=g-import-not-at-top
   cls = models.PadirModel if spec.objective == 'padir' else models.EncoderDecoderModel
   kwargs = {'num_train_stages': spec.stages} if spec.objective == 'padir' else {}
+  kwargs.update(spec.model_overrides)
   network = builders.network_config(spec.size, vocab_size=spec.vocab_size, dtype=spec.dtype,
                                     scan_layers=spec.scan_layers,
                                     remat_policy=spec.remat_policy,
@@ -217,9 +222,10 @@ def plan_trainer(trainer: Any) -> StepPlan:
   compiled = trainer.compiled_train_step
   seconds = time.perf_counter() - start
   shape = tuple(trainer.partitioner.mesh.shape[a] for a in ('data', 'fsdp', 'tensor'))
+  text = compiled.as_text()
   return StepPlan(shape, trainer.batch_size, params_bytes, opt_bytes,
-                  hlo_stats.memory_stats(compiled),
-                  hlo_stats.flops(compiled), hlo_stats.collectives(compiled.as_text()), seconds)
+                  hlo_stats.memory_stats(compiled), hlo_stats.flops(compiled),
+                  hlo_stats.collectives(text), seconds, hlo_stats.matmul_flops(text))
 
 
 def plan_decode_step(model: Any, spec: PlanSpec, mesh: Sequence[int]) -> StepPlan:
@@ -253,9 +259,10 @@ def plan_decode_step(model: Any, spec: PlanSpec, mesh: Sequence[int]) -> StepPla
     compiled = jitted.lower(params, tokens, key).compile()
   seconds = time.perf_counter() - start
   shape = tuple(partitioner.mesh.shape[a] for a in ('data', 'fsdp', 'tensor'))
+  text = compiled.as_text()
   return StepPlan(shape, batch, _shard_bytes(abstract_params, param_shardings), 0,
                   hlo_stats.memory_stats(compiled), hlo_stats.flops(compiled),
-                  hlo_stats.collectives(compiled.as_text()), seconds)
+                  hlo_stats.collectives(text), seconds, hlo_stats.matmul_flops(text))
 
 
 # ---------------------------------------------------------------------------- auto mesh
@@ -411,6 +418,8 @@ def format_plan(plan: dict[str, Any]) -> str:
     step = plan[name]
     mem = step['memory']
     flops = f"{step['flops'] / 1e12:.2f} TFLOP" if step['flops'] else 'n/a'
+    if step.get('matmul_flops'):  # a scanned step's loop body counts once in XLA's figure
+      flops += f" (matmuls with loop trip counts: {step['matmul_flops'] / 1e12:.2f} TFLOP)"
     lines.append(
         f"{name} step, mesh (data, fsdp, tensor) = {tuple(step['mesh'])}, batch "
         f"{step['batch_size']}: params {step['params_bytes'] / GIB:.3f} GiB, optimizer state "

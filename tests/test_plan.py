@@ -6,6 +6,7 @@ data-parallel step only all-reduces, and the plan of a micro model matches what 
 """
 
 import argparse
+import dataclasses
 
 import jax
 import numpy as np
@@ -79,6 +80,38 @@ def test_collectives_count_loops_and_tuples():
   assert stats['reduce-scatter'].count == 0
 
 
+_DOT_HLO = """HloModule m, entry_computation_layout={()->f32[]}
+
+%fused (param_0: f32[4,8], param_1: f32[8,16]) -> f32[4,16] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = f32[8,16]{1,0} parameter(1)
+  ROOT %dot.1 = f32[4,16]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %a = f32[4,8]{1,0} parameter(0)
+  %b = f32[8,16]{1,0} constant({...})
+  %f = f32[4,16]{1,0} fusion(%a, %b), kind=kOutput, calls=%fused
+  ROOT %t = (s32[], f32[4,8]) tuple(%i, %a)
+}
+
+%cond (p: (s32[], f32[4,8])) -> pred[] {
+  ROOT %c = pred[] constant(true)
+}
+
+ENTRY %main (x: f32[2,5]) -> f32[] {
+  %d = f32[2,3]{1,0} dot(f32[2,5]{1,0} %x, f32[5,3]{1,0} %y), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %w = (s32[], f32[4,8]) while((s32[], f32[4,8]) %init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  ROOT %r = f32[] constant(0)
+}
+"""
+
+
+def test_matmul_flops_count_loop_iterations():
+  # 3 iterations of a [4,8] x [8,16] dot in a fusion, and one [2,5] x [5,3] dot.
+  assert hlo_stats.matmul_flops(_DOT_HLO) == 3 * 2 * 4 * 16 * 8 + 2 * 2 * 3 * 5
+
+
 def test_array_bytes():
   assert hlo_stats.array_bytes('(f32[2,3]{1,0}, bf16[4], pred[])') == [24, 8, 1]
 
@@ -128,6 +161,49 @@ def test_plan_matches_a_real_8_device_step(dp_run):
   assert on_device((state.params, state.opt_state)) == step.params_bytes + step.opt_state_bytes
   assert step.peak >= step.memory.argument and step.memory.temp > 0
   assert step.flops and step.flops > 0
+
+
+def _padir_step(**kwargs):
+  spec = _spec(objective='padir', **kwargs)
+  model = plan.build_model(spec)
+  return model, plan.plan_trainer(plan.make_trainer(model, spec, spec.mesh, spec.batch_size))
+
+
+def test_padir_stages_all_reduce_each_gradient_once(dp_run):
+  # Data parallel: the gradients of the 2-stage PaDIR step cross the devices once, as in a
+  # 1-stage step and in AR (XLA:CPU all-reduces each stage's partial gradient separately when
+  # the stages' backward passes are separate matmuls).
+  _, one = _padir_step(stages=1)
+  _, joint = _padir_step(stages=2, model_overrides={'joint_stage_gradients': True})
+  reduced = lambda step: step.collectives['all-reduce'].bytes
+  assert abs(reduced(joint) - reduced(one)) <= 0.01 * one.params_bytes
+  _, _, _, ar = dp_run
+  extra_params = one.params_bytes - ar.params_bytes  # PaDIR's length head
+  assert abs(reduced(joint) - reduced(ar) - extra_params) <= 0.01 * ar.params_bytes
+
+
+def test_joint_stage_gradients_keep_the_loss():
+  spec = _spec(objective='padir', stages=3, mesh=None, num_devices=1, dtype='float32')
+  model = plan.build_model(spec)
+  joint = plan.build_model(dataclasses.replace(
+      spec, model_overrides={'joint_stage_gradients': True}))
+  shape = (4, spec.target_length)
+  rng = np.random.default_rng(0)
+  real = model.special_ids.num_real_pieces
+  batch = {'encoder_input_tokens': rng.integers(3, real, shape).astype(np.int32),
+           'decoder_target_tokens': rng.integers(3, real, shape).astype(np.int32)}
+  params = model.get_initial_variables(jax.random.key(0), {k: v.shape for k, v in
+                                                           batch.items()}).params
+  # Without dropout (rng None: a fixed corruption key) both give the same loss and gradient.
+  (loss, metrics), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, None)
+  (loss_j, metrics_j), grads_j = jax.value_and_grad(joint.loss_fn, has_aux=True)(
+      params, batch, None)
+  np.testing.assert_allclose(loss_j, loss, rtol=1e-5)
+  for s in range(3):
+    np.testing.assert_allclose(metrics_j[f'loss_stage_{s}'], metrics[f'loss_stage_{s}'],
+                               rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         grads_j, grads)
 
 
 def test_auto_mesh_takes_data_parallel_when_it_fits(dp_run, monkeypatch):
@@ -209,6 +285,14 @@ def test_scale_table_renders_cells(dp_run):
   assert '| tiny | ar | v5e-64 (64 x 16 GiB) | (8, 1, 1) |' in text
   assert 'all-reduce 3' in text or 'all-reduce' in text
   assert 'not compiled within 10 s' in text
+  # A scanned cell is marked and shows the matmul FLOPs (loop trip counts included).
+  scanned = dict(cell, scan_layers=True, train=dict(step.to_json(), matmul_flops=7e12))
+  args.scan_sizes = 'tiny'
+  check = scale.scan_check_text(cell, scanned, 'tiny ar v5e-64')
+  text = scale.render([('tiny', 'ar', 'v5e-64', scanned)], args, 'python -m padir.bench scale',
+                      check)
+  assert '| tiny ‡ | ar | v5e-64 (64 x 16 GiB) |' in text and '| 7.0 |' in text
+  assert 'peak {0:.2f} against {0:.2f} GiB per device (+0%'.format(step.peak / 2**30) in text
 
 
 def test_scale_largest_batch_from_data_parallel_rows():
