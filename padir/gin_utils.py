@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import logging
 import os
 import pathlib
 import re
@@ -171,7 +172,7 @@ def resolve_gin_file(name: str, search_paths: Iterable[str] = ()) -> str:
 
 def _register_search_paths(extra: Iterable[str]) -> None:
   # GIN_DIR.parent makes includes of 'gin/models/small.gin' resolve as well as 'models/small.gin'.
-  for path in (*extra, str(GIN_DIR.parent), str(GIN_DIR)):
+  for path in (*extra, str(GIN_DIR), str(GIN_DIR.parent)):
     if path not in gin_config._LOCATION_PREFIXES:  # pylint: disable=protected-access
       gin.add_config_file_search_path(path)
 
@@ -191,6 +192,15 @@ def import_configurables() -> None:
   import importlib  # pylint: disable=g-import-not-at-top
   for name in CONFIGURABLE_MODULES:
     importlib.import_module(name)
+
+
+class _IncludeProbeFilter(logging.Filter):
+  """Drops gin's "Path not found: X" log lines: gin logs one at ERROR level for every search
+  path an ``include`` is not under before the one it is found under. A file found nowhere is
+  still an error (gin raises, naming it)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('Path not found:')
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
@@ -219,11 +229,15 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   _register_search_paths(search_paths)
   files = [resolve_gin_file(f, search_paths) for f in gin_files]
   statements = [_parse_binding(b) for b in gin_bindings]
+  probe_filter = _IncludeProbeFilter()
+  logging.getLogger().addFilter(probe_filter)
   try:
     gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False,
                                         skip_unknown=False)
   except ValueError as err:
     raise _with_suggestions(err) from None
+  finally:
+    logging.getLogger().removeFilter(probe_filter)
   if required:
     check_required()
     check_bindings_used([s for group in statements for s in group], strict=strict_bindings)

@@ -218,3 +218,16 @@ def test_any_shipped_or_saved_config_parses_in_a_fresh_process(tmp_path):
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                        cwd=tmp_path, check=False, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_includes_resolve_without_error_lines(tmp_path, monkeypatch, caplog):
+  """gin logs 'Path not found' at ERROR for each search path an include is not under; padir
+  drops those probes (they alarm users), while a missing file still fails."""
+  monkeypatch.chdir(tmp_path)
+  with caplog.at_level('INFO'):
+    gin_utils.parse_gin(['gin/experiments/bible_es_en_padir.gin'],
+                        ["MODEL_DIR = '/tmp/x'", 'TRAIN_STEPS = 1'], required=False)
+  assert not [r for r in caplog.records if 'Path not found' in r.getMessage()]
+  (tmp_path / 'mine.gin').write_text("include 'models/nope.gin'\n")
+  with pytest.raises(IOError):
+    gin_utils.parse_gin([str(tmp_path / 'mine.gin')], required=False)
