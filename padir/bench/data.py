@@ -22,7 +22,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from padir import errors
-from padir.data import export
 from padir.data import iterator as iterator_lib
 
 
@@ -39,6 +38,7 @@ def _time_batches(it, num_batches: int, warmup: int) -> np.ndarray:
 
 def run(task: str = 'bible_es_en', batch_size: int = 64, lengths: int = 128,
         seqio_batches: int = 200, array_batches: int = 5000) -> dict[str, Any]:
+  from padir.data import export  # pylint: disable=g-import-not-at-top  (seqio: TensorFlow)
   feature_lengths = {'inputs': lengths, 'targets': lengths}
   result: dict[str, Any] = {
       'task': task, 'batch_size': batch_size, 'feature_lengths': feature_lengths,
