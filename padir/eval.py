@@ -30,19 +30,30 @@ from padir import train as train_lib
 from padir import trainer as trainer_lib
 
 
-def load_for_inference(model: Any, partitioner: partitioning_lib.Partitioner,
-                       checkpoint_path: str, tokenizer: Any,
-                       input_shapes: Mapping[str, tuple[int, ...]]) -> tuple[Any, Any, int]:
-  """Params-only restore into the partitioner's shardings: (params, param_shardings, step)."""
+def abstract_params(model: Any, partitioner: partitioning_lib.Partitioner,
+                    input_shapes: Mapping[str, tuple[int, ...]]) -> tuple[Any, Any]:
+  """(abstract params, their NamedShardings on the partitioner's mesh); nothing is allocated."""
   init_shapes = {k: (partitioner.batch_shards,) + tuple(v[1:]) for k, v in input_shapes.items()}
   with partitioner.context():
     logical = model.get_logical_axes(init_shapes)
   abstract = jax.eval_shape(
       lambda key: model.get_initial_variables(key, init_shapes).params, jax.random.key(0))
-  shardings = partitioner.param_shardings(logical, abstract)
+  return abstract, partitioner.param_shardings(logical, abstract)
+
+
+def load_for_inference(model: Any, partitioner: partitioning_lib.Partitioner,
+                       checkpoint_path: str, tokenizer: Any,
+                       input_shapes: Mapping[str, tuple[int, ...]],
+                       step: int | None = None) -> tuple[Any, Any, int]:
+  """Params-only restore into the partitioner's shardings: (params, param_shardings, step).
+
+  ``step`` picks a checkpoint of a model dir (default: the newest).
+  """
+  abstract, shardings = abstract_params(model, partitioner, input_shapes)
   target = jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-  params, _, step = checkpoints_lib.load_params(checkpoint_path, target, vocabulary=tokenizer)
+  params, _, step = checkpoints_lib.load_params(checkpoint_path, target, step=step,
+                                                vocabulary=tokenizer)
   return params, shardings, step
 
 

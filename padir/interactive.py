@@ -127,11 +127,7 @@ def read_config(model_dir: str, gin_bindings: Sequence[str] = ()) -> tuple[Any, 
       raise ValueError(f'{path} does not describe a model the way padir train writes it '
                        f'(MODEL, VOCABULARY and TASK_FEATURE_LENGTHS): {err}') from None
     tokenizer = train_lib._vocabulary_of(model, vocabulary)  # pylint: disable=protected-access
-    if hasattr(model, 'decoding_config'):
-      decode_config = model.decoding_config()
-    else:
-      from padir.ar_decoding import ARConfig  # pylint: disable=g-import-not-at-top
-      decode_config = ARConfig()
+    decode_config = default_decode_config(model)
   finally:
     gin.clear_config(clear_constants=False)
   lengths = dict(lengths or {})
@@ -139,6 +135,15 @@ def read_config(model_dir: str, gin_bindings: Sequence[str] = ()) -> tuple[Any, 
     raise ValueError(f'{path}: TASK_FEATURE_LENGTHS must hold inputs and targets lengths, got '
                      f'{lengths}.')
   return model, tokenizer, lengths, decode_config
+
+
+def default_decode_config(model: Any) -> Any:
+  """The model's decoding defaults: `PadirModel.decoding_config()` or ``ARConfig()`` (gin's
+  bindings as they are now)."""
+  if hasattr(model, 'decoding_config'):
+    return model.decoding_config()
+  from padir.ar_decoding import ARConfig  # pylint: disable=g-import-not-at-top
+  return ARConfig()
 
 
 def _decode_overrides(config: Any, options: Mapping[str, Any]) -> Any:
@@ -162,17 +167,6 @@ def _bucket(n: int, shards: int, limit: int) -> int:
     size *= 2
   size = min(size, limit)
   return -(-size // shards) * shards
-
-
-def _param_shardings(model: Any, partitioner: partitioning_lib.Partitioner,
-                     feature_lengths: Mapping[str, int]) -> Any:
-  """The partitioner's NamedShardings of ``model``'s params (from abstract shapes)."""
-  shapes = _init_shapes(partitioner, feature_lengths)
-  with partitioner.context():
-    logical = model.get_logical_axes(shapes)
-  abstract = jax.eval_shape(lambda key: model.get_initial_variables(key, shapes).params,
-                            jax.random.key(0))
-  return partitioner.param_shardings(logical, abstract)
 
 
 def _init_shapes(partitioner: partitioning_lib.Partitioner,
@@ -216,8 +210,7 @@ class LoadedModel:
     self.param_shardings, self.partitioner = param_shardings, partitioner
     self.is_padir = hasattr(model, 'decoding_config')
     if decode_config is None:
-      from padir.ar_decoding import ARConfig  # pylint: disable=g-import-not-at-top
-      decode_config = None if self.is_padir else ARConfig()
+      decode_config = default_decode_config(model)
     self.decode_config = (model.decoding_config(decode_config) if self.is_padir
                           else decode_config)
     self.batch_size = int(batch_size)
@@ -449,15 +442,13 @@ def from_params(model: Any, params: Any, tokenizer: Any, feature_lengths: Mappin
     seed: key of sampling decoders and random canvases.
   """
   partitioner = _default_partitioner()
-  shardings = _param_shardings(model, partitioner, feature_lengths)
+  _, shardings = eval_lib.abstract_params(model, partitioner,
+                                          _init_shapes(partitioner, feature_lengths))
   params = jax.device_put(params, shardings)
-  base = model.decoding_config() if hasattr(model, 'decoding_config') else None
-  if base is None:
-    from padir.ar_decoding import ARConfig  # pylint: disable=g-import-not-at-top
-    base = ARConfig()
   return LoadedModel(model, params, tokenizer, feature_lengths, param_shardings=shardings,
                      partitioner=partitioner,
-                     decode_config=_decode_overrides(base, dict(decoding or {})),
+                     decode_config=_decode_overrides(default_decode_config(model),
+                                                     dict(decoding or {})),
                      batch_size=batch_size, seed=seed)
 
 
@@ -491,15 +482,9 @@ def _load(model_dir: str, checkpoint_step: int | None, gin_bindings: Sequence[st
   rerank_dir = saved.pop('rerank_model_dir', None)
   config = _decode_overrides(config, saved)
   partitioner = partitioner or _default_partitioner()
-  checkpoint = model_dir
-  if checkpoint_step is not None:
-    checkpoint = os.path.join(model_dir, str(int(checkpoint_step)))
-    if not os.path.isdir(checkpoint):
-      steps = sorted(int(d) for d in os.listdir(model_dir) if d.isdigit())
-      raise ValueError(f'{model_dir} has no checkpoint of step {checkpoint_step}; it has '
-                       f'{steps or "none"}.')
   params, shardings, step = eval_lib.load_for_inference(
-      model, partitioner, checkpoint, tokenizer, _init_shapes(partitioner, lengths))
+      model, partitioner, model_dir, tokenizer, _init_shapes(partitioner, lengths),
+      step=checkpoint_step)
   reranker = None
   if rerank_dir is not None:
     path = os.path.normpath(os.path.join(model_dir, rerank_dir))
