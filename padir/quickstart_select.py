@@ -204,7 +204,8 @@ def select(run: Any) -> dict[str, Any]:
   s_params, _, _ = qs_eval.load_params(run, student, 'student_distilled', tokenizer,
                                        partitioner)
   settings = selection.grid(cfg.select_rules, cfg.select_iterations, cfg.select_length_beams,
-                            cfg.select_rerank, cfg.select_stutter)
+                            cfg.select_rerank, cfg.select_stutter,
+                            cfg.refine.top_k_lengths * cfg.refine.restarts)
 
   def padir_decoder(setting: selection.DecodeSetting, params: Any, allow: bool = False,
                     model: Any = None):
@@ -273,8 +274,9 @@ def ablations(run: Any, best: selection.DecodeSetting, chosen: Mapping[str, Any]
                      + ('; forced, the training does not support it)' if forced else ')'), 'rule',
                      padir_decoder(dataclasses.replace(best, rule='keep_all'), s_params,
                                    allow=True)))
-  variants.append((f'teacher re-ranking {"off" if best.rerank else "on"}', 'rerank',
-                   padir_decoder(dataclasses.replace(best, rerank=not best.rerank), s_params)))
+  if best.length_beam * run.cfg.refine.top_k_lengths * run.cfg.refine.restarts > 1:
+    variants.append((f'teacher re-ranking {"off" if best.rerank else "on"}', 'rerank',
+                     padir_decoder(dataclasses.replace(best, rerank=not best.rerank), s_params)))
   if best.length_beam > 1:
     variants.append(('length beam 1', 'length_beam',
                      padir_decoder(dataclasses.replace(best, length_beam=1), s_params)))

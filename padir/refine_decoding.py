@@ -518,7 +518,8 @@ def refine_decode(fns: Any,
     lengths: [B] or [B, k] target lengths (EOS included) to use instead of the length head.
     reranker: optional ``reranker(reranker_params, encoder_tokens [N, S], tokens [N, L]) ->
       [N]`` log-likelihoods (e.g. `padir.ar_decoding.sequence_log_prob` of an AR model),
-      used instead of the candidates' own log-probabilities (CMLM's external re-ranker).
+      used instead of the candidates' own log-probabilities (CMLM's external re-ranker). Not
+      run when there is one candidate per source (it could not change the output).
     reranker_params: parameters passed to the reranker.
 
   Returns:
@@ -583,7 +584,7 @@ def refine_decode(fns: Any,
     res = jax.lax.switch(index, [lambda w=w: run(w) for w in buckets])
 
   log_prob = res['log_prob']
-  if reranker is not None:
+  if reranker is not None and n_cand > 1:  # one candidate: nothing to re-rank
     log_prob = reranker(reranker_params, enc_rep, res['tokens']).astype(jnp.float32)
   scores = normalized_score(log_prob, res['length'], config).reshape(batch, n_cand)
   best = jnp.argmax(scores, axis=1)  # first best on ties

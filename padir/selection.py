@@ -73,14 +73,21 @@ class DecodeSetting:
 
 
 def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence[int],
-         rerank: Sequence[bool], stutter: Sequence[bool]) -> list[DecodeSetting]:
-  """Every combination; one pass is the same under every rule, so it is kept once."""
+         rerank: Sequence[bool], stutter: Sequence[bool],
+         candidates_per_length: int = 1) -> list[DecodeSetting]:
+  """Every combination, without duplicates.
+
+  One pass is the same under every rule, so it is kept once; re-ranking needs two candidates
+  or more (``length_beam * candidates_per_length``, the latter = top-k lengths x restarts), so
+  a single-candidate setting is kept without it.
+  """
   out, seen = [], set()
   for rule in rules:
     for t in iterations:
       for b in length_beams:
         for r in rerank:
           for s in stutter:
+            r = r and b * candidates_per_length > 1
             key = ('*' if t == 1 else rule, t, b, r, s and t > 1)
             if key in seen:
               continue

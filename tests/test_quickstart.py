@@ -51,7 +51,7 @@ FLAGS = [
     ('--gin.padir.quickstart.QuickstartConfig.extra_ablations='
      '{"slot_head": ("padir.builders.network_config.length_head = \'slot\'",)}'),
     '--gin.padir.quickstart.QuickstartConfig.select_iterations=(1, 2)',
-    '--gin.padir.quickstart.QuickstartConfig.select_length_beams=(1,)',
+    '--gin.padir.quickstart.QuickstartConfig.select_length_beams=(3,)',
     '--gin.padir.quickstart.QuickstartConfig.select_rerank=(False, True)',
     '--gin.padir.quickstart.QuickstartConfig.eval_batch_size=8',
     '--gin.padir.quickstart.QuickstartConfig.eval_beam_size=0',
@@ -94,7 +94,8 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert names == ['ar_greedy', 'padir_distilled_t1', 'padir_distilled_t2',
                    f'padir_raw_t{chosen}', f'padir_scratch_t{chosen}']
   assert results['headline_iterations'] == chosen
-  # Validation choice: the grid (1 pass once, 2 passes; with and without re-ranking).
+  # Validation choice: the grid (1 pass once, 2 passes; length beam 3 with and without
+  # re-ranking).
   selection = results['selection']
   assert len(selection['candidates']) == 4 and selection['validation_examples'] == 8
   assert selection['chosen_name'] in [c['name'] for c in selection['candidates']]

@@ -157,6 +157,11 @@ def test_reranker_and_sum_scoring_pick_candidates():
   best = np.asarray(aux['best_candidate'])
   np.testing.assert_array_equal(lengths[np.arange(3), best], lengths.min(1))
   np.testing.assert_allclose(aux['scores'], -lengths.min(1))
+  # One candidate per source: the reranker could not change the output and is not run.
+  calls = []
+  _, aux = _decode(CopyOracle(), dataclasses.replace(config, length_beam=1),
+                   reranker=lambda *a: calls.append(1) or prefer_short(*a))
+  assert not calls and np.all(np.asarray(aux['scores']) != -lengths.min(1))
 
 
 def test_given_lengths_and_errors():

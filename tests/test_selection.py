@@ -13,9 +13,15 @@ def test_grid_keeps_one_single_pass_setting_per_beam_and_reranker():
   names = [s.name for s in settings]
   assert len(names) == len(set(names))
   single = [s for s in settings if s.iterations == 1]
-  assert len(single) == 2 * 2  # beams x rerank; one rule, no stutter at one pass
+  assert len(single) == 3  # beams x rerank, no rerank at beam 1; one rule, no stutter
   assert all(s.rule == 'mask_predict' and not s.stutter for s in single)
-  assert len(settings) == 4 + 2 * 2 * 2 * 2
+  assert len(settings) == 3 + 2 * 3 * 2  # rules x (beam, rerank) x stutter
+  # Length beam 1 with one length: a single candidate, so re-ranking is not a separate setting.
+  settings = selection.grid(('mask_predict',), (1, 2), (1, 3), (False, True), (False,))
+  assert [(s.length_beam, s.rerank) for s in settings if s.iterations == 2] == [
+      (1, False), (3, False), (3, True)]
+  with_restarts = selection.grid(('mask_predict',), (2,), (1,), (False, True), (False,), 2)
+  assert [s.rerank for s in with_restarts] == [False, True]
 
 
 def test_setting_builds_the_refine_config_and_round_trips():
