@@ -17,7 +17,9 @@ Schedules (step -> learning rate):
   then cosine or linear decay to ``end_value``;
 * :func:`inverse_sqrt_schedule`: fairseq's linear warm-up then ``peak * sqrt(warmup / step)``
   (Mask-Predict / CMLM);
-* :func:`constant_schedule`.
+* :func:`constant_schedule`;
+* :func:`linear_cooldown`: any of these, scaled down linearly to 0 over the last
+  ``cooldown_steps`` of the run (a short run ends at a lower loss than at a constant rate).
 """
 
 from __future__ import annotations
@@ -109,6 +111,25 @@ def warmup_linear_schedule(peak_value: float, warmup_steps: int, decay_steps: in
       [warmup_steps])
 
 
+def linear_cooldown(schedule: float | Schedule, total_steps: int,
+                    cooldown_steps: int) -> Schedule:
+  """``schedule`` times ``min(1, (total_steps - step) / cooldown_steps)``.
+
+  The rate is unchanged until ``total_steps - cooldown_steps``, then falls linearly and reaches 0
+  at ``total_steps`` (the "cooldown" of warmup-stable-decay schedules). Bind ``total_steps`` to
+  the run's ``TRAIN_STEPS``: a run continued to more steps then cools down at its new end. A run
+  shorter than ``cooldown_steps`` cools down over all its steps.
+  """
+  schedule = _as_schedule(schedule)
+  _positive('linear_cooldown.total_steps', total_steps)
+  _positive('linear_cooldown.cooldown_steps', cooldown_steps)
+  span = float(min(cooldown_steps, total_steps))
+
+  def scaled(step):
+    return schedule(step) * jnp.clip((total_steps - step) / span, 0.0, 1.0)
+  return scaled
+
+
 def _decay_mask(params: Any) -> Any:
   """Weight decay on matrices only (not on norm scales or other vectors)."""
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
@@ -180,6 +201,6 @@ def adamw(learning_rate: float | Schedule,
 
 
 for _fn in (constant_schedule, rsqrt_schedule, inverse_sqrt_schedule, warmup_cosine_schedule,
-            warmup_linear_schedule, adafactor, adamw):
+            warmup_linear_schedule, linear_cooldown, adafactor, adamw):
   gin_utils.configurable(_fn, module='padir.optimizers')
 del _fn

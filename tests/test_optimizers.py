@@ -31,11 +31,23 @@ def test_warmup_cosine_and_linear():
   np.testing.assert_allclose(_values(inv, [50, 100, 400]), [5e-4, 1e-3, 5e-4], rtol=1e-5)
 
 
+def test_linear_cooldown_scales_the_last_steps_to_zero():
+  base = optimizers.rsqrt_schedule(1.0, warmup_steps=10_000)  # 0.01 throughout
+  cooled = optimizers.linear_cooldown(base, total_steps=1000, cooldown_steps=100)
+  np.testing.assert_allclose(_values(cooled, [0, 900, 950, 999, 1000, 1200]),
+                             [0.01, 0.01, 0.005, 0.0001, 0.0, 0.0], rtol=1e-5, atol=1e-9)
+  constant = optimizers.linear_cooldown(0.5, total_steps=10, cooldown_steps=10)
+  np.testing.assert_allclose(_values(constant, [0, 5]), [0.5, 0.25], rtol=1e-6)
+  short = optimizers.linear_cooldown(0.5, total_steps=10, cooldown_steps=100)  # the whole run
+  np.testing.assert_allclose(_values(short, [0, 5]), [0.5, 0.25], rtol=1e-6)
+
+
 @pytest.mark.parametrize('make, message', [
     (lambda: optimizers.warmup_cosine_schedule(1.0, 10, 10), 'must exceed'),
     (lambda: optimizers.rsqrt_schedule(warmup_steps=0), 'positive'),
     (lambda: optimizers.adamw(-1.0), 'positive'),
     (lambda: optimizers.adafactor(max_grad_norm=0.0), 'positive'),
+    (lambda: optimizers.linear_cooldown(1.0, total_steps=10, cooldown_steps=0), 'positive'),
 ])
 def test_bad_settings_fail_clearly(make, message):
   with pytest.raises(ValueError, match=message):
