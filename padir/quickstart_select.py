@@ -274,7 +274,7 @@ def ablations(run: Any, best: selection.DecodeSetting, chosen: Mapping[str, Any]
                      + ('; forced, the training does not support it)' if forced else ')'), 'rule',
                      padir_decoder(dataclasses.replace(best, rule='keep_all'), s_params,
                                    allow=True)))
-  if best.length_beam * run.cfg.refine.top_k_lengths * run.cfg.refine.restarts > 1:
+  if best.refine_config(run.cfg.refine).num_candidates > 1:  # else re-ranking changes nothing
     variants.append((f'teacher re-ranking {"off" if best.rerank else "on"}', 'rerank',
                      padir_decoder(dataclasses.replace(best, rerank=not best.rerank), s_params)))
   if best.length_beam > 1:

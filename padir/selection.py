@@ -86,13 +86,13 @@ def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence
     for t in iterations:
       for b in length_beams:
         for r in rerank:
+          reranked = r and b * candidates_per_length > 1
           for s in stutter:
-            r = r and b * candidates_per_length > 1
-            key = ('*' if t == 1 else rule, t, b, r, s and t > 1)
+            key = ('*' if t == 1 else rule, t, b, reranked, s and t > 1)
             if key in seen:
               continue
             seen.add(key)
-            out.append(DecodeSetting(rules[0] if t == 1 else rule, t, b, r, s and t > 1))
+            out.append(DecodeSetting(rules[0] if t == 1 else rule, t, b, reranked, s and t > 1))
   return out
 
 
