@@ -12,16 +12,19 @@ On the embedded Bible corpus (Spanish -> English), one command:
                         length among those within 1 BLEU of the best), then decodes the
                         subset's sources into a distilled task (padir.distill)
   4. student_distilled  trains PaDIR on the distilled subset, from the teacher's weights
-  5. student_raw        the same on the human references (ablation)
-  6. student_scratch    the same as 4 from random weights (ablation)
-  7. student_ablations  more ablation students (QuickstartConfig.extra_ablations; off by default)
-  8. select             validation, batch 1: the PaDIR decoding setting (the fastest within 1
-                        BLEU of the teacher, else the best) and the ablation table
-  9. evaluate           test split: multi-reference BLEU / chrF, repetition rate, length error
+  5. student_raw        the same on the human references
+  6. select             validation, batch 1: the students' training data (distilled or human
+                        references) and the PaDIR decoding setting, jointly (the fastest within
+                        1 BLEU of the teacher, else the best); the winner is the main student
+  7. student_scratch    the main student's recipe from random weights (ablation)
+  8. student_ablations  more ablation students (QuickstartConfig.extra_ablations; off by default)
+  9. ablations          validation, batch 1: the chosen student and setting with one choice
+                        switched off at a time
+  10. evaluate          test split: multi-reference BLEU / chrF, repetition rate, length error
                         of AR greedy and beam, and of the students with the chosen setting
-  10. benchmark         batch-1 latency of the same systems on this machine, interleaved, and
+  11. benchmark         batch-1 latency of the same systems on this machine, interleaved, and
                         of random networks at the T5.1.1 'small' size
-  11. report            OUTPUT_DIR/report/report.{md,json,png} (padir.report)
+  12. report            OUTPUT_DIR/report/report.{md,json,png} (padir.report)
 
 Every stage shows a progress bar with an ETA and leaves a marker in ``OUTPUT_DIR/stages/``
 when it finishes; rerunning the same command skips finished stages and resumes the current one
@@ -62,8 +65,10 @@ from padir.refine_decoding import RefineConfig
 
 DEFAULT_OUTPUT_DIR = 'padir_quickstart'
 DEFAULT_GIN_FILE = 'gin/runs/quickstart.gin'
-STAGES = ('data', 'teacher', 'distill', 'student_distilled', 'student_raw', 'student_scratch',
-          'student_ablations', 'select', 'evaluate', 'benchmark', 'report')
+STAGES = ('data', 'teacher', 'distill', 'student_distilled', 'student_raw', 'select',
+          'student_scratch', 'student_ablations', 'ablations', 'evaluate', 'benchmark', 'report')
+# The student stages that differ only in their training data; the select stage picks one.
+DATA_STUDENTS = ('student_distilled', 'student_raw')
 _STEP_LINE = re.compile(r'^step (\d+)/(\d+) \| (.*)$')
 SIGTERM_EXIT_CODE = 143
 
@@ -99,15 +104,20 @@ class QuickstartConfig:
       length beam, re-ranking and stutter removal come from the validation choice, and the
       passes of the iteration sweep from ``iterations``.
     raw_ablation: also train and evaluate the student on the raw references.
-    scratch_ablation: also train the distilled student from random weights (ablation of
+    choose_data: the select stage chooses the students' training data on validation: the
+      distilled and the raw student both decode every candidate setting, and the rule picks a
+      (student, setting) pair; the winner is the *main* student (the sweep over iterations,
+      the targets, the ablations). False (or ``raw_ablation=False``): the distilled student is
+      the main one, as in the paper's recipe.
+    scratch_ablation: also train the main student's recipe from random weights (ablation of
       ``student_init='teacher'``).
     select_rules, select_iterations, select_length_beams, select_rerank, select_stutter: the
       grid of PaDIR decoding settings tried on the validation split (`padir.selection`).
     select_margin: the chosen setting is the fastest within this many BLEU of the teacher on
       validation, else the best.
     select_examples: validation sentences used for the choice (None: all).
-    extra_ablations: more students for the ablation table, each trained on the distilled data
-      like the main one plus its gin bindings: ``{name: (binding, ...)}`` trains
+    extra_ablations: more students for the ablation table, each trained on the main student's
+      data like the main one plus its gin bindings: ``{name: (binding, ...)}`` trains
       ``student_<name>`` (e.g. ``{'slot_length_head':
       ("padir.builders.network_config.length_head = 'slot'",)}``). Off by default: each costs
       one more student training.
@@ -139,6 +149,7 @@ class QuickstartConfig:
   iterations: tuple[int, ...] = (1, 2, 4, 8)
   refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
   raw_ablation: bool = True
+  choose_data: bool = True
   scratch_ablation: bool = True
   select_rules: tuple[str, ...] = ('mask_predict',)
   select_iterations: tuple[int, ...] = (1, 2, 3, 4)
@@ -358,9 +369,38 @@ class Quickstart:
                 self._stage_macros('teacher', self.full_data, self.cfg.teacher_steps))
     return stage_model()
 
+  @property
+  def selects_data(self) -> bool:
+    """Whether the select stage chooses between the distilled and the raw student."""
+    return self.cfg.choose_data and self.cfg.raw_ablation
+
+  def data_students(self) -> list[str]:
+    """The student stages the select stage chooses among (trained ones only)."""
+    if not self.selects_data:
+      return ['student_distilled']
+    return [s for s in DATA_STUDENTS if s == 'student_distilled' or self.stage_result(s)]
+
+  def main_student(self) -> str:
+    """The student stage chosen on validation (``student_distilled`` before the select stage
+    or when the data is not chosen)."""
+    marker = self.stage_result('select')
+    if marker and self.selects_data:
+      return marker['result'].get('student', 'student_distilled')
+    return 'student_distilled'
+
   def student_data(self, stage: str) -> str:
-    """The training data of a student stage."""
-    return self.subset_data if stage == 'student_raw' else self.distilled_data
+    """The training data of a student stage: the ablation students use the main student's."""
+    if stage == 'student_raw':
+      return self.subset_data
+    if stage == 'student_distilled' or self.main_student() == 'student_distilled':
+      return self.distilled_data
+    return self.subset_data
+
+  def _check_data_chosen(self, stage: str) -> None:
+    if self.selects_data and self.stage_result('select') is None:
+      raise ValueError(f'{stage} trains on the data the select stage chooses on validation; run '
+                       'the select stage first (--stages=...,select,...), or set '
+                       'padir.quickstart.QuickstartConfig.choose_data = False.')
 
   def student_model(self, stage: str = 'student_distilled') -> Any:
     data = self.student_data(stage)
@@ -531,11 +571,13 @@ class Quickstart:
                        self.cfg.student_steps)
 
   def _stage_student_scratch(self) -> dict[str, Any]:
+    self._check_data_chosen('student_scratch')
     self.student_model('student_scratch')
-    return self._train('student_scratch', self.cfg.student_gin_files, self.distilled_data,
-                       self.cfg.student_steps)
+    return self._train('student_scratch', self.cfg.student_gin_files,
+                       self.student_data('student_scratch'), self.cfg.student_steps)
 
   def _stage_student_ablations(self) -> dict[str, Any]:
+    self._check_data_chosen('student_ablations')
     results = {}
     for name in self.cfg.extra_ablations:
       stage = f'student_{name}'
@@ -545,7 +587,7 @@ class Quickstart:
         continue
       self.student_model(stage)
       self.print(f'  ablation {stage}: ' + '; '.join(self.ablation_bindings(stage)))
-      results[stage] = self._train(stage, self.cfg.student_gin_files, self.distilled_data,
+      results[stage] = self._train(stage, self.cfg.student_gin_files, self.student_data(stage),
                                    self.cfg.student_steps)
       qs_eval.write_json(marker, results[stage])
     return results
@@ -553,6 +595,10 @@ class Quickstart:
   def _stage_select(self) -> dict[str, Any]:
     from padir import quickstart_select  # pylint: disable=g-import-not-at-top
     return quickstart_select.select(self)
+
+  def _stage_ablations(self) -> dict[str, Any]:
+    from padir import quickstart_select  # pylint: disable=g-import-not-at-top
+    return quickstart_select.ablations(self)
 
   # ------------------------------------------------------------------ 3. distillation
 
@@ -580,10 +626,11 @@ _STAGE_TEXT = {
     'teacher': 'training the AR teacher',
     'distill': 'choosing the teacher decoding on validation, then distilling the student subset',
     'student_distilled': 'training PaDIR on the distilled data',
-    'student_raw': 'training PaDIR on the raw references (ablation)',
-    'student_scratch': 'training PaDIR on the distilled data from random weights (ablation)',
-    'student_ablations': 'training the extra ablation students on the distilled data',
-    'select': 'choosing the PaDIR decoding setting on the validation split',
+    'student_raw': 'training PaDIR on the raw references',
+    'select': 'choosing the training data and the PaDIR decoding setting on the validation split',
+    'student_scratch': 'training the main student\'s recipe from random weights (ablation)',
+    'student_ablations': 'training the extra ablation students on the main student\'s data',
+    'ablations': 'the ablation table on the validation split',
     'evaluate': 'decoding the test split with every system',
     'benchmark': 'timing batch-1 decoding',
     'report': 'writing the report',

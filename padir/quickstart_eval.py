@@ -294,6 +294,8 @@ def environment() -> dict[str, Any]:
 
 STUDENT_SHORT = {'student_distilled': 'distilled', 'student_raw': 'raw',
                  'student_scratch': 'scratch'}
+MAIN_DATA_TEXT = {'student_distilled': 'teacher\'s distilled outputs',
+                  'student_raw': 'human references'}
 
 
 def chosen_setting(run: Any) -> Any:
@@ -308,13 +310,14 @@ def chosen_setting(run: Any) -> Any:
 
 
 def trained_students(run: Any) -> list[str]:
-  """The student stages this run trains."""
+  """The student stages this run trains, the main one (chosen on validation) first."""
   out = ['student_distilled']
   if run.cfg.raw_ablation:
     out.append('student_raw')
   if run.cfg.scratch_ablation and run.cfg.student_init == 'teacher':
     out.append('student_scratch')
-  return out
+  main = run.main_student()
+  return [main] + [s for s in out if s != main]
 
 
 def beam_length_penalty(run: Any) -> tuple[float, bool]:
@@ -334,8 +337,8 @@ def beam_length_penalty(run: Any) -> tuple[float, bool]:
 def decoded_systems(run: Any) -> list[dict[str, Any]]:
   """Every decoded system of a quickstart run: name, label, model stage, kind, config.
 
-  The distilled student runs the chosen setting at every pass count of ``iterations`` (and at
-  the chosen count); the ablation students run the chosen setting.
+  The main student (`Quickstart.main_student`) runs the chosen setting at every pass count of
+  ``iterations`` (and at the chosen count); the other students run the chosen setting.
   """
   out = [{'name': 'ar_greedy', 'label': 'AR teacher, greedy', 'model': 'teacher',
           'kind': 'ar', 'config': ARConfig(method='greedy')}]
@@ -349,9 +352,10 @@ def decoded_systems(run: Any) -> list[dict[str, Any]]:
                                    length_penalty=penalty)})
   best = chosen_setting(run)
   sweep = sorted(set(run.cfg.iterations) | {best.iterations})
+  main = run.main_student()
   for stage in trained_students(run):
     short = STUDENT_SHORT[stage]
-    for t in (sweep if stage == 'student_distilled' else [best.iterations]):
+    for t in (sweep if stage == main else [best.iterations]):
       setting = dataclasses.replace(best, iterations=t)
       config = dataclasses.replace(setting.refine_config(run.cfg.refine),
                                    return_history=t == max(sweep))
@@ -463,11 +467,12 @@ def benchmark(run: Any) -> dict[str, Any]:
     config = dataclasses.replace(best, iterations=t).refine_config(run.cfg.refine)
     refiners[t] = selection.batch1_decoder(student, config, length,
                                            teacher if best.rerank else None)
+  main = run.main_student()
   for stage in trained_students(run):
     short = STUDENT_SHORT[stage]
     s_params, _, _ = load_params(run, student, stage, tokenizer, partitioner)
     params = (s_params, t_params) if best.rerank else s_params
-    for t in (sweep if stage == 'student_distilled' else [best.iterations]):
+    for t in (sweep if stage == main else [best.iterations]):
       decoders[f'padir_{short}_t{t}'] = batch1(refiners[t], params)
   load_before = _load_average()
   with run.bar(len(sources), 'latency (batch 1)', 'sentence') as bar:
@@ -528,8 +533,12 @@ def collect_results(run: Any) -> dict[str, Any]:
       f'{bench.get("bench_examples", 0)} test sentences, systems interleaved. PaDIR decodes '
       f'with the setting chosen on the validation split ({chosen_setting(run).label}; the '
       'sweep over iterations keeps its other choices), '
-      f'{refine.canvas_init} canvas. The students start from '
-      f'{"the AR teacher" if run.cfg.student_init == "teacher" else "random weights"}.')
+      f'{refine.canvas_init} canvas. The main PaDIR student, trained on the '
+      f'{MAIN_DATA_TEXT[run.main_student()]}, was chosen on validation too. ' +
+      (f'The students continue from the AR teacher\'s weights: {run.cfg.teacher_steps} + '
+       f'{run.cfg.student_steps} training steps in all, against the teacher\'s '
+       f'{run.cfg.teacher_steps}.' if run.cfg.student_init == 'teacher' else
+       'The students start from random weights.'))
   small = bench.get('small')
   if small:
     results['latency_small'] = {
@@ -541,7 +550,9 @@ def collect_results(run: Any) -> dict[str, Any]:
                      'latency_ms': value} for name, value in small['latency_ms'].items()]}
   select = (run.stage_result('select') or {}).get('result')
   if select:
-    results['selection'] = select
+    results['selection'] = dict(select, ablations=(run.stage_result('ablations') or {}).get(
+        'result', select.get('ablations', [])))
+  results['main_student'] = run.main_student()
   distill = (run.stage_result('distill') or {}).get('result', {})
   if distill.get('choice'):
     results['distillation'] = {'candidates': distill['choice'].get('candidates', []),

@@ -1,15 +1,19 @@
 """The quickstart's choices on the validation split: distillation decoding and PaDIR decoding.
 
-* :func:`distill` (the ``distill`` stage) and :func:`choose_distillation`: decodes the validation split with each candidate teacher decoding
-  (greedy, beam with length penalties); of those within ``select_margin`` BLEU of the best, the
-  one whose outputs are closest to the reference length distills (the students copy its
-  lengths). Every candidate's BLEU and output-to-reference length ratio go into the record.
+* :func:`distill` (the ``distill`` stage) and :func:`choose_distillation`: decodes the
+  validation split with each candidate teacher decoding (greedy, beam with length penalties);
+  of those within ``select_margin`` BLEU of the best, the one whose outputs are closest to the
+  reference length distills (the students copy its lengths). Every candidate's BLEU and
+  output-to-reference length ratio go into the record.
 * :func:`select` (the ``select`` stage): decodes the validation split at batch 1 with the AR
-  teacher and every candidate PaDIR setting (`padir.selection.grid`), interleaved sentence by
-  sentence, scores each, and picks the fastest setting within ``select_margin`` BLEU of the
-  teacher, else the best (`padir.selection.choose`). Then the ablation rows: the chosen setting
-  with one choice switched off at a time (decoding rule, re-ranking, length beam, stutter
-  removal) and the students trained without distillation or without the teacher's weights.
+  teacher and every candidate PaDIR setting (`padir.selection.grid`) of every student that
+  differs only in its training data (distilled targets or human references), interleaved
+  sentence by sentence, scores each, and picks the fastest (student, setting) within
+  ``select_margin`` BLEU of the teacher, else the best (`padir.selection.choose`). The winner
+  is the run's main student.
+* :func:`ablations` (the ``ablations`` stage): the chosen student and setting with one choice
+  switched off at a time: the decoding rule, re-ranking, the length beam, stutter removal, the
+  other training data, the teacher's weights (the scratch student) and the extra ablations.
 
 The test split is never read here.
 """
@@ -182,67 +186,89 @@ def _setting_rows(names: Sequence[str], tokens: Mapping[str, np.ndarray],
   return rows
 
 
+DATA_TEXT = {'student_distilled': 'distilled targets', 'student_raw': 'human references'}
+
+
+class _Decoders:
+  """Batch-1 decoders of one validation run: one compilation per distinct decoding, shared by
+  every student of the same network (`qs_eval.batch1`)."""
+
+  def __init__(self, run: Any, student: Any, teacher: Any, t_params: Any):
+    self.run, self.student, self.teacher, self.t_params = run, student, teacher, t_params
+    self.length = run.lengths['targets']
+    self._compiled: dict[Any, Any] = {}
+
+  def __call__(self, setting: selection.DecodeSetting, params: Any, allow: bool = False,
+               model: Any = None):
+    model = self.student if model is None else model
+    config = setting.refine_config(self.run.cfg.refine)
+    if allow:
+      config = dataclasses.replace(config, allow_untrained_update=True)
+    key = (id(model), config, setting.rerank)
+    if key not in self._compiled:
+      self._compiled[key] = selection.batch1_decoder(
+          model, config, self.length, self.teacher if setting.rerank else None)
+    return qs_eval.batch1(self._compiled[key], (params, self.t_params) if setting.rerank
+                          else params)
+
+
+def _validation(run: Any):
+  """(sources [N, S], reference tokens [N, L], references) of the validation rows used."""
+  from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
+  val = arrays_lib.ArrayDataset.load(os.path.join(run.full_data, 'validation'), mmap=False)
+  n = val.num_examples if run.cfg.select_examples is None else min(val.num_examples,
+                                                                     run.cfg.select_examples)
+  return (np.asarray(val.arrays['encoder_input_tokens'])[:n],
+          np.asarray(val.arrays['decoder_target_tokens'])[:n],
+          [t['references'] for t in val.text()[:n]])
+
+
 def select(run: Any) -> dict[str, Any]:
   """Body of the ``select`` stage (see the module docstring)."""
   from padir import partitioning  # pylint: disable=g-import-not-at-top
-  from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
   from padir.data import vocab  # pylint: disable=g-import-not-at-top
   cfg = run.cfg
   tokenizer = vocab.load_tokenizer(cfg.vocabulary)
   partitioner = partitioning.Partitioner()
-  val = arrays_lib.ArrayDataset.load(os.path.join(run.full_data, 'validation'), mmap=False)
-  n = val.num_examples if cfg.select_examples is None else min(val.num_examples,
-                                                                 cfg.select_examples)
-  sources = np.asarray(val.arrays['encoder_input_tokens'])[:n]
-  reference_tokens = np.asarray(val.arrays['decoder_target_tokens'])[:n]
-  references = [t['references'] for t in val.text()[:n]]
-  length = run.lengths['targets']
-
+  sources, reference_tokens, references = _validation(run)
   teacher = run.teacher_model()
   t_params, _, _ = qs_eval.load_params(run, teacher, 'teacher', tokenizer, partitioner)
-  student = run.student_model('student_distilled')
-  s_params, _, _ = qs_eval.load_params(run, student, 'student_distilled', tokenizer,
-                                       partitioner)
+  student = run.student_model('student_distilled')  # the students share one network
+  students = run.data_students()
+  s_params = {stage: qs_eval.load_params(run, student, stage, tokenizer, partitioner)[0]
+              for stage in students}
   settings = selection.grid(cfg.select_rules, cfg.select_iterations, cfg.select_length_beams,
                             cfg.select_rerank, cfg.select_stutter,
                             cfg.refine.top_k_lengths * cfg.refine.restarts)
-
-  def padir_decoder(setting: selection.DecodeSetting, params: Any, allow: bool = False,
-                    model: Any = None):
-    model = student if model is None else model
-    config = setting.refine_config(cfg.refine)
-    if allow:
-      config = dataclasses.replace(config, allow_untrained_update=True)
-    if setting.rerank:
-      return qs_eval.batch1(selection.batch1_decoder(model, config, length, teacher),
-                            (params, t_params))
-    return qs_eval.batch1(selection.batch1_decoder(model, config, length), params)
-
-  decoders = {TEACHER: qs_eval.batch1(qs_eval.ar_greedy_decoder(teacher, length), t_params)}
-  for setting in settings:
-    decoders[setting.name] = padir_decoder(setting, s_params)
-  with run.bar(n, f'select: {len(settings)} PaDIR settings (validation, batch 1)',
-               'sentence') as bar:
+  padir_decoder = _Decoders(run, student, teacher, t_params)
+  decoders = {TEACHER: qs_eval.batch1(qs_eval.ar_greedy_decoder(teacher, run.lengths['targets']),
+                                      t_params)}
+  for stage in students:
+    for setting in settings:
+      decoders[f'{stage}/{setting.name}'] = padir_decoder(setting, s_params[stage])
+  what = f'{len(settings)} PaDIR settings' + (f' x {len(students)} students'
+                                               if len(students) > 1 else '')
+  with run.bar(len(sources), f'select: {what} (validation, batch 1)', 'sentence') as bar:
     tokens, times = selection.decode_interleaved(decoders, sources, progress=bar)
   rows = _setting_rows(list(decoders), tokens, times, references, reference_tokens, tokenizer)
   teacher_row = rows.pop(TEACHER)
   candidates = []
-  for setting in settings:
-    row = rows[setting.name]
-    row.update(setting=setting.to_json(), name=setting.name, label=setting.label,
-               speedup=teacher_row['median_ms'] / max(row['median_ms'], 1e-9))
-    candidates.append(row)
+  for stage in students:
+    for setting in settings:
+      row = rows[f'{stage}/{setting.name}']
+      label = setting.label if len(students) == 1 else f'{DATA_TEXT[stage]}; {setting.label}'
+      row.update(setting=setting.to_json(), name=f'{stage}/{setting.name}', label=label,
+                 student=stage, speedup=teacher_row['median_ms'] / max(row['median_ms'], 1e-9))
+      candidates.append(row)
   chosen, why = selection.choose(candidates, teacher_row['bleu'], cfg.select_margin)
   best = selection.DecodeSetting.from_json(chosen['setting'])
-  run.print(f'  chosen on validation: {best.label}: BLEU {chosen["bleu"]:.2f} (teacher '
+  run.print(f'  chosen on validation: {chosen["label"]}: BLEU {chosen["bleu"]:.2f} (teacher '
             f'{teacher_row["bleu"]:.2f}), {chosen["speedup"]:.2f}x the teacher\'s speed; {why}.')
-  write_decoding_file(run.path('student_distilled'), best, 'teacher')
-  ablation = ablations(run, best, chosen, teacher_row, student, s_params, padir_decoder,
-                       decoders[TEACHER], sources, references, reference_tokens, tokenizer,
-                       partitioner)
+  for stage in students:  # either student dir then translates with the chosen decoding
+    write_decoding_file(run.path(stage), best, 'teacher')
   return {'teacher': teacher_row, 'candidates': candidates, 'chosen': best.to_json(),
-          'chosen_name': best.name, 'why': why, 'margin': cfg.select_margin,
-          'validation_examples': int(n), 'ablations': ablation}
+          'chosen_name': chosen['name'], 'student': chosen['student'], 'why': why,
+          'margin': cfg.select_margin, 'validation_examples': int(len(sources))}
 
 
 def write_decoding_file(model_dir: str, setting: selection.DecodeSetting,
@@ -261,12 +287,30 @@ def write_decoding_file(model_dir: str, setting: selection.DecodeSetting,
   return path
 
 
-def ablations(run: Any, best: selection.DecodeSetting, chosen: Mapping[str, Any],
-              teacher_row: Mapping[str, Any], student: Any, s_params: Any, padir_decoder: Any,
-              teacher_decoder: Any, sources: np.ndarray, references: Sequence[Sequence[str]],
-              reference_tokens: np.ndarray, tokenizer: Any, partitioner: Any
-              ) -> list[dict[str, Any]]:
-  """The chosen setting with one choice switched off at a time, on validation."""
+def ablations(run: Any) -> list[dict[str, Any]]:
+  """Body of the ``ablations`` stage: the chosen student and setting with one choice switched
+  off at a time, on validation (a decoding choice, the training data, the teacher's weights,
+  the extra ablation students)."""
+  from padir import partitioning  # pylint: disable=g-import-not-at-top
+  from padir.data import vocab  # pylint: disable=g-import-not-at-top
+  record = run.stage_result('select')
+  if record is None:
+    raise ValueError('The ablations stage compares against the setting the select stage chose; '
+                     'run the select stage first (--stages=...,select,...).')
+  record = record['result']
+  chosen = next(r for r in record['candidates'] if r['name'] == record['chosen_name'])
+  teacher_row = record['teacher']
+  best = selection.DecodeSetting.from_json(record['chosen'])
+  main = run.main_student()
+  tokenizer = vocab.load_tokenizer(run.cfg.vocabulary)
+  partitioner = partitioning.Partitioner()
+  sources, reference_tokens, references = _validation(run)
+  teacher = run.teacher_model()
+  t_params, _, _ = qs_eval.load_params(run, teacher, 'teacher', tokenizer, partitioner)
+  student = run.student_model(main)
+  s_params, _, _ = qs_eval.load_params(run, student, main, tokenizer, partitioner)
+  padir_decoder = _Decoders(run, student, teacher, t_params)
+
   variants: list[tuple[str, str, Any]] = []  # (label, what, decoder)
   if best.iterations > 1 and best.rule != 'keep_all':
     forced = 'all' not in student.trained_updates
@@ -284,13 +328,17 @@ def ablations(run: Any, best: selection.DecodeSetting, chosen: Mapping[str, Any]
     variants.append((f'stutter removal {"off" if best.stutter else "on"}', 'stutter',
                      padir_decoder(dataclasses.replace(best, stutter=not best.stutter),
                                    s_params)))
-  trained = [('student_raw', 'no distillation (human references)', 'distillation'),
+  other = {'student_distilled': ('student_raw', 'no distillation: trained on the human '
+                                                'references'),
+           'student_raw': ('student_distilled', 'distillation: trained on the teacher\'s outputs '
+                                                'instead of the references')}[main]
+  trained = [other + ('distillation',),
              ('student_scratch', 'no teacher initialisation (random weights)', 'init')]
   for name, bindings in run.cfg.extra_ablations.items():
     trained.append((f'student_{name}', f'{name}: ' + '; '.join(bindings), name))
   for stage, label, what in trained:
     if not os.path.isdir(run.path(stage)) or (
-        stage in ('student_raw', 'student_scratch') and run.stage_result(stage) is None):
+        stage in (*DATA_TEXT, 'student_scratch') and run.stage_result(stage) is None):
       continue
     model = run.student_model(stage) if run.ablation_bindings(stage) else student
     params, _, _ = qs_eval.load_params(run, model, stage, tokenizer, partitioner)
@@ -302,7 +350,8 @@ def ablations(run: Any, best: selection.DecodeSetting, chosen: Mapping[str, Any]
                        what, padir_decoder(best, params, allow=True, model=model)))
   if not variants:
     return []
-  decoders = {TEACHER: teacher_decoder}
+  decoders = {TEACHER: qs_eval.batch1(qs_eval.ar_greedy_decoder(teacher, run.lengths['targets']),
+                                      t_params)}
   decoders.update({f'ablation_{i}': d for i, (_, _, d) in enumerate(variants)})
   with run.bar(len(sources), f'ablations: {len(variants)} variants (validation, batch 1)',
                'sentence') as bar:
@@ -311,7 +360,7 @@ def ablations(run: Any, best: selection.DecodeSetting, chosen: Mapping[str, Any]
   # The chosen setting's speed is rescaled by this run's teacher time, so the table compares
   # like with like even if the machine's load changed between the two runs.
   scale = rows[TEACHER]['median_ms'] / max(teacher_row['median_ms'], 1e-9)
-  out = [{'label': f'chosen: {best.label}', 'what': 'chosen', 'bleu': chosen['bleu'],
+  out = [{'label': f'chosen: {chosen["label"]}', 'what': 'chosen', 'bleu': chosen['bleu'],
           'median_ms': chosen['median_ms'] * scale,
           'mean_length_error': chosen.get('mean_length_error'),
           'repetition_rate': chosen['repetition_rate']}]

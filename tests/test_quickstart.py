@@ -1,6 +1,7 @@
 """End-to-end test of padir quickstart: every stage on a tiny slice of the Bible corpus, then
 a rerun that skips the finished stages, a resumed stage, and a refused configuration change."""
 
+import dataclasses
 import json
 import os
 
@@ -84,6 +85,12 @@ def _load(path):
     return json.load(f)
 
 
+def _main_and_other(results):
+  """Short names of the main student (chosen on validation) and of the other data student."""
+  main = results['main_student'][len('student_'):]
+  return main, {'distilled': 'raw', 'raw': 'distilled'}[main]
+
+
 def test_every_stage_runs_and_the_report_has_its_fields(run):
   out, code = run
   assert code == 0
@@ -91,17 +98,27 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   results = _load(os.path.join(out, 'report', 'report.json'))
   names = [s['name'] for s in results['systems']]
   chosen = results['selection']['chosen']['iterations']
-  assert names == ['ar_greedy', 'padir_distilled_t1', 'padir_distilled_t2',
-                   f'padir_raw_t{chosen}', f'padir_scratch_t{chosen}']
+  main, other = _main_and_other(results)
+  assert names == ['ar_greedy', f'padir_{main}_t1', f'padir_{main}_t2',
+                   f'padir_{other}_t{chosen}', f'padir_scratch_t{chosen}']
   assert results['headline_iterations'] == chosen
   # Validation choice: the grid (1 pass once, 2 passes; length beam 3 with and without
-  # re-ranking).
+  # re-ranking) for each of the two students that differ in their training data.
   selection = results['selection']
-  assert len(selection['candidates']) == 4 and selection['validation_examples'] == 8
-  assert selection['chosen_name'] in [c['name'] for c in selection['candidates']]
+  assert len(selection['candidates']) == 8 and selection['validation_examples'] == 8
+  assert {c['student'] for c in selection['candidates']} == {'student_distilled',
+                                                             'student_raw'}
+  chosen_row = [c for c in selection['candidates'] if c['name'] == selection['chosen_name']]
+  assert [c['student'] for c in chosen_row] == [selection['student']]
+  # The scratch student trains on the data of the student chosen on validation.
+  stage_data = {s: _load(os.path.join(out, 'stages', f'{s}.json'))['result']['data']
+                for s in ('student_distilled', 'student_raw', 'student_scratch')}
+  assert stage_data['student_scratch'] == stage_data[selection['student']]
   labels = [a['label'] for a in selection['ablations']]
   assert labels[0].startswith('chosen:')
-  assert 'no distillation (human references)' in labels
+  assert {'distilled': 'no distillation: trained on the human references',
+          'raw': "distillation: trained on the teacher's outputs instead of the references"
+          }[main] in labels
   assert 'no teacher initialisation (random weights)' in labels
   assert any(label.startswith('teacher re-ranking') for label in labels)
   assert "slot_head: padir.builders.network_config.length_head = 'slot'" in labels
@@ -123,14 +140,14 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert set(results['targets']) == {'padir_vs_teacher', 'padir_faster', 'distillation_helps',
                                      'repetition_falls'}
   assert all(t['met'] in (True, False) for t in results['targets'].values())
-  assert [r['iteration'] for r in results['per_iteration']['student_distilled']] == [1, 2]
+  assert [r['iteration'] for r in results['per_iteration'][f'student_{main}']] == [1, 2]
   small = results['latency_small']
   assert small['config'] == 'tiny' and [s['name'] for s in small['systems']] == [
       'ar_greedy', 'padir_t2']
   assert results['setup']['data']['train subset (students)'] == 24
   assert results['setup']['models']['teacher']['steps'] == 2
   md = open(os.path.join(out, 'report', 'report.md'), encoding='utf-8').read()
-  assert '## Targets' in md and 'PaDIR distilled, 2 it.' in md
+  assert '## Targets' in md and f'PaDIR {main}, 2 it.' in md
   assert '## Validation: choosing the PaDIR decoding' in md and '## Ablations (validation)' in md
   assert '## Distillation' in md
   assert os.path.getsize(os.path.join(out, 'report', 'report.png')) > 0
@@ -139,7 +156,7 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert distilled['num_rows'] + distilled['num_empty'] == 24
   assert distilled['choice']['chosen'] == distillation['chosen']
   assert distilled['length_ratio'] == pytest.approx(distillation['length_ratio'])
-  assert os.path.isfile(os.path.join(out, 'eval', 'decodes', 'padir_distilled_t2.npz'))
+  assert os.path.isfile(os.path.join(out, 'eval', 'decodes', f'padir_{main}_t2.npz'))
 
 
 def test_its_models_translate_with_the_chosen_decoding(run):
@@ -152,10 +169,11 @@ def test_its_models_translate_with_the_chosen_decoding(run):
   md = open(os.path.join(out, 'report', 'report.md'), encoding='utf-8').read()
   assert '## Translate with these models' in md
   chosen = _load(os.path.join(out, 'stages', 'select.json'))['result']['chosen']
-  saved = _load(os.path.join(out, 'student_distilled', 'decoding.json'))
-  assert saved['num_iterations'] == chosen['iterations']
-  assert saved['length_beam'] == chosen['length_beam']
-  assert ('rerank_model_dir' in saved) == chosen['rerank']
+  for stage in ('student_distilled', 'student_raw'):  # either translates as chosen
+    saved = _load(os.path.join(out, stage, 'decoding.json'))
+    assert saved['num_iterations'] == chosen['iterations']
+    assert saved['length_beam'] == chosen['length_beam']
+    assert ('rerank_model_dir' in saved) == chosen['rerank']
   for stage in ('teacher', 'student_distilled', 'student_raw'):
     model_dir = os.path.join(out, stage)
     assert f'--model_dir={model_dir}' in md
@@ -165,7 +183,7 @@ def test_its_models_translate_with_the_chosen_decoding(run):
     model = padir.load(model_dir)
     # The CLI writes one line per input: whitespace runs (and any newline) become one space.
     assert stdout.getvalue() == ' '.join(model.translate('En el principio').split()) + '\n'
-    if stage == 'student_distilled':
+    if stage != 'teacher':
       assert model.decode_config.num_iterations == chosen['iterations']
       assert model.decode_config.length_beam == chosen['length_beam']
       assert (model.reranker is not None) == chosen['rerank']
@@ -176,17 +194,18 @@ def test_rerun_skips_finished_stages_and_resumes_a_missing_one(run, capsys):
   capsys.readouterr()
   # A stage that died after training but before its marker, and one missing evaluation.
   chosen = _load(os.path.join(out, 'stages', 'select.json'))['result']['chosen']['iterations']
+  main, other = _main_and_other(_load(os.path.join(out, 'report', 'report.json')))
   os.remove(os.path.join(out, 'stages', 'student_raw.json'))
   os.remove(os.path.join(out, 'stages', 'evaluate.json'))
-  os.remove(os.path.join(out, 'eval', f'padir_raw_t{chosen}.json'))
-  before = os.path.getmtime(os.path.join(out, 'eval', 'padir_distilled_t1.json'))
+  os.remove(os.path.join(out, 'eval', f'padir_{other}_t{chosen}.json'))
+  before = os.path.getmtime(os.path.join(out, 'eval', f'padir_{main}_t1.json'))
   assert quickstart.main(FLAGS + [f'--output_dir={out}']) == 0
   printed = capsys.readouterr().out
   for stage in ('data', 'teacher', 'distill', 'student_distilled', 'benchmark'):
     assert f'{stage}: done' in printed and 'skipped' in printed
   assert 'already at step 2' in printed  # student_raw resumed from its checkpoint
-  assert f'PaDIR raw, {chosen} it.' in printed and 'PaDIR distilled, 1 it.' not in printed
-  assert os.path.getmtime(os.path.join(out, 'eval', 'padir_distilled_t1.json')) == before
+  assert f'PaDIR {other}, {chosen} it.' in printed and f'PaDIR {main}, 1 it.' not in printed
+  assert os.path.getmtime(os.path.join(out, 'eval', f'padir_{main}_t1.json')) == before
   assert _stage_files(out) == sorted(STAGE_FILES)
 
 
@@ -207,6 +226,28 @@ def test_canvas_mismatch_is_a_clear_error(run, capsys):
   assert quickstart.main(flags) == 1
   err = capsys.readouterr().err
   assert "trained on 'mask_range' canvases" in err and "from 'mask' canvases" in err
+
+
+def test_ablation_students_train_on_the_data_chosen_on_validation(tmp_path):
+  config = quickstart.QuickstartConfig()
+  run = quickstart.Quickstart(config, str(tmp_path), [], [], progress=False)
+  with pytest.raises(ValueError, match='run the select stage first'):
+    run._stage_student_scratch()  # pylint: disable=protected-access
+  assert run.main_student() == 'student_distilled'
+  os.makedirs(run.path('stages'))
+  for student in ('student_raw', 'student_distilled'):
+    quickstart.qs_eval.write_json(run.path('stages', 'select.json'),
+                                  {'seconds': 1.0, 'result': {'student': student}})
+    assert run.main_student() == student
+    assert run.student_data('student_scratch') == run.student_data(student)
+    assert run.student_data('student_raw') == run.subset_data
+    assert run.student_data('student_distilled') == run.distilled_data
+  fixed = quickstart.Quickstart(dataclasses.replace(config, choose_data=False), str(tmp_path),
+                                [], [], progress=False)
+  quickstart.qs_eval.write_json(run.path('stages', 'select.json'),
+                                {'seconds': 1.0, 'result': {'student': 'student_raw'}})
+  assert fixed.main_student() == 'student_distilled'
+  assert fixed.student_data('student_scratch') == fixed.distilled_data
 
 
 def test_train_display_drives_the_bar_from_the_step_callback():

@@ -68,6 +68,25 @@ def test_check_targets_met_and_missed_with_margins():
   assert all(v['met'] is None for v in empty.values())
 
 
+def test_targets_follow_the_main_student_chosen_on_validation():
+  results = dict(_results(distilled_t4=16.0, raw_t4=19.6, reps=(0.08, 0.05, 0.03, 0.03)),
+                 main_student='student_raw')
+  targets = report.check_targets(results)
+  vs_teacher = targets['padir_vs_teacher']
+  assert vs_teacher['met'] is True and vs_teacher['student_bleu'] == pytest.approx(19.6)
+  assert 'PaDIR (reference-trained, 4 iterations)' in vs_teacher['detail']
+  assert 'The distilled student: 16.00 BLEU, gap +4.00.' in vs_teacher['detail']
+  assert targets['distillation_helps']['met'] is False  # still distilled vs raw
+  assert targets['distillation_helps']['margin_bleu'] == pytest.approx(-3.6)
+  # The raw student's repetition doubles the distilled one's and still falls.
+  assert targets['repetition_falls']['series'][0] == [1, 0.16]
+  assert 'the reference-trained student' in targets['repetition_falls']['detail']
+  md = report.render_markdown(dict(results, models={'teacher': 'qs/teacher',
+                                                    'student_raw': 'qs/student_raw'}))
+  assert 'padir.load("qs/student_raw")' in md
+  assert 'PaDIR on the human references: the main student, chosen on validation' in md
+
+
 def test_write_report_files_and_rerender(tmp_path, capsys):
   paths = report.write_report(_results(), str(tmp_path))
   assert set(paths) == {'json', 'markdown', 'plot'}
