@@ -553,6 +553,7 @@ def collect_results(run: Any) -> dict[str, Any]:
     results['selection'] = dict(select, ablations=(run.stage_result('ablations') or {}).get(
         'result', select.get('ablations', [])))
   results['main_student'] = run.main_student()
+  results['summary'] = _summary(run)
   distill = (run.stage_result('distill') or {}).get('result', {})
   if distill.get('choice'):
     results['distillation'] = {'candidates': distill['choice'].get('candidates', []),
@@ -564,6 +565,20 @@ def collect_results(run: Any) -> dict[str, Any]:
                                      'student_scratch')
                        if run.stage_result(stage)}
   return results
+
+def _summary(run: Any) -> str:
+  """What the report's PaDIR is and how far its comparison with the teacher is fair."""
+  main = run.main_student()
+  setting = chosen_setting(run).label
+  text = f'The PaDIR student of the targets was trained on the {MAIN_DATA_TEXT[main]}: ' + (
+      f'the validation split chose it over the other student, with its decoding ({setting}).'
+      if run.selects_data else f'the validation split chose its decoding ({setting}).')
+  if run.cfg.student_init == 'teacher':
+    total = run.cfg.teacher_steps + run.cfg.student_steps
+    text += (f' It continues from the AR teacher\'s weights, so it has trained {total} steps '
+             f'against the teacher\'s {run.cfg.teacher_steps}: the comparison favours PaDIR.')
+  return text
+
 
 def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[str, Any]:
   flags = [f'--gin_file={f}' for f in run.gin_files[1:]]

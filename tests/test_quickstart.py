@@ -102,6 +102,7 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert names == ['ar_greedy', f'padir_{main}_t1', f'padir_{main}_t2',
                    f'padir_{other}_t{chosen}', f'padir_scratch_t{chosen}']
   assert results['headline_iterations'] == chosen
+  assert "it has trained 4 steps against the teacher's 2" in results['summary']
   # Validation choice: the grid (1 pass once, 2 passes; length beam 3 with and without
   # re-ranking) for each of the two students that differ in their training data.
   selection = results['selection']
