@@ -239,12 +239,12 @@ class LoadedModel:
                     f'tokens, the model\'s input length, and were cut.', stacklevel=3)
     return ids
 
-  def _predictor(self, config: Any) -> evaluation.Predictor:
-    key = repr(config)
+  def _predictor(self, config: Any, rerank: bool) -> evaluation.Predictor:
+    key = (repr(config), rerank)
     if key not in self._predictors:
       model, shardings = self.model, self.param_shardings
       kwargs: dict[str, Any] = {'decode_config': config}
-      if self.reranker is not None:
+      if rerank:
         from padir import selection  # pylint: disable=g-import-not-at-top
         model = selection.TeacherReranked(self.model, self.reranker.model)
         shardings = (self.param_shardings, self.reranker.param_shardings)
@@ -252,22 +252,25 @@ class LoadedModel:
                                                    seed=self.seed)
     return self._predictors[key]
 
-  def _params(self) -> Any:
-    return (self.params, self.reranker.params) if self.reranker is not None else self.params
+  def _params(self, rerank: bool) -> Any:
+    return (self.params, self.reranker.params) if rerank else self.params
 
-  def _decode(self, sentences: Sequence[str], config: Any) -> tuple[np.ndarray, dict[str, Any]]:
+  def _decode(self, sentences: Sequence[str], config: Any,
+              rerank: bool) -> tuple[np.ndarray, dict[str, Any]]:
     """tokens [N, L] and aux (per-row arrays) of ``sentences``, in order."""
-    return self._decode_ids(self._encode(sentences, int(self.feature_lengths['inputs'])), config)
+    return self._decode_ids(self._encode(sentences, int(self.feature_lengths['inputs'])), config,
+                            rerank)
 
-  def _decode_ids(self, sources: np.ndarray, config: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    predictor = self._predictor(config)
+  def _decode_ids(self, sources: np.ndarray, config: Any,
+                  rerank: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    predictor = self._predictor(config, rerank)
     out_tokens, out_aux = [], []
     shards = self.partitioner.batch_shards
     for start in range(0, len(sources), self.batch_size):
       block = sources[start:start + self.batch_size]
       rows = _bucket(len(block), shards, self.batch_size)
       padded = np.pad(block, ((0, rows - len(block)), (0, 0)))
-      tokens, aux = predictor(self._params(), {'encoder_input_tokens': padded}, start)
+      tokens, aux = predictor(self._params(rerank), {'encoder_input_tokens': padded}, start)
       out_tokens.append(tokens[:len(block)])
       out_aux.append({k: v[:len(block)] if np.ndim(v) else v for k, v in aux.items()})
     tokens = np.concatenate(out_tokens)
@@ -292,11 +295,22 @@ class LoadedModel:
     if sources.ndim != 2 or sources.shape[1] != int(self.feature_lengths['inputs']):
       raise ValueError(f'sources must be [N, {self.feature_lengths["inputs"]}] ids, got '
                        f'{sources.shape}.')
-    return self._decode_ids(sources, self._config(decoding))
+    return self._decode_ids(sources, *self._options(decoding))
 
-  def _config(self, options: Mapping[str, Any]) -> Any:
-    config = _decode_overrides(self.decode_config, options)
-    return self.model.decoding_config(config) if self.is_padir else config
+  def _options(self, decoding: Mapping[str, Any]) -> tuple[Any, bool]:
+    """(decode config, whether the AR reranker runs) of one call's decoding options."""
+    decoding = dict(decoding)
+    if 'rerank_model_dir' in decoding:
+      raise ValueError('rerank_model_dir is read from the model dir\'s decoding.json when the '
+                       'model is loaded; pass rerank=False to decode without re-ranking.')
+    rerank = decoding.pop('rerank', None)
+    if rerank and self.reranker is None:
+      raise ValueError(f'rerank=True, but {self!r} has no AR reranker (name one with '
+                       'rerank_model_dir in the dir\'s decoding.json, or pass reranker= to '
+                       'LoadedModel).')
+    config = _decode_overrides(self.decode_config, decoding)
+    config = self.model.decoding_config(config) if self.is_padir else config
+    return config, self.reranker is not None and rerank is not False
 
   # ------------------------------------------------------------------ the API
 
@@ -306,8 +320,9 @@ class LoadedModel:
     Args:
       sentences: a sentence or a list of them; an empty one gets an empty translation.
       **decoding: overrides of the decoding defaults: for PaDIR ``iterations``,
-        ``length_beam``, ``rule`` and any `padir.refine_decoding.RefineConfig` field; for AR
-        any `padir.ar_decoding.ARConfig` field (``method='beam'``, ``beam_size``, ...).
+        ``length_beam``, ``rule``, ``rerank=False`` (no AR re-ranking for this call) and any
+        `padir.refine_decoding.RefineConfig` field; for AR any `padir.ar_decoding.ARConfig`
+        field (``method='beam'``, ``beam_size``, ...).
 
     Returns:
       The translation(s).
@@ -317,7 +332,7 @@ class LoadedModel:
     out = [''] * len(items)
     todo = [i for i, s in enumerate(items) if s.strip()]
     if todo:
-      tokens, _ = self._decode([items[i] for i in todo], self._config(decoding))
+      tokens, _ = self._decode([items[i] for i in todo], *self._options(decoding))
       for i, row in zip(todo, tokens):
         out[i] = self.tokenizer.decode(row.tolist())
     return out[0] if single else out
@@ -343,8 +358,8 @@ class LoadedModel:
     items = [sentences] if single else list(sentences)
     if any(not s.strip() for s in items):
       raise ValueError('refine() needs non-empty sentences.')
-    config = dataclasses.replace(self._config(decoding), return_history=True)
-    tokens, aux = self._decode(items, config)
+    config, rerank = self._options(decoding)
+    tokens, aux = self._decode(items, dataclasses.replace(config, return_history=True), rerank)
     out = []
     for i, source in enumerate(items):
       best = int(aux['best_candidate'][i])

@@ -533,12 +533,8 @@ def collect_results(run: Any) -> dict[str, Any]:
       f'{bench.get("bench_examples", 0)} test sentences, systems interleaved. PaDIR decodes '
       f'with the setting chosen on the validation split ({chosen_setting(run).label}; the '
       'sweep over iterations keeps its other choices), '
-      f'{refine.canvas_init} canvas. The main PaDIR student, trained on the '
-      f'{MAIN_DATA_TEXT[run.main_student()]}, was chosen on validation too. ' +
-      (f'The students continue from the AR teacher\'s weights: {run.cfg.teacher_steps} + '
-       f'{run.cfg.student_steps} training steps in all, against the teacher\'s '
-       f'{run.cfg.teacher_steps}.' if run.cfg.student_init == 'teacher' else
-       'The students start from random weights.'))
+      f'{refine.canvas_init} canvas. The students start from '
+      f'{"the AR teacher" if run.cfg.student_init == "teacher" else "random weights"}.')
   small = bench.get('small')
   if small:
     results['latency_small'] = {

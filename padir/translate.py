@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                       help='PaDIR: lengths tried around the predicted one (odd)')
   parser.add_argument('--rule', default=None,
                       help="PaDIR remasking rule (e.g. 'mask_predict', 'keep_all')")
+  parser.add_argument('--no_rerank', action='store_true',
+                      help="PaDIR: no AR re-ranking of the length candidates, even when the dir's "
+                      'decoding.json names a rerank_model_dir')
   parser.add_argument('--beam_size', type=int, default=None,
                       help='AR: beam search with this many beams (1: greedy)')
   parser.add_argument('--batch_size', type=int, default=64, help='sentences per decoder call')
@@ -64,8 +67,7 @@ def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any
                 'rule': flags.rule}
   if not is_padir:
     given = [f'--{k}' for k, v in padir_only.items() if v is not None]
-    if flags.show_refinement:
-      given.append('--show_refinement')
+    given += [f'--{k}' for k in ('show_refinement', 'no_rerank') if getattr(flags, k)]
     if given:
       raise ValueError(f'{", ".join(given)}: PaDIR option(s), but {flags.model_dir} is an AR '
                        'model (use --beam_size, or --gin.padir.ar_decoding.ARConfig.* bindings).')
@@ -75,7 +77,10 @@ def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any
   if flags.beam_size is not None:
     raise ValueError(f'--beam_size: an AR option, but {flags.model_dir} is a PaDIR model (use '
                      '--length_beam and --iterations).')
-  return {k: v for k, v in padir_only.items() if v is not None}
+  options = {k: v for k, v in padir_only.items() if v is not None}
+  if flags.no_rerank:
+    options['rerank'] = False
+  return options
 
 
 def run(argv: Sequence[str], stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,

@@ -102,6 +102,36 @@ def test_mistakes_are_one_line(models, tmp_path, capsys):
     padir.load(models['ar']).refine('abc')
 
 
+def test_the_reranker_can_be_switched_off_per_call(models, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from padir import interactive  # pylint: disable=g-import-not-at-top
+  plain = padir.load(models['padir'])
+  # A copy of the PaDIR dir whose decoding.json names the AR model as its re-ranker.
+  reranked_dir = str(tmp_path / 'padir')
+  shutil.copytree(models['padir'], reranked_dir)
+  with open(os.path.join(reranked_dir, interactive.DECODING_FILE), 'w', encoding='utf-8') as f:
+    f.write('{"length_beam": 3, "rerank_model_dir": "%s"}'
+            % os.path.relpath(models['ar'], reranked_dir))
+  reranked = padir.load(reranked_dir)
+  assert reranked.reranker is not None
+  sources = ['abc', 'cba', 'ab']
+  assert reranked.translate(sources, rerank=False) == plain.translate(sources, length_beam=3)
+  rerank_flags = lambda: {key[1] for key in reranked._predictors}  # pylint: disable=protected-access
+  assert rerank_flags() == {False}  # the decoder compiled without the AR model
+  reranked.translate(sources)
+  assert rerank_flags() == {False, True}
+  with pytest.raises(ValueError, match='rerank=False'):
+    reranked.translate(sources, rerank_model_dir=None)
+  with pytest.raises(ValueError, match='has no AR reranker'):
+    plain.translate(sources, rerank=True)
+  stdout = io.StringIO()
+  assert translate.run([f'--model_dir={reranked_dir}', '--no_rerank'],
+                       stdin=io.StringIO('\n'.join(sources) + '\n'), stdout=stdout) == 0
+  expected = plain.translate(sources, length_beam=3)
+  assert stdout.getvalue() == ''.join(' '.join(t.split()) + '\n' for t in expected)
+  assert translate.main([f'--model_dir={models["ar"]}', '--no_rerank']) == 1
+
+
 def test_saved_config_drives_padir_infer(models, tmp_path):
   """A run's config.gin is enough for padir infer: no network or length flags."""
   src = tmp_path / 'src.txt'
