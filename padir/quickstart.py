@@ -18,13 +18,15 @@ On the embedded Bible corpus (Spanish -> English), one command:
                         1 BLEU of the teacher, else the best); the winner is the main student
   7. student_scratch    the main student's recipe from random weights (ablation)
   8. student_ablations  more ablation students (QuickstartConfig.extra_ablations; off by default)
-  9. ablations          validation, batch 1: the chosen student and setting with one choice
+  9. ar_matched         the AR teacher trained on for as many steps as the students, on the
+                        main student's data: the AR baseline at equal training
+  10. ablations         validation, batch 1: the chosen student and setting with one choice
                         switched off at a time
-  10. evaluate          test split: multi-reference BLEU / chrF, repetition rate, length error
+  11. evaluate          test split: multi-reference BLEU / chrF, repetition rate, length error
                         of AR greedy and beam, and of the students with the chosen setting
-  11. benchmark         batch-1 latency of the same systems on this machine, interleaved, and
+  12. benchmark         batch-1 latency of the same systems on this machine, interleaved, and
                         of random networks at the T5.1.1 'small' size
-  12. report            OUTPUT_DIR/report/report.{md,json,png} (padir.report)
+  13. report            OUTPUT_DIR/report/report.{md,json,png} (padir.report)
 
 Every stage shows a progress bar with an ETA and leaves a marker in ``OUTPUT_DIR/stages/``
 when it finishes; rerunning the same command skips finished stages and resumes the current one
@@ -66,7 +68,8 @@ from padir.refine_decoding import RefineConfig
 DEFAULT_OUTPUT_DIR = 'padir_quickstart'
 DEFAULT_GIN_FILE = 'gin/runs/quickstart.gin'
 STAGES = ('data', 'teacher', 'distill', 'student_distilled', 'student_raw', 'select',
-          'student_scratch', 'student_ablations', 'ablations', 'evaluate', 'benchmark', 'report')
+          'student_scratch', 'student_ablations', 'ar_matched', 'ablations', 'evaluate',
+          'benchmark', 'report')
 # The student stages that differ only in their training data; the select stage picks one.
 DATA_STUDENTS = ('student_distilled', 'student_raw')
 _STEP_LINE = re.compile(r'^step (\d+)/(\d+) \| (.*)$')
@@ -111,6 +114,9 @@ class QuickstartConfig:
       the main one, as in the paper's recipe.
     scratch_ablation: also train the main student's recipe from random weights (ablation of
       ``student_init='teacher'``).
+    matched_ar: with ``student_init='teacher'``, also continue the AR teacher for
+      ``student_steps`` on the main student's data (``ar_matched``): the students have trained
+      ``teacher_steps + student_steps`` steps, and this AR model as many.
     select_rules, select_iterations, select_length_beams, select_rerank, select_stutter: the
       grid of PaDIR decoding settings tried on the validation split (`padir.selection`).
     select_margin: the chosen setting is the fastest within this many BLEU of the teacher on
@@ -151,6 +157,7 @@ class QuickstartConfig:
   raw_ablation: bool = True
   choose_data: bool = True
   scratch_ablation: bool = True
+  matched_ar: bool = True
   select_rules: tuple[str, ...] = ('mask_predict',)
   select_iterations: tuple[int, ...] = (1, 2, 3, 4)
   select_length_beams: tuple[int, ...] = (1, 3, 5)
@@ -355,19 +362,24 @@ class Quickstart:
   def _stage_macros(self, stage: str, data_dir: str, steps: int) -> dict[str, Any]:
     macros = {'MODEL_DIR': self.path(stage), 'MIXTURE_OR_TASK_NAME': data_dir,
               'TRAIN_STEPS': steps}
-    if stage.startswith('student'):
+    if stage.startswith('student') or stage == 'ar_matched':
       init = self.path('teacher') if self.student_starts_from_teacher(stage) else None
       macros['padir.checkpoints.CheckpointConfig.init_from'] = init
     return macros
 
   def student_starts_from_teacher(self, stage: str) -> bool:
-    """Whether a student stage starts from the teacher's weights."""
+    """Whether a student stage (or ``ar_matched``) starts from the teacher's weights."""
     return self.cfg.student_init == 'teacher' and stage != 'student_scratch'
 
   def teacher_model(self) -> Any:
     self._parse(self.cfg.teacher_gin_files,
                 self._stage_macros('teacher', self.full_data, self.cfg.teacher_steps))
     return stage_model()
+
+  @property
+  def trains_matched_ar(self) -> bool:
+    """Whether the ``ar_matched`` stage runs (the AR model trained as long as the students)."""
+    return self.cfg.matched_ar and self.cfg.student_init == 'teacher'
 
   @property
   def selects_data(self) -> bool:
@@ -453,6 +465,8 @@ class Quickstart:
                                             self.cfg.student_init == 'teacher'):
         continue
       if name == 'student_ablations' and not self.cfg.extra_ablations:
+        continue
+      if name == 'ar_matched' and not self.trains_matched_ar:
         continue
       marker = self.path('stages', f'{name}.json')
       if name != 'report' and os.path.isfile(marker):
@@ -552,7 +566,7 @@ class Quickstart:
                              'num_encoder_layers', 'num_decoder_layers', 'dropout_rate',
                              'positional_attention', 'vocab_size', 'max_target_length')},
         'data': data_dir,
-        'init_from': 'teacher' if stage.startswith('student') and
+        'init_from': 'teacher' if (stage.startswith('student') or stage == 'ar_matched') and
                      self.student_starts_from_teacher(stage) else None,
     }
 
@@ -592,6 +606,11 @@ class Quickstart:
       qs_eval.write_json(marker, results[stage])
     return results
 
+  def _stage_ar_matched(self) -> dict[str, Any]:
+    self._check_data_chosen('ar_matched')
+    return self._train('ar_matched', self.cfg.teacher_gin_files, self.student_data('ar_matched'),
+                       self.cfg.student_steps)
+
   def _stage_select(self) -> dict[str, Any]:
     from padir import quickstart_select  # pylint: disable=g-import-not-at-top
     return quickstart_select.select(self)
@@ -630,6 +649,7 @@ _STAGE_TEXT = {
     'select': 'choosing the training data and the PaDIR decoding setting on the validation split',
     'student_scratch': 'training the main student\'s recipe from random weights (ablation)',
     'student_ablations': 'training the extra ablation students on the main student\'s data',
+    'ar_matched': 'training the AR teacher on for as many steps as the students',
     'ablations': 'the ablation table on the validation split',
     'evaluate': 'decoding the test split with every system',
     'benchmark': 'timing batch-1 decoding',

@@ -292,6 +292,7 @@ def environment() -> dict[str, Any]:
 # Stage 6 of a quickstart run (`padir.quickstart.Quickstart`): evaluation.
 
 
+MATCHED_AR = 'ar_matched_greedy'
 STUDENT_SHORT = {'student_distilled': 'distilled', 'student_raw': 'raw',
                  'student_scratch': 'scratch'}
 MAIN_DATA_TEXT = {'student_distilled': 'teacher\'s distilled outputs',
@@ -350,6 +351,11 @@ def decoded_systems(run: Any) -> list[dict[str, Any]]:
                 'model': 'teacher', 'kind': 'ar',
                 'config': ARConfig(method='beam', beam_size=run.cfg.eval_beam_size,
                                    length_penalty=penalty)})
+  if run.trains_matched_ar:
+    steps = run.cfg.teacher_steps + run.cfg.student_steps
+    out.append({'name': MATCHED_AR, 'model': 'ar_matched', 'kind': 'ar',
+                'label': f'AR trained as long as the students ({steps} steps), greedy',
+                'config': ARConfig(method='greedy')})
   best = chosen_setting(run)
   sweep = sorted(set(run.cfg.iterations) | {best.iterations})
   main = run.main_student()
@@ -395,13 +401,12 @@ def evaluate(run: Any) -> dict[str, Any]:
     for system in todo:
       stage = system['model']
       if stage not in loaded:
-        model = run.teacher_model() if stage == 'teacher' else run.student_model(stage)
-        if system['kind'] == 'padir' and 'padir_model' in loaded:
-          model = loaded['padir_model']  # the same network: reuse its compiled decoders
+        model = run.teacher_model() if system['kind'] == 'ar' else run.student_model(stage)
+        if f'{system["kind"]}_model' in loaded:
+          model = loaded[f'{system["kind"]}_model']  # the same network: reuse its decoders
         params, shardings, step = load_params(run, model, stage, tokenizer, partitioner)
         loaded[stage] = (model, params, shardings, step)
-        if system['kind'] == 'padir':
-          loaded['padir_model'] = model
+        loaded.setdefault(f'{system["kind"]}_model', model)
       model, params, shardings, step = loaded[stage]
       if system.get('rerank'):
         if 'teacher' not in loaded:
@@ -456,8 +461,11 @@ def benchmark(run: Any) -> dict[str, Any]:
   length = run.lengths['targets']
   teacher = run.teacher_model()
   t_params, _, _ = load_params(run, teacher, 'teacher', tokenizer, partitioner)
-  decoders = {'ar_greedy': batch1(
-      ar_greedy_decoder(teacher, length), t_params)}
+  ar = ar_greedy_decoder(teacher, length)  # one compilation serves both AR models
+  decoders = {'ar_greedy': batch1(ar, t_params)}
+  if run.trains_matched_ar:
+    decoders[MATCHED_AR] = batch1(ar, load_params(run, teacher, 'ar_matched', tokenizer,
+                                                  partitioner)[0])
   from padir import selection  # pylint: disable=g-import-not-at-top
   student = run.student_model()
   best = chosen_setting(run)
@@ -557,7 +565,7 @@ def collect_results(run: Any) -> dict[str, Any]:
                                'length_ratio': distill.get('length_ratio')}
   results['setup'] = _setup(run, data, bench)
   results['models'] = {stage: os.path.join(run.output_dir, stage)
-                       for stage in ('teacher', 'student_distilled', 'student_raw',
+                       for stage in ('teacher', 'ar_matched', 'student_distilled', 'student_raw',
                                      'student_scratch')
                        if run.stage_result(stage)}
   return results
@@ -594,7 +602,7 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
       'test': splits.get('test', {}).get('num_examples'),
   }
   models = {}
-  for stage in ('teacher', 'student_distilled', 'student_raw', 'student_scratch'):
+  for stage in ('teacher', 'ar_matched', 'student_distilled', 'student_raw', 'student_scratch'):
     marker = run.stage_result(stage)
     if marker:
       r = marker['result']

@@ -99,7 +99,7 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   names = [s['name'] for s in results['systems']]
   chosen = results['selection']['chosen']['iterations']
   main, other = _main_and_other(results)
-  assert names == ['ar_greedy', f'padir_{main}_t1', f'padir_{main}_t2',
+  assert names == ['ar_greedy', 'ar_matched_greedy', f'padir_{main}_t1', f'padir_{main}_t2',
                    f'padir_{other}_t{chosen}', f'padir_scratch_t{chosen}']
   assert results['headline_iterations'] == chosen
   assert "it has trained 4 steps against the teacher's 2" in results['summary']
@@ -113,8 +113,9 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert [c['student'] for c in chosen_row] == [selection['student']]
   # The scratch student trains on the data of the student chosen on validation.
   stage_data = {s: _load(os.path.join(out, 'stages', f'{s}.json'))['result']['data']
-                for s in ('student_distilled', 'student_raw', 'student_scratch')}
+                for s in ('student_distilled', 'student_raw', 'student_scratch', 'ar_matched')}
   assert stage_data['student_scratch'] == stage_data[selection['student']]
+  assert stage_data['ar_matched'] == stage_data[selection['student']]
   labels = [a['label'] for a in selection['ablations']]
   assert labels[0].startswith('chosen:')
   assert {'distilled': 'no distillation: trained on the human references',
@@ -133,13 +134,16 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert models['student_distilled']['initialised from'] == 'teacher'
   assert models['student_raw']['initialised from'] == 'teacher'
   assert models['student_scratch']['initialised from'] == 'random weights'
+  # The AR baseline at equal training: the teacher trained on, on the main student's data.
+  assert models['ar_matched']['initialised from'] == 'teacher'
+  assert models['ar_matched']['steps'] == 2 and models['ar_matched']['model'] == 'EncoderDecoderModel'
   for system in results['systems']:
     for key in ('bleu', 'chrf', 'repetition_rate', 'mean_length_error', 'num_examples'):
       assert isinstance(system[key], (int, float)), (system['name'], key)
     assert system['num_examples'] == 16
     assert system['latency_ms']['median'] > 0
   assert set(results['targets']) == {'padir_vs_teacher', 'padir_faster', 'distillation_helps',
-                                     'repetition_falls'}
+                                     'repetition_falls', 'padir_vs_matched_ar'}
   assert all(t['met'] in (True, False) for t in results['targets'].values())
   assert [r['iteration'] for r in results['per_iteration'][f'student_{main}']] == [1, 2]
   small = results['latency_small']

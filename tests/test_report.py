@@ -81,8 +81,15 @@ def test_targets_follow_the_main_student_chosen_on_validation():
   # The raw student's repetition doubles the distilled one's and still falls.
   assert targets['repetition_falls']['series'][0] == [1, 0.16]
   assert 'the reference-trained student' in targets['repetition_falls']['detail']
+  assert 'padir_vs_matched_ar' not in targets  # no AR model trained as long in these results
+  assert 'an AR model trained as long' not in report.render_markdown(results)
+  results['systems'].append(_system('ar_matched_greedy', 'ar_matched', 'ar', 21.0, 0.01, 100.0))
+  matched = report.check_targets(results)['padir_vs_matched_ar']
+  assert matched['met'] is False and matched['gap_bleu'] == pytest.approx(1.4)
+  assert 'missed by 0.40 BLEU' in matched['detail']
   md = report.render_markdown(dict(results, models={'teacher': 'qs/teacher',
                                                     'student_raw': 'qs/student_raw'}))
+  assert '**PaDIR within 1 BLEU of an AR model trained as long: MISSED.**' in md
   assert 'padir.load("qs/student_raw")' in md
   assert 'PaDIR on the human references: the main student, chosen on validation' in md
 
