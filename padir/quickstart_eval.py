@@ -580,7 +580,10 @@ def _summary(run: Any) -> str:
   if run.cfg.student_init == 'teacher':
     total = run.cfg.teacher_steps + run.cfg.student_steps
     text += (f' It continues from the AR teacher\'s weights, so it has trained {total} steps '
-             f'against the teacher\'s {run.cfg.teacher_steps}: the comparison favours PaDIR.')
+             f'against the teacher\'s {run.cfg.teacher_steps}: the comparison with the teacher '
+             'favours PaDIR' + ('; the AR model trained as long (the same start, data, steps and '
+                                'schedule) is the fair baseline.' if run.trains_matched_ar
+                                else '.'))
   return text
 
 
