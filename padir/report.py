@@ -146,13 +146,16 @@ def check_targets(results: Mapping[str, Any],
     out['padir_faster'] = {'met': None, 'detail': 'not measured (needs batch-1 latency of the '
                            'AR teacher and the main student).'}
 
-  if teacher and student:
-    gap = float(teacher['bleu']) - float(student['bleu'])
-    met = gap <= max_gap
+  def gap_check(ar: Mapping[str, Any], ar_text: str) -> tuple[float, bool, str]:
+    """(gap, met, detail) of the main student against an AR system."""
+    gap = float(ar['bleu']) - float(student['bleu'])
     detail = (f'PaDIR ({name}, {headline_iterations} iterations) {student["bleu"]:.2f} BLEU vs '
-              f'AR teacher (greedy) {teacher["bleu"]:.2f}: gap {gap:+.2f} BLEU '
-              f'(target <= {max_gap:.1f}); ')
-    detail += 'met.' if met else f'missed by {gap - max_gap:.2f} BLEU.'
+              f'{ar_text} {ar["bleu"]:.2f}: gap {gap:+.2f} BLEU (target <= {max_gap:.1f}); ')
+    met = gap <= max_gap
+    return gap, met, detail + ('met.' if met else f'missed by {gap - max_gap:.2f} BLEU.')
+
+  if teacher and student:
+    gap, met, detail = gap_check(teacher, 'AR teacher (greedy)')
     if main != 'student_distilled' and distilled:
       detail += (f' The distilled student: {distilled["bleu"]:.2f} BLEU, gap '
                  f'{float(teacher["bleu"]) - float(distilled["bleu"]):+.2f}.')
@@ -166,7 +169,8 @@ def check_targets(results: Mapping[str, Any],
     out['padir_vs_teacher'] = entry
   else:
     out['padir_vs_teacher'] = {'met': None, 'detail': 'not measured (needs the AR teacher '
-                               f'greedy and the main PaDIR student at {headline_iterations} iterations).'}
+                               'greedy and the main PaDIR student at '
+                               f'{headline_iterations} iterations).'}
 
   if distilled and raw:
     margin = float(distilled['bleu']) - float(raw['bleu'])
@@ -181,12 +185,7 @@ def check_targets(results: Mapping[str, Any],
     out['distillation_helps'] = {'met': None, 'detail': 'not measured (needs both students).'}
 
   if matched and student:
-    gap = float(matched['bleu']) - float(student['bleu'])
-    met = gap <= max_gap
-    detail = (f'PaDIR ({name}, {headline_iterations} iterations) {student["bleu"]:.2f} BLEU vs '
-              f'the AR model trained as many steps (greedy) {matched["bleu"]:.2f}: gap '
-              f'{gap:+.2f} BLEU (target <= {max_gap:.1f}); ')
-    detail += 'met.' if met else f'missed by {gap - max_gap:.2f} BLEU.'
+    gap, met, detail = gap_check(matched, 'the AR model trained as many steps (greedy)')
     out['padir_vs_matched_ar'] = {'met': met, 'gap_bleu': gap, 'detail': detail,
                                   'ar_bleu': float(matched['bleu']),
                                   'student_bleu': float(student['bleu'])}

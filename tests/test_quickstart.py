@@ -136,7 +136,8 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert models['student_scratch']['initialised from'] == 'random weights'
   # The AR baseline at equal training: the teacher trained on, on the main student's data.
   assert models['ar_matched']['initialised from'] == 'teacher'
-  assert models['ar_matched']['steps'] == 2 and models['ar_matched']['model'] == 'EncoderDecoderModel'
+  assert models['ar_matched']['steps'] == 2
+  assert models['ar_matched']['model'] == 'EncoderDecoderModel'
   for system in results['systems']:
     for key in ('bleu', 'chrf', 'repetition_rate', 'mean_length_error', 'num_examples'):
       assert isinstance(system[key], (int, float)), (system['name'], key)

@@ -116,7 +116,8 @@ def test_the_reranker_can_be_switched_off_per_call(models, tmp_path):
   assert reranked.reranker is not None
   sources = ['abc', 'cba', 'ab']
   assert reranked.translate(sources, rerank=False) == plain.translate(sources, length_beam=3)
-  rerank_flags = lambda: {key[1] for key in reranked._predictors}  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  rerank_flags = lambda: {key[1] for key in reranked._predictors}
   assert rerank_flags() == {False}  # the decoder compiled without the AR model
   reranked.translate(sources)
   assert rerank_flags() == {False, True}
