@@ -35,6 +35,7 @@ from padir import eval as eval_lib
 from padir import evaluation
 from padir.ar_decoding import ARConfig
 from padir.network import T5Config
+from padir.quickstart_config import DATA_TEXT
 from padir.refine_decoding import RefineConfig
 
 SIZE_FIELDS = ('emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_layers',
@@ -295,8 +296,6 @@ def environment() -> dict[str, Any]:
 MATCHED_AR = 'ar_matched_greedy'
 STUDENT_SHORT = {'student_distilled': 'distilled', 'student_raw': 'raw',
                  'student_scratch': 'scratch'}
-MAIN_DATA_TEXT = {'student_distilled': 'teacher\'s distilled outputs',
-                  'student_raw': 'human references'}
 
 
 def chosen_setting(run: Any) -> Any:
@@ -574,7 +573,7 @@ def _summary(run: Any) -> str:
   """What the report's PaDIR is and how far its comparison with the teacher is fair."""
   main = run.main_student()
   setting = chosen_setting(run).label
-  text = f'The PaDIR student of the targets was trained on the {MAIN_DATA_TEXT[main]}: ' + (
+  text = f'The PaDIR student of the targets was trained on the {DATA_TEXT[main]}: ' + (
       f'the validation split chose it over the other student, with its decoding ({setting}).'
       if run.selects_data else f'the validation split chose its decoding ({setting}).')
   if run.cfg.student_init == 'teacher':

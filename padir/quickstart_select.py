@@ -30,6 +30,7 @@ from padir import analysis
 from padir import quickstart_eval as qs_eval
 from padir import selection
 from padir.ar_decoding import ARConfig
+from padir.quickstart_config import DATA_TEXT
 
 TEACHER = 'ar_greedy'
 
@@ -186,15 +187,12 @@ def _setting_rows(names: Sequence[str], tokens: Mapping[str, np.ndarray],
   return rows
 
 
-DATA_TEXT = {'student_distilled': 'distilled targets', 'student_raw': 'human references'}
-
-
 class _Decoders:
   """Batch-1 decoders of one validation run: one compilation per distinct decoding, shared by
   every student of the same network (`qs_eval.batch1`)."""
 
   def __init__(self, run: Any, student: Any, teacher: Any, t_params: Any):
-    self.run, self.student, self.teacher, self.t_params = run, student, teacher, t_params
+    self.run, self.student, self.teacher_model, self.t_params = run, student, teacher, t_params
     self.length = run.lengths['targets']
     self._compiled: dict[Any, Any] = {}
 
@@ -207,9 +205,14 @@ class _Decoders:
     key = (id(model), config, setting.rerank)
     if key not in self._compiled:
       self._compiled[key] = selection.batch1_decoder(
-          model, config, self.length, self.teacher if setting.rerank else None)
+          model, config, self.length, self.teacher_model if setting.rerank else None)
     return qs_eval.batch1(self._compiled[key], (params, self.t_params) if setting.rerank
                           else params)
+
+  def teacher(self):
+    """The AR teacher's greedy batch-1 decoder."""
+    return qs_eval.batch1(qs_eval.ar_greedy_decoder(self.teacher_model, self.length),
+                          self.t_params)
 
 
 def _validation(run: Any):
@@ -241,8 +244,7 @@ def select(run: Any) -> dict[str, Any]:
                             cfg.select_rerank, cfg.select_stutter,
                             cfg.refine.top_k_lengths * cfg.refine.restarts)
   padir_decoder = _Decoders(run, student, teacher, t_params)
-  decoders = {TEACHER: qs_eval.batch1(qs_eval.ar_greedy_decoder(teacher, run.lengths['targets']),
-                                      t_params)}
+  decoders = {TEACHER: padir_decoder.teacher()}
   for stage in students:
     for setting in settings:
       decoders[f'{stage}/{setting.name}'] = padir_decoder(setting, s_params[stage])
@@ -350,8 +352,7 @@ def ablations(run: Any) -> list[dict[str, Any]]:
                        what, padir_decoder(best, params, allow=True, model=model)))
   if not variants:
     return []
-  decoders = {TEACHER: qs_eval.batch1(qs_eval.ar_greedy_decoder(teacher, run.lengths['targets']),
-                                      t_params)}
+  decoders = {TEACHER: padir_decoder.teacher()}
   decoders.update({f'ablation_{i}': d for i, (_, _, d) in enumerate(variants)})
   with run.bar(len(sources), f'ablations: {len(variants)} variants (validation, batch 1)',
                'sentence') as bar:

@@ -1,0 +1,182 @@
+"""The configuration of ``padir quickstart``: its stages and `QuickstartConfig` (gin:
+``padir.quickstart.QuickstartConfig``), with the checks that refuse a bad setting before any
+stage runs. The driver is `padir.quickstart`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any, Mapping
+
+from padir import gin_utils
+from padir.refine_decoding import RefineConfig
+
+STAGES = ('data', 'teacher', 'distill', 'student_distilled', 'student_raw', 'select',
+          'student_scratch', 'student_ablations', 'ar_matched', 'ablations', 'evaluate',
+          'benchmark', 'report')
+# The student stages that differ only in their training data; the select stage picks one.
+DATA_STUDENTS = ('student_distilled', 'student_raw')
+DATA_TEXT = {'student_distilled': 'distilled targets', 'student_raw': 'human references'}
+
+@dataclasses.dataclass(frozen=True)
+class QuickstartConfig:
+  """What the quickstart runs (gin: ``padir.quickstart.QuickstartConfig``).
+
+  Attributes:
+    teacher_gin_files: experiment gin of the AR teacher (read before the quickstart files).
+    student_gin_files: experiment gin of the PaDIR students.
+    task: a Bible direction of `padir.data.tasks.BIBLE_TASKS` (re-registered with
+      ``overlong``) or any registered padir task (used as it is).
+    vocabulary: the run's vocabulary (``VOCABULARY``).
+    feature_lengths: ``{'inputs': L_in, 'targets': L}`` (``TASK_FEATURE_LENGTHS``).
+    overlong: 'filter' (drop sentences longer than the lengths) or 'truncate'.
+    teacher_steps: training steps of the teacher (``TEACHER_STEPS``).
+    student_steps: training steps of each student (``STUDENT_STEPS``).
+    student_train_examples: size of the random training subset that is distilled and that
+      both students train on (None: the whole filtered train split).
+    subset_seed: seed of that subset.
+    distill_choices: the teacher decodings tried for distillation, as ``(beam_size,
+      length_penalty)`` (beam 1 = greedy); of those within ``select_margin`` validation BLEU
+      of the best, the one whose outputs are closest to the reference length distills.
+    student_init: 'teacher' (the students start from the AR teacher's weights; only the
+      length head starts fresh, `padir.init_from`) or 'scratch'.
+    distill_batch_size: sentences per distillation batch.
+    eval_batch_size: sentences per evaluation batch.
+    eval_examples: test sentences to decode (None: the whole filtered test split).
+    eval_beam_size: also report the teacher with this beam (0: greedy only).
+    iterations: PaDIR iteration counts to evaluate and time.
+    refine: the students' base decoding settings (canvas, buckets, scoring); the rule, passes,
+      length beam, re-ranking and stutter removal come from the validation choice, and the
+      passes of the iteration sweep from ``iterations``.
+    raw_ablation: also train and evaluate the student on the raw references.
+    choose_data: the select stage chooses the students' training data on validation: the
+      distilled and the raw student both decode every candidate setting, and the rule picks a
+      (student, setting) pair; the winner is the *main* student (the sweep over iterations,
+      the targets, the ablations). False (or ``raw_ablation=False``): the distilled student is
+      the main one, as in the paper's recipe.
+    scratch_ablation: also train the main student's recipe from random weights (ablation of
+      ``student_init='teacher'``).
+    matched_ar: with ``student_init='teacher'``, also continue the AR teacher for
+      ``student_steps`` on the main student's data (``ar_matched``): the students have trained
+      ``teacher_steps + student_steps`` steps, and this AR model as many.
+    select_rules, select_iterations, select_length_beams, select_rerank, select_stutter: the
+      grid of PaDIR decoding settings tried on the validation split (`padir.selection`).
+    select_margin: the chosen setting is the fastest within this many BLEU of the teacher on
+      validation, else the best.
+    select_examples: validation sentences used for the choice (None: all).
+    extra_ablations: more students for the ablation table, each trained on the main student's
+      data like the main one plus its gin bindings: ``{name: (binding, ...)}`` trains
+      ``student_<name>`` (e.g. ``{'slot_length_head':
+      ("padir.builders.network_config.length_head = 'slot'",)}``). Off by default: each costs
+      one more student training.
+    bench_examples: test sentences timed at batch 1 (0: no latency measurement).
+    small_preset: also time randomly initialised networks of this T5.1.1 preset with the same
+      decoding settings ('' or None: skip).
+    small_iterations: PaDIR iteration counts timed at the ``small_preset`` size.
+    small_bench_examples: sentences timed at the ``small_preset`` size.
+  """
+
+  teacher_gin_files: tuple[str, ...] = ('gin/experiments/bible_es_en_ar.gin',)
+  student_gin_files: tuple[str, ...] = ('gin/experiments/bible_es_en_padir.gin',)
+  task: str = 'bible_es_en'
+  vocabulary: str = 'bible'
+  feature_lengths: Mapping[str, int] = dataclasses.field(
+      default_factory=lambda: {'inputs': 40, 'targets': 40})
+  overlong: str = 'filter'
+  teacher_steps: int = 1000
+  student_steps: int = 1000
+  student_train_examples: int | None = None
+  subset_seed: int = 0
+  distill_choices: tuple[tuple[float, float], ...] = ((1, 0.0), (4, 0.6), (4, 1.0), (4, 1.5),
+                                                    (4, 2.0))
+  student_init: str = 'teacher'
+  distill_batch_size: int = 64
+  eval_batch_size: int = 64
+  eval_examples: int | None = None
+  eval_beam_size: int = 4
+  iterations: tuple[int, ...] = (1, 2, 4, 8)
+  refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
+  raw_ablation: bool = True
+  choose_data: bool = True
+  scratch_ablation: bool = True
+  matched_ar: bool = True
+  select_rules: tuple[str, ...] = ('mask_predict',)
+  select_iterations: tuple[int, ...] = (1, 2, 3, 4)
+  select_length_beams: tuple[int, ...] = (1, 3, 5)
+  select_rerank: tuple[bool, ...] = (False, True)
+  select_stutter: tuple[bool, ...] = (False,)
+  select_margin: float = 1.0
+  select_examples: int | None = None
+  extra_ablations: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  bench_examples: int = 40
+  small_preset: str | None = 'small'
+  small_iterations: tuple[int, ...] = (1, 4)
+  small_bench_examples: int = 10
+
+  def __post_init__(self):
+    for name in ('teacher_gin_files', 'student_gin_files', 'iterations', 'small_iterations',
+                 'select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
+                 'select_stutter'):
+      value = getattr(self, name)
+      if isinstance(value, (list, str)):
+        object.__setattr__(self, name, tuple([value] if isinstance(value, str) else value))
+    object.__setattr__(self, 'feature_lengths', dict(self.feature_lengths))
+    if set(self.feature_lengths) != {'inputs', 'targets'} or \
+        min(self.feature_lengths.values()) < 2:
+      raise ValueError(f'QuickstartConfig.feature_lengths={self.feature_lengths} needs inputs '
+                       'and targets >= 2 (set TASK_FEATURE_LENGTHS).')
+    if self.overlong not in ('filter', 'truncate'):
+      raise ValueError(f"QuickstartConfig.overlong={self.overlong!r} must be 'filter' or "
+                       "'truncate'.")
+    object.__setattr__(self, 'extra_ablations', {
+        str(k): tuple([v] if isinstance(v, str) else v)
+        for k, v in dict(self.extra_ablations).items()})
+    for name in self.extra_ablations:
+      if not re.fullmatch(r'[a-z0-9_]+', name) or f'student_{name}' in STAGES:
+        raise ValueError(f'QuickstartConfig.extra_ablations: {name!r} must be a new name of '
+                         'lowercase letters, digits and underscores.')
+    object.__setattr__(self, 'distill_choices',
+                       tuple(tuple(c) for c in self.distill_choices))
+    if not self.distill_choices or any(len(c) != 2 or c[0] < 1 for c in self.distill_choices):
+      raise ValueError(f'QuickstartConfig.distill_choices={self.distill_choices} must be '
+                       '(beam_size >= 1, length_penalty) pairs.')
+    if self.student_init not in ('teacher', 'scratch'):
+      raise ValueError(f"QuickstartConfig.student_init={self.student_init!r} must be 'teacher' "
+                       "or 'scratch'.")
+    for name in ('select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
+                 'select_stutter'):
+      if not getattr(self, name):
+        raise ValueError(f'QuickstartConfig.{name} is empty; give at least one value.')
+    if any(not isinstance(t, int) or not 1 <= t for t in self.select_iterations):
+      raise ValueError(f'QuickstartConfig.select_iterations={self.select_iterations} must be '
+                       'integers >= 1.')
+    if any(not isinstance(b, int) or b < 1 or b % 2 == 0 for b in self.select_length_beams):
+      raise ValueError(f'QuickstartConfig.select_length_beams={self.select_length_beams} must '
+                       'be odd integers >= 1.')
+    for name in ('teacher_steps', 'student_steps', 'distill_batch_size', 'eval_batch_size'):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f'QuickstartConfig.{name}={value!r} must be an integer >= 1.')
+    for name in ('eval_beam_size', 'bench_examples', 'small_bench_examples'):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 0:
+        raise ValueError(f'QuickstartConfig.{name}={value!r} must be an integer >= 0.')
+    if self.student_train_examples is not None and self.student_train_examples < 1:
+      raise ValueError(f'QuickstartConfig.student_train_examples={self.student_train_examples}'
+                       ' must be >= 1 or None (the whole train split).')
+    if not self.iterations or any(not isinstance(t, int) or t < 1 for t in self.iterations):
+      raise ValueError(f'QuickstartConfig.iterations={self.iterations} must be integers >= 1.')
+    if not isinstance(self.refine, RefineConfig):
+      raise ValueError('QuickstartConfig.refine must be a padir.refine_decoding.RefineConfig '
+                       '(@padir.refine_decoding.RefineConfig() in gin).')
+
+  @property
+  def max_iterations(self) -> int:
+    return max(self.iterations)
+
+  def to_json(self) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+QuickstartConfig = gin_utils.configurable(QuickstartConfig, module='padir.quickstart')
