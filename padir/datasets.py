@@ -38,6 +38,10 @@ class DatasetConfig:
     drop_remainder: drop a last partial batch (train); otherwise it is padded with empty rows.
     converter: feature converter of a seqio task ('padir' or 'encdec').
     module: a module to import first (it registers your own seqio tasks).
+    length_buckets: batch widths for an exported split, e.g. ``(16, 24)`` with 32-token
+      features: rows of similar length share a batch trimmed to the narrowest width that holds
+      them (`padir.data.arrays.ArrayBatchIterator`); the trainer compiles one step per width.
+      None: full-length batches.
   """
   source: str
   split: str
@@ -49,6 +53,7 @@ class DatasetConfig:
   drop_remainder: bool = True
   converter: str = 'padir'
   module: str | None = None
+  length_buckets: tuple[int, ...] | None = None
 
   def __post_init__(self):
     if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -56,6 +61,12 @@ class DatasetConfig:
     if not self.source:
       raise ValueError('DatasetConfig.source is empty: set MIXTURE_OR_TASK_NAME to a seqio task '
                        'or an export directory.')
+    if self.length_buckets is not None:
+      if isinstance(self.length_buckets, (str, bytes)) or not hasattr(self.length_buckets,
+                                                                      '__iter__'):
+        raise ValueError(f'DatasetConfig.length_buckets={self.length_buckets!r} must be a tuple '
+                         'of widths, e.g. (16, 24), or None.')
+      object.__setattr__(self, 'length_buckets', tuple(self.length_buckets))
 
 
 gin_utils.configurable(DatasetConfig, module='padir.datasets')
@@ -86,7 +97,7 @@ def make_iterator(config: DatasetConfig, *, vocabulary: Any = None, shuffle: boo
       num_epochs=config.num_epochs if num_epochs == -1 else num_epochs,
       drop_remainder=config.drop_remainder if drop_remainder is None else drop_remainder,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      vocabulary=vocabulary)
+      vocabulary=vocabulary, length_buckets=config.length_buckets)
 
 
 def export_texts(config: DatasetConfig) -> list[dict[str, Any]] | None:
@@ -103,3 +114,15 @@ def global_shapes(iterator: Any) -> dict[str, tuple[int, ...]]:
   """Feature -> global batch shape of an iterator (its per-process shape x process count)."""
   return {k: (shape[0] * jax.process_count(),) + tuple(shape[1:])
           for k, (shape, _) in iterator.element_spec.items()}
+
+
+def bucket_shapes(iterator: Any) -> list[dict[str, tuple[int, ...]]]:
+  """Feature -> global batch shape of every length bucket narrower than the full length that
+  the iterator's batches use (none without ``length_buckets``)."""
+  full = global_shapes(iterator)
+  out = []
+  for shapes in getattr(iterator, 'batch_shapes', None) or []:
+    shapes = {k: (v[0] * jax.process_count(),) + tuple(v[1:]) for k, v in shapes.items()}
+    if shapes != full:
+      out.append(shapes)
+  return out

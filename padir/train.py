@@ -272,9 +272,16 @@ def train(*,
     return TrainResult(step, False, {}, {}, state)
 
   trainer.compile()
+  buckets = datasets_lib.bucket_shapes(train_iter)
+  for shapes in buckets:  # length buckets: one step per width, compiled before the clock starts
+    trainer.compile(shapes)
+  widths = ''
+  if buckets:
+    widths = ', length buckets ' + '/'.join(
+        str(max(w.values())) for w in trainer.compiled_widths[1:] + trainer.compiled_widths[:1])
   print_fn(f'Compiled the train step in {trainer.compile_seconds:.1f}s; training from step '
            f'{step} to {total_steps} (batch {trainer.batch_size}, mesh '
-           f'{partitioner.mesh_shape}).')
+           f'{partitioner.mesh_shape}{widths}).')
   writer = summaries.MetricWriter(model_dir, tensorboard=tensorboard, print_fn=print_fn,
                                   start_step=step)
   progress = summaries.Progress(step, total_steps)

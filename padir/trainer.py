@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax
 import jax
@@ -120,6 +120,7 @@ class Trainer:
                                       params=self.param_shardings,
                                       opt_state=self.opt_shardings)
     self._train_step = None
+    self._narrow_steps: dict[tuple[tuple[int, ...], ...], Any] = {}
     self._eval_step = None
     self.compile_seconds: float | None = None
     self.train_step_flops: float | None = None
@@ -195,22 +196,37 @@ class Trainer:
         num_target_tokens=jnp.sum(batch['decoder_target_tokens'] > 0).astype(jnp.float32))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  def _abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+  def _abstract_batch(self, shapes: Mapping[str, tuple[int, ...]] | None = None
+                      ) -> dict[str, jax.ShapeDtypeStruct]:
     sharding = self.partitioner.batch_sharding(2)
     return {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=sharding)
-            for k, v in self.input_shapes.items()}
+            for k, v in (shapes or self.input_shapes).items()}
 
-  def compile(self) -> None:
-    """Compiles the train step ahead of time (records seconds and the step's FLOPs)."""
-    if self._train_step is not None:
-      return
-    start = time.perf_counter()
+  def _compile_for(self, shapes: Mapping[str, tuple[int, ...]] | None = None) -> Any:
     jitted = jax.jit(self._train_step_fn,
                      in_shardings=(self.state_shardings, self.partitioner.batch_sharding(2)),
                      out_shardings=(self.state_shardings, self.partitioner.replicated()),
                      donate_argnums=(0,))
     with self.partitioner.context():
-      compiled = jitted.lower(self.abstract_state(), self._abstract_batch()).compile()
+      return jitted.lower(self.abstract_state(), self._abstract_batch(shapes)).compile()
+
+  def compile(self, shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+    """Compiles the train step ahead of time (records seconds and the step's FLOPs).
+
+    Args:
+      shapes: feature -> global batch shape with narrower sequences (a length bucket);
+        None: the full ``input_shapes``. Compiling every bucket before training keeps the
+        compile pauses out of the step timings.
+    """
+    if shapes is not None:
+      batch = {k: np.empty(tuple(v), np.int8) for k, v in shapes.items()}
+      self.check_batch(batch, global_shapes=True)
+      self._step_for(batch)
+      return
+    if self._train_step is not None:
+      return
+    start = time.perf_counter()
+    compiled = self._compile_for()
     self.compile_seconds = time.perf_counter() - start
     self.train_step_flops = hlo_stats.flops(compiled)
     self._train_step = compiled
@@ -225,16 +241,42 @@ class Trainer:
     self.compile()
     return self._train_step
 
+  @property
+  def compiled_widths(self) -> list[dict[str, int]]:
+    """Feature -> sequence width of every batch shape compiled so far (the full one first)."""
+    keys = ([tuple(self.input_shapes.values())] if self._train_step is not None else []) + \
+        list(self._narrow_steps)
+    return [{k: shape[1] for k, shape in zip(self.input_shapes, key)} for key in keys]
+
   def check_batch(self, batch: Mapping[str, np.ndarray], global_shapes: bool = False) -> None:
-    """Host-side check of a batch's features and shapes before it reaches the compiled step."""
+    """Host-side check of a batch's features and shapes before it reaches a compiled step.
+
+    Rows must number the compiled batch size; a sequence may be narrower than the compiled
+    length (length-bucketed batches, `padir.datasets.DatasetConfig.length_buckets`): each
+    narrower shape compiles a step of its own once.
+    """
     for name, shape in self.input_shapes.items():
       if name not in batch:
         raise ValueError(f'The batch lacks feature {name!r} (has {sorted(batch)}).')
       expected = shape if global_shapes else (shape[0] // jax.process_count(),) + shape[1:]
-      if tuple(batch[name].shape) != expected:
-        raise ValueError(f'Feature {name!r} has shape {tuple(batch[name].shape)}, expected '
-                         f'{expected}; every batch must have the shapes the step was compiled '
-                         'for (drop_remainder=True).')
+      got = tuple(batch[name].shape)
+      if len(got) != len(expected) or got[0] != expected[0] or \
+          any(g < 1 or g > e for g, e in zip(got[1:], expected[1:])):
+        raise ValueError(f'Feature {name!r} has shape {got}, expected {expected} (or a '
+                         'narrower sequence); every batch must have the rows the step was '
+                         'compiled for (drop_remainder=True) and at most its length.')
+
+  def _step_for(self, batch: Mapping[str, Any]) -> Any:
+    """The compiled step of this batch's shapes (a narrower one compiles once, on first use)."""
+    self.compile()
+    key = tuple(tuple(int(d) for d in batch[k].shape) for k in self.input_shapes)
+    if key == tuple(self.input_shapes.values()):
+      return self._train_step
+    if key not in self._narrow_steps:
+      start = time.perf_counter()
+      self._narrow_steps[key] = self._compile_for(dict(zip(self.input_shapes, key)))
+      self.compile_seconds = (self.compile_seconds or 0.0) + time.perf_counter() - start
+    return self._narrow_steps[key]
 
   def train_step(self, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, Metrics]:
     """One optimizer step. ``batch``: this process's numpy rows or global jax arrays.
@@ -246,9 +288,11 @@ class Trainer:
       self.check_batch(batch)
       batch = self.partitioner.shard_batch({k: batch[k] for k in self.input_shapes})
     else:
+      self.check_batch(batch, global_shapes=True)
       batch = {k: batch[k] for k in self.input_shapes}
+    step = self._step_for(batch)
     with self.partitioner.context():
-      return self._train_step(state, batch)
+      return step(state, batch)
 
   def eval_step(self, params: Any, batch: Mapping[str, Any]) -> Metrics:
     """The model's eval metrics on one batch (no dropout; fixed corruption key)."""

@@ -101,3 +101,31 @@ def test_metrics_accumulator_sums_counts_and_finds_nan():
   assert losses == [(1, 2.0), (2, 4.0)]
   with pytest.raises(trainer_lib.NonFiniteLossError, match='at step 7'):
     trainer_lib.check_finite([(6, 1.0), (7, float('nan')), (8, float('inf'))])
+
+
+def test_narrower_batches_compile_their_own_step():
+  """Length-bucketed batches: a narrower width trains (its own step, compiled once) and gives
+  the loss of the same rows at the full width; a wider one is refused by name."""
+  model = _model(models.EncoderDecoderModel, dropout=0.0)
+  partitioner = partitioning.Partitioner((1, 1, 1), devices=jax.devices()[:1])
+  full = _batch()
+  half = train_testlib.LENGTH // 2
+  narrow = {k: v[:, :half].copy() for k, v in full.items()}
+  narrow['encoder_input_tokens'][:, -1] = narrow['decoder_target_tokens'][:, -1] = 1
+  padded = {k: np.pad(v, ((0, 0), (0, half))) for k, v in narrow.items()}
+  trainer = trainer_lib.Trainer(model, optimizers.adafactor(learning_rate=0.01), partitioner,
+                                {k: v.shape for k, v in full.items()}, seed=3)
+  trainer.compile({k: (8, half) for k in full})
+  assert [w['encoder_input_tokens'] for w in trainer.compiled_widths] == [
+      train_testlib.LENGTH, half]
+  state = trainer.init_state()
+  state, narrow_metrics = trainer.train_step(state, narrow)
+  other = trainer_lib.Trainer(model, optimizers.adafactor(learning_rate=0.01), partitioner,
+                              {k: v.shape for k, v in full.items()}, seed=3)
+  _, padded_metrics = other.train_step(other.init_state(), padded)
+  np.testing.assert_allclose(float(narrow_metrics['loss']), float(padded_metrics['loss']),
+                             rtol=1e-5)
+  assert len(trainer.compiled_widths) == 2  # the narrow step was reused, not recompiled
+  wide = {k: np.pad(v, ((0, 0), (0, 1))) for k, v in full.items()}
+  with pytest.raises(ValueError, match='or a narrower sequence'):
+    trainer.train_step(state, wide)

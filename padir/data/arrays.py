@@ -19,7 +19,10 @@
   ``[p * B/P, (p+1) * B/P)`` of each global batch, so processes never overlap;
 * resumable: the position is (epoch, step), global and tiny; :meth:`get_state` /
   :meth:`set_state` round-trip it through JSON (save it with the checkpoint), and a resumed
-  iterator yields exactly what the original would have, even with another process count.
+  iterator yields exactly what the original would have, even with another process count;
+* length buckets (optional, for training): rows of similar length share a batch, which is
+  trimmed to the narrowest bucket width that holds them, so a step spends little compute on
+  padding (fairseq batches by length for the same reason; T5X packs).
 """
 
 from __future__ import annotations
@@ -175,10 +178,41 @@ class ArrayDataset:
     return ds
 
 
+def row_lengths(dataset: ArrayDataset) -> np.ndarray:
+  """int64 [N]: per row, the longest of its features (tokens up to the last non-pad one)."""
+  out = np.zeros((dataset.num_examples,), np.int64)
+  chunk = 1 << 16  # bounded memory on large memory-mapped splits
+  for a in dataset.arrays.values():
+    width = a.shape[1]
+    for start in range(0, dataset.num_examples, chunk):
+      block = np.asarray(a[start:start + chunk]) != 0  # [n, L]
+      last = width - np.argmax(block[:, ::-1], axis=1)  # 1 + index of the last non-pad
+      last[~block.any(axis=1)] = 0
+      out[start:start + chunk] = np.maximum(out[start:start + chunk], last)
+  return out
+
+
+def check_length_buckets(buckets: Sequence[int], max_length: int) -> tuple[int, ...]:
+  """Sorted bucket widths, the features' full length (``max_length``) always last.
+
+  Raises:
+    ValueError: a width that is not a positive integer.
+  """
+  widths = []
+  for b in buckets:
+    if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
+      raise ValueError(f'length_buckets={tuple(buckets)!r}: every width must be a positive '
+                       'integer (e.g. (16, 24) for 32-token features).')
+    if b < max_length:
+      widths.append(int(b))
+  return tuple(sorted(set(widths))) + (int(max_length),)
+
+
 class ArrayBatchIterator:
   """Seeded, process-sharded, resumable batches of an :class:`ArrayDataset`.
 
-  Yields ``{feature: int32 [batch_size // process_count, L]}`` numpy dicts.
+  Yields ``{feature: int32 [batch_size // process_count, W]}`` numpy dicts: ``W`` is the
+  feature's length, or with ``length_buckets`` the batch's bucket width (at most the length).
   """
 
   def __init__(self,
@@ -190,7 +224,8 @@ class ArrayBatchIterator:
                num_epochs: int | None = None,
                drop_remainder: bool = True,
                process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1,
+               length_buckets: Sequence[int] | None = None):
     """Args:
       dataset: the split.
       batch_size: the global batch size (all processes together).
@@ -200,6 +235,12 @@ class ArrayBatchIterator:
       drop_remainder: drop the last, partial batch of each epoch; otherwise it is padded
         with all-zero rows (pad tokens, zero loss weight) to the full size.
       process_index, process_count: this process and how many there are.
+      length_buckets: batch widths, e.g. ``(16, 24)`` (the features' full length is always
+        the last). Each epoch, the shuffled rows are grouped by the narrowest width that
+        holds every feature of the row; each group is cut into batches (its leftover rows
+        move on to the next width), the batches are shuffled, and each is trimmed to its
+        width. The number of batches per epoch, the seeding and resuming are as without
+        buckets. None: every batch has the full length.
     """
     if batch_size < 1 or batch_size % process_count:
       raise ValueError(f'batch_size={batch_size} must be a positive multiple of '
@@ -228,6 +269,14 @@ class ArrayBatchIterator:
     self._order_epoch = -1
     self._order = np.arange(n)
     self._last_rows = np.zeros((0,), np.int64)
+    self._full = dataset.feature_lengths
+    self._buckets: tuple[int, ...] | None = None
+    self._bucket_of = np.zeros((n,), np.int64)
+    self._batches: list[tuple[int, np.ndarray]] = []
+    if length_buckets is not None:
+      self._buckets = check_length_buckets(length_buckets, max(self._full.values()))
+      # The narrowest bucket that holds the row's longest feature.
+      self._bucket_of = np.searchsorted(np.asarray(self._buckets), row_lengths(dataset))
 
   @property
   def last_rows(self) -> np.ndarray:
@@ -243,9 +292,30 @@ class ArrayBatchIterator:
 
   @property
   def element_spec(self) -> dict[str, tuple[tuple[int, int], np.dtype]]:
-    """Feature -> (per-process batch shape, dtype) of every batch."""
+    """Feature -> (per-process batch shape, dtype) of every batch (the widest, with buckets)."""
     return {k: ((self._local, length), np.dtype(np.int32))
-            for k, length in self._ds.feature_lengths.items()}
+            for k, length in self._full.items()}
+
+  @property
+  def length_buckets(self) -> tuple[int, ...] | None:
+    """The batch widths (the full length last), or None."""
+    return self._buckets
+
+  @property
+  def batch_shapes(self) -> list[dict[str, tuple[int, int]]]:
+    """Feature -> per-process batch shape, for every shape a batch can have (widest last)."""
+    if self._buckets is None:
+      return [{k: shape for k, (shape, _) in self.element_spec.items()}]
+    used, carry = [], 0  # the same in every epoch: it depends on the bucket sizes only
+    counts = np.bincount(self._bucket_of, minlength=len(self._buckets))
+    for b, count in enumerate(counts):
+      carry += int(count)
+      if carry >= self._batch_size or (b == len(counts) - 1 and carry and
+                                       not self._drop_remainder):
+        used.append(b)
+      carry %= self._batch_size
+    return [{k: (self._local, min(self._buckets[b], n)) for k, n in self._full.items()}
+            for b in used]
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
@@ -255,18 +325,45 @@ class ArrayBatchIterator:
       n = self._ds.num_examples
       self._order = (np.random.default_rng([self._seed, self._epoch]).permutation(n)
                      if self._shuffle else np.arange(n))
+      if self._buckets is not None:
+        self._batches = self._bucket_batches(self._order)
       self._order_epoch = self._epoch
     return self._order
+
+  def _bucket_batches(self, order: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(bucket, global rows) of every batch of an epoch whose rows come in ``order``."""
+    batches, carry = [], np.zeros((0,), np.int64)
+    for b in range(len(self._buckets)):
+      rows = np.concatenate([carry, order[self._bucket_of[order] == b]])
+      full = len(rows) // self._batch_size
+      batches += [(b, rows[i * self._batch_size:(i + 1) * self._batch_size])
+                  for i in range(full)]
+      carry = rows[full * self._batch_size:]
+    if len(carry) and not self._drop_remainder:
+      batches.append((len(self._buckets) - 1, carry))
+    if self._shuffle:
+      shuffled = np.random.default_rng([self._seed, self._epoch, 1]).permutation(len(batches))
+      batches = [batches[i] for i in shuffled]
+    return batches
+
+  def _global_batch(self) -> tuple[np.ndarray, dict[str, int]]:
+    """The current global batch's rows and its feature widths."""
+    order = self._epoch_order()
+    if self._buckets is None:
+      start = self._step * self._batch_size
+      return order[start:start + self._batch_size], self._full
+    bucket, rows = self._batches[self._step]
+    return rows, {k: min(self._buckets[bucket], n) for k, n in self._full.items()}
 
   def __next__(self) -> dict[str, np.ndarray]:
     if self._num_epochs is not None and self._epoch >= self._num_epochs:
       raise StopIteration
-    start = self._step * self._batch_size + self._process_index * self._local
-    rows = self._epoch_order()[start:start + self._local]
+    global_rows, widths = self._global_batch()
+    start = self._process_index * self._local
     # Sorted rows read the (memory-mapped) arrays front to back; the order inside a batch is
     # immaterial.
-    rows = np.sort(rows)
-    batch = {k: np.asarray(a[rows]) for k, a in self._ds.arrays.items()}
+    rows = np.sort(global_rows[start:start + self._local])
+    batch = {k: np.asarray(a[rows, :widths[k]]) for k, a in self._ds.arrays.items()}
     self._last_rows = np.full((self._local,), -1, np.int64)
     self._last_rows[:len(rows)] = rows
     if len(rows) < self._local:  # only the last batch of an epoch, without drop_remainder
@@ -289,6 +386,7 @@ class ArrayBatchIterator:
         'num_examples': self._ds.num_examples,
         'task': self._ds.metadata.get('task'),
         'split': self._ds.metadata.get('split'),
+        'length_buckets': None if self._buckets is None else list(self._buckets),
     }
 
   def set_state(self, state: Mapping[str, Any]) -> None:
@@ -297,7 +395,7 @@ class ArrayBatchIterator:
       raise ValueError(f'Not an array iterator state: {dict(state)}.')
     mine = self.get_state()
     for key in ('seed', 'shuffle', 'batch_size', 'drop_remainder', 'num_examples', 'task',
-                'split'):
+                'split', 'length_buckets'):
       if state.get(key) != mine[key]:
         raise ValueError(f'Cannot resume: the saved iterator had {key}={state.get(key)!r}, '
                          f'this one has {mine[key]!r}.')

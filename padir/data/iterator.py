@@ -13,7 +13,7 @@ process, and ``get_state()`` is a small JSON-serialisable dict to save with chec
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
+from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -75,7 +75,8 @@ def make_batch_iterator(source: str | os.PathLike[str],
                         drop_remainder: bool = True,
                         process_index: int | None = None,
                         process_count: int | None = None,
-                        vocabulary: Any = None) -> BatchIterator:
+                        vocabulary: Any = None,
+                        length_buckets: Sequence[int] | None = None) -> BatchIterator:
   """Batches of an exported split (a directory) or of a seqio task (a name).
 
   Args:
@@ -89,6 +90,8 @@ def make_batch_iterator(source: str | os.PathLike[str],
     process_index, process_count: default to jax.process_index() / jax.process_count().
     vocabulary: when given (anything padir.data.vocab.load_tokenizer accepts), the data must
       use this vocabulary.
+    length_buckets: batch widths of an export (`ArrayBatchIterator`); a seqio task refuses
+      them.
 
   Returns:
     A BatchIterator.
@@ -106,13 +109,17 @@ def make_batch_iterator(source: str | os.PathLike[str],
     return arrays_lib.ArrayBatchIterator(
         dataset, batch_size, shuffle=shuffle, seed=seed, num_epochs=num_epochs,
         drop_remainder=drop_remainder, process_index=process_index,
-        process_count=process_count)
+        process_count=process_count, length_buckets=length_buckets)
   if os.path.isdir(source) or os.sep in os.fspath(source):
     raise FileNotFoundError(f'{source}: no exported split {split!r} there (expected '
                             f'{os.path.join(source, split, arrays_lib.METADATA_FILE)}).')
   if feature_lengths is None:
     raise ValueError(f'Task {source!r}: feature_lengths are required, e.g. '
                      "{'inputs': 128, 'targets': 128}.")
+  if length_buckets is not None:
+    raise ValueError(f'Task {source!r}: length_buckets={tuple(length_buckets)!r} needs an '
+                     'exported split (python -m padir.data.export, then point the dataset at '
+                     'its directory), or set length_buckets=None.')
   from padir.data import pipeline  # pylint: disable=g-import-not-at-top
   from padir.data import tasks  # pylint: disable=g-import-not-at-top
   it = pipeline.SeqioBatchIterator(

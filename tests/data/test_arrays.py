@@ -166,3 +166,78 @@ def test_make_batch_iterator_on_an_export(synthetic_split):
     iterator.make_batch_iterator(synthetic_split, 'test', 8)
   with pytest.raises(FileNotFoundError, match='no exported split'):
     iterator.make_batch_iterator(synthetic_split.parent, 'validation', 8)
+
+
+@pytest.fixture
+def ragged_split(tmp_path):
+  """103 rows of 8 positions: row i holds token i + 3 in its first 1 + i % 8 (inputs) and
+  1 + (i // 8) % 8 (targets) positions, then padding."""
+  n, length = 103, 8
+  rows = np.arange(n)
+  ids = (rows[:, None] + 3) * np.ones((1, length), np.int64)
+  enc = np.where(np.arange(length)[None] < (1 + rows % 8)[:, None], ids, 0).astype(np.int32)
+  dec = np.where(np.arange(length)[None] < (1 + (rows // 8) % 8)[:, None], ids, 0)
+  dec = dec.astype(np.int32)
+  meta = {'task': 'ragged', 'split': 'train', 'converter': 'padir',
+          'task_feature_lengths': {'inputs': length, 'targets': length},
+          'vocabulary': {'kind': 'byte', 'sha256': None, 'num_real_pieces': 259,
+                         'extra_ids': 100, 'vocab_size': 359, 'spec': 'byte'}}
+  path = tmp_path / 'ragged' / 'train'
+  arrays.write_split(path, {'encoder_input_tokens': enc, 'decoder_target_tokens': dec,
+                            'decoder_loss_weights': (dec > 0).astype(np.int32)}, meta)
+  return path
+
+
+def test_length_buckets_trim_batches_and_keep_every_token(ragged_split):
+  ds = arrays.ArrayDataset.load(ragged_split)
+  lengths = arrays.row_lengths(ds)
+  assert lengths[:10].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 2, 2]
+  plain = arrays.ArrayBatchIterator(ds, 8, seed=4, drop_remainder=False)
+  it = arrays.ArrayBatchIterator(ds, 8, seed=4, drop_remainder=False, length_buckets=(4, 2))
+  assert it.length_buckets == (2, 4, 8)
+  assert it.steps_per_epoch == plain.steps_per_epoch == 13
+  seen, shapes = [], set()
+  for _ in range(it.steps_per_epoch):
+    batch = next(it)
+    width = batch['encoder_input_tokens'].shape[1]
+    shapes.add(width)
+    real = it.last_rows[it.last_rows >= 0]
+    seen += real.tolist()
+    assert all(v.shape == (8, width) for v in batch.values())
+    assert lengths[real].max() <= width  # nothing cut off ...
+    for name, full in ds.arrays.items():  # ... and each row is its full row, trimmed
+      np.testing.assert_array_equal(batch[name][:len(real)], np.asarray(full)[real, :width])
+  assert sorted(seen) == list(range(103))  # every row once per epoch
+  assert shapes == {2, 4, 8}
+  assert [s['encoder_input_tokens'] for s in it.batch_shapes] == [(8, 2), (8, 4), (8, 8)]
+  assert it.get_state()['epoch'] == 1
+
+
+def test_length_buckets_shuffle_and_resume_exactly(ragged_split):
+  ds = arrays.ArrayDataset.load(ragged_split)
+  def rows(it, n):
+    out = []
+    for _ in range(n):
+      next(it)
+      out.append(it.last_rows.copy())
+    return out
+
+  first = arrays.ArrayBatchIterator(ds, 8, seed=5, length_buckets=(4,))
+  epoch0, epoch1 = rows(first, 12), rows(first, 12)
+  assert not all(np.array_equal(a, b) for a, b in zip(epoch0, epoch1))  # reshuffled
+  again = arrays.ArrayBatchIterator(ds, 8, seed=5, length_buckets=(4,))
+  for _ in range(5):
+    next(again)
+  state = json.loads(json.dumps(again.get_state()))
+  resumed = arrays.ArrayBatchIterator(ds, 8, seed=5, length_buckets=(4,))
+  resumed.set_state(state)
+  for expected in epoch0[5:] + epoch1:
+    next(resumed)
+    np.testing.assert_array_equal(resumed.last_rows, expected)
+  with pytest.raises(ValueError, match='length_buckets'):
+    arrays.ArrayBatchIterator(ds, 8, seed=5).set_state(state)
+  with pytest.raises(ValueError, match='positive integer'):
+    arrays.ArrayBatchIterator(ds, 8, length_buckets=(0, 4))
+  with pytest.raises(ValueError, match='needs an exported split'):
+    iterator.make_batch_iterator('some_task', 'train', 8, length_buckets=(16,),
+                                 feature_lengths={'inputs': 32, 'targets': 32})
