@@ -9,7 +9,8 @@ On the embedded Bible corpus (Spanish -> English), one command:
                         random training subset the students use
   2. teacher            trains the AR teacher (padir.train on the full filtered train split)
   3. distill            picks the teacher decoding on validation (closest to the reference
-                        length among those within 1 BLEU of the best), then decodes the
+                        length among those within 1 BLEU of the best, preferring those at
+                        least 0.95x as long), then decodes the
                         subset's sources into a distilled task (padir.distill)
   4. student_distilled  trains PaDIR on the distilled subset, from the teacher's weights
   5. student_raw        the same on the human references

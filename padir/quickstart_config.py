@@ -38,7 +38,9 @@ class QuickstartConfig:
     subset_seed: seed of that subset.
     distill_choices: the teacher decodings tried for distillation, as ``(beam_size,
       length_penalty)`` (beam 1 = greedy); of those within ``select_margin`` validation BLEU
-      of the best, the one whose outputs are closest to the reference length distills.
+      of the best, the one whose outputs are closest to the reference length distills,
+      preferring those at least 0.95x as long
+      (`padir.quickstart_select.choose_distillation_row`).
     student_init: 'teacher' (the students start from the AR teacher's weights; only the
       length head starts fresh, `padir.init_from`) or 'scratch'.
     distill_batch_size: sentences per distillation batch.

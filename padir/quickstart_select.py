@@ -3,7 +3,8 @@
 * :func:`distill` (the ``distill`` stage) and :func:`choose_distillation`: decodes the
   validation split with each candidate teacher decoding (greedy, beam with length penalties);
   of those within ``select_margin`` BLEU of the best, the one whose outputs are closest to the
-  reference length distills (the students copy its lengths). Every candidate's BLEU and
+  reference length distills (the students copy its lengths), preferring those at least
+  ``SHORT_LENGTH_RATIO`` (0.95) times as long. Every candidate's BLEU and
   output-to-reference length ratio go into the record.
 * :func:`select` (the ``select`` stage): decodes the validation split at batch 1 with the AR
   teacher and every candidate PaDIR setting (`padir.selection.grid`) of every student that
@@ -96,19 +97,38 @@ def choose_distillation(run: Any, teacher: Any, params: Any, shardings: Any,
           'why': why}
 
 
+# Distilled targets shorter than this share of the references' length teach the students to
+# write short outputs, which BLEU's brevity penalty punishes: the distill stage warns below
+# it, and the choice avoids such decodings when it can.
+SHORT_LENGTH_RATIO = 0.95
+
+
 def choose_distillation_row(rows: Sequence[Mapping[str, Any]],
                             margin: float = 1.0) -> tuple[int, str]:
   """Index of the teacher decoding that distills, and why.
 
   The students copy the lengths of the distilled targets, and BLEU's brevity penalty punishes
-  short outputs, so among the decodings within ``margin`` validation BLEU of the best one the
-  rule takes the one whose outputs are closest to the references' length.
+  short outputs only. So among the decodings within ``margin`` validation BLEU of the best,
+  those at least ``SHORT_LENGTH_RATIO`` of the references' length are preferred, and of them
+  the one whose outputs are closest to the references' length distills (of all near-best
+  ones, when every one is short).
   """
   top = max(r['bleu'] for r in rows)
   close = [i for i, r in enumerate(rows) if r['bleu'] >= top - margin]
-  best = min(close, key=lambda i: (abs(1.0 - rows[i]['length_ratio']), -rows[i]['bleu']))
-  return best, (f'of the {len(close)} teacher decoding(s) within {margin:g} BLEU of the best '
-                f'({top:.2f}), the one whose length is closest to the references')
+  long_enough = [i for i in close if rows[i]['length_ratio'] >= SHORT_LENGTH_RATIO]
+  pool = long_enough or close
+  best = min(pool, key=lambda i: (abs(1.0 - rows[i]['length_ratio']), -rows[i]['bleu']))
+  why = (f'of the {len(close)} teacher decoding(s) within {margin:g} BLEU of the best '
+         f'({top:.2f}), ')
+  if long_enough and len(long_enough) < len(close):
+    why += (f'the {len(long_enough)} at least {SHORT_LENGTH_RATIO:g}x the reference length, '
+            'the one closest to it')
+  elif long_enough:
+    why += 'the one whose length is closest to the references'
+  else:
+    why += (f'all shorter than {SHORT_LENGTH_RATIO:g}x the reference length, the one closest '
+            'to it')
+  return best, why
 
 
 def distilled_length_ratio(distilled_dir: str, subset_dir: str) -> float:
@@ -164,7 +184,7 @@ def distill(run: Any) -> dict[str, Any]:
     saved.update(choice=record, length_ratio=ratio)
     qs_eval.write_json(summary_path, saved)
   run.print(f'  distilled targets are {ratio:.3f}x the length of the human references.')
-  if ratio < 0.95:
+  if ratio < SHORT_LENGTH_RATIO:
     run.print(f'  WARNING: the distilled targets are {100 * (1 - ratio):.0f}% shorter than '
               'the references; the students will learn to write short outputs (try other '
               'QuickstartConfig.distill_choices).')

@@ -326,7 +326,8 @@ def _distillation_lines(results: Mapping[str, Any]) -> list[str]:
     return []
   lines = ['', '## Distillation', '',
            'The teacher decoding that distills the students: of those within 1 BLEU of the '
-           'best on validation, the one whose outputs are closest to the reference length. '
+           'best on validation, the one whose outputs are closest to the reference length, '
+           'preferring those at least 0.95x as long (shorter targets teach short outputs). '
            'Length ratio = mean output length / mean reference length.', '',
            '| teacher decoding | validation BLEU | length ratio |', '|---|---|---|']
   for row in dist['candidates']:

@@ -71,8 +71,15 @@ def test_distillation_prefers_reference_lengths_among_near_best_decodings():
           {'name': 'beam4_lp0.6', 'bleu': 11.27, 'length_ratio': 0.644},
           {'name': 'beam4_lp1', 'bleu': 11.97, 'length_ratio': 0.692}]
   best, why = quickstart_select.choose_distillation_row(rows, margin=1.0)
-  assert rows[best]['name'] == 'greedy' and 'closest to the references' in why
+  assert rows[best]['name'] == 'greedy' and 'all shorter than 0.95x' in why
   best, _ = quickstart_select.choose_distillation_row(rows, margin=0.2)
   assert rows[best]['name'] == 'beam4_lp1'  # the only one within 0.2 BLEU
+  # A near-best decoding at least 0.95x the reference length beats a closer but short one.
+  rows = [{'name': 'greedy', 'bleu': 14.19, 'length_ratio': 0.912},
+          {'name': 'beam4_lp1', 'bleu': 15.08, 'length_ratio': 0.794},
+          {'name': 'beam4_lp1.5', 'bleu': 15.00, 'length_ratio': 1.092},
+          {'name': 'beam4_lp2', 'bleu': 12.75, 'length_ratio': 1.350}]
+  best, why = quickstart_select.choose_distillation_row(rows, margin=1.0)
+  assert rows[best]['name'] == 'beam4_lp1.5' and 'at least 0.95x' in why
   names = [n for n, _ in quickstart_select.distill_candidates([(1, 0.0), (4, 2.0)])]
   assert names == ['greedy', 'beam4_lp2']
