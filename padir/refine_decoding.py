@@ -14,9 +14,8 @@ Stopped rows are frozen.
 
 Speed: the encoder output is tiled to the candidates once; in ``masked``/``commit`` modes the
 output projection runs only on the positions that can still change after the first iteration
-(a static bound per iteration and rule, see `sparse_widths`); the cross-attention keys/values
-are computed once and reused by every iteration (`TransformerFns`); with ``canvas_buckets`` the
-canvas is cut
+(a static bound per rule, see `sparse_width`); the cross-attention keys/values are computed
+once and reused by every iteration (`TransformerFns`); with ``canvas_buckets`` the canvas is cut
 to the smallest bucket that holds the longest candidate (``lax.switch``, one compiled loop per
 bucket); no [B, L, V] buffer survives an iteration unless ``replacement='logits_sum'``.
 
@@ -259,43 +258,26 @@ def initial_canvas(lengths: Array, keys: Array, width: int, config: RefineConfig
   return jnp.where(pos == lengths[:, None] - 1, ids.eos, canvas).astype(jnp.int32)
 
 
-# Up to this many iterations the loop is unrolled, so that each iteration projects only the
-# positions its own bound allows; longer decodes keep one loop body with the widest bound.
-MAX_UNROLLED_ITERATIONS = 16
+def sparse_width(config: RefineConfig, width: int) -> int:
+  """Static bound on the positions a ``masked``/``commit`` iteration after the first predicts.
 
-
-def sparse_widths(config: RefineConfig, width: int) -> tuple[int, ...]:
-  """Static bounds on the positions iterations 2..T predict (``masked``/``commit`` modes).
-
-  Iteration ``t + 1`` predicts the positions the rule masked after iteration ``t``:
-  ``mask_predict``: floor(W (T - t) / T); ``cosine``: floor(W cos(pi t / 2T)) (+1e-4);
-  ``constant``: the count or floor(fraction W). Otherwise (threshold, keep_all, or when
-  stutter rejections may add to the rule's) W. With more than ``MAX_UNROLLED_ITERATIONS``
-  iterations every bound is the largest one (one loop body).
+  ``mask_predict``: floor(W (T-1) / T); ``cosine``: floor(W cos(pi / 2T)) (+1e-4);
+  ``constant``: the count or floor(fraction W); otherwise (threshold, keep_all, or when
+  stutter rejections may add to the rule's) W.
   """
   rm = config.remask
-  big_t = config.num_iterations
-  if rm.effective_update == 'all' or rm.rejects_stutter or big_t == 1:
-    return (width,) * (big_t - 1)
-  bounds = []
-  for t in range(1, big_t):  # masked after iteration t = predicted by iteration t + 1
-    if rm.rule == 'mask_predict':
-      bound = (width * (big_t - t)) // big_t
-    elif rm.rule == 'cosine':
-      bound = math.floor(width * math.cos(0.5 * math.pi * t / big_t) + 1e-4)
-    elif rm.rule == 'constant':
-      bound = rm.count if rm.count is not None else math.floor(rm.fraction * width + 1e-6)
-    else:
-      bound = width
-    bounds.append(int(max(1, min(width, bound))))
-  if big_t > MAX_UNROLLED_ITERATIONS:
-    return (max(bounds),) * len(bounds)
-  return tuple(bounds)
-
-
-def sparse_width(config: RefineConfig, width: int) -> int:
-  """The widest of `sparse_widths`: W when ``num_iterations`` is 1."""
-  return max(sparse_widths(config, width), default=width)
+  t = config.num_iterations
+  if rm.effective_update == 'all' or rm.rejects_stutter or t == 1:
+    return width
+  if rm.rule == 'mask_predict':
+    bound = (width * (t - 1)) // t
+  elif rm.rule == 'cosine':
+    bound = math.floor(width * math.cos(0.5 * math.pi / t) + 1e-4)
+  elif rm.rule == 'constant':
+    bound = rm.count if rm.count is not None else math.floor(rm.fraction * width + 1e-6)
+  else:
+    bound = width
+  return int(max(1, min(width, bound)))
 
 
 def _gather(x: Array, idx: Array) -> Array:
@@ -436,14 +418,10 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
   def cond(s):
     return (s['t'] < big_t) & ~jnp.all(s['done'])
 
-  bounds = sparse_widths(config, width) if (config.sparse_logits and not keep_sum) else ()
-  if bounds and min(bounds) < width:
+  k_sparse = sparse_width(config, width) if (config.sparse_logits and not keep_sum) else width
+  if k_sparse < width:
     state = body(width, state)  # the first iteration predicts every position
-    if len(set(bounds)) == 1:
-      state = jax.lax.while_loop(cond, lambda s: body(bounds[0], s), state)
-    else:  # unrolled: iteration t + 1 projects at most bounds[t - 1] positions
-      for k in bounds:
-        state = jax.lax.cond(cond(state), lambda s, k=k: body(k, s), lambda s: s, state)
+    state = jax.lax.while_loop(cond, lambda s: body(k_sparse, s), state)
   else:
     state = jax.lax.while_loop(cond, lambda s: body(width, s), state)
   if config.return_history:
