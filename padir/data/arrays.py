@@ -306,14 +306,8 @@ class ArrayBatchIterator:
     """Feature -> per-process batch shape, for every shape a batch can have (widest last)."""
     if self._buckets is None:
       return [{k: shape for k, (shape, _) in self.element_spec.items()}]
-    used, carry = [], 0  # the same in every epoch: it depends on the bucket sizes only
-    counts = np.bincount(self._bucket_of, minlength=len(self._buckets))
-    for b, count in enumerate(counts):
-      carry += int(count)
-      if carry >= self._batch_size or (b == len(counts) - 1 and carry and
-                                       not self._drop_remainder):
-        used.append(b)
-      carry %= self._batch_size
+    # The same in every epoch: which buckets get batches depends on their sizes only.
+    used = sorted({b for b, _ in self._bucket_batches(np.arange(self._ds.num_examples))})
     return [{k: (self._local, min(self._buckets[b], n)) for k, n in self._full.items()}
             for b in used]
 
