@@ -78,6 +78,29 @@ def test_train_writes_outputs(trained):
   assert 'total parameters' in open(os.path.join(model_dir, 'model-info.txt')).read()
 
 
+def test_length_buckets_train_every_width_and_resume(data_dir, tmp_path):
+  """``length_buckets`` through gin: every width is compiled before training, the run trains
+  and resumes from its checkpoint with the same buckets."""
+  model_dir = str(tmp_path / 'run')
+  extra = ['--gin.padir.partitioning.Partitioner.num_devices=1',
+           '--gin.train/padir.datasets.DatasetConfig.length_buckets=(4, 6)',
+           '--gin.padir.train.train.infer_eval_dataset_cfg=None']
+  lines = []
+  flags = train_testlib.train_flags(data_dir, model_dir, 3, period=2, extra=extra)
+  code = train.run_main(flags, lambda: train.train(print_fn=lines.append), 'padir train',
+                        train.__doc__)
+  out = '\n'.join(lines)
+  assert code == 0, out
+  assert 'length buckets 4/6/8' in out and 'step 3/3' in out
+  lines.clear()
+  flags = train_testlib.train_flags(data_dir, model_dir, 5, period=2, extra=extra)
+  code = train.run_main(flags, lambda: train.train(print_fn=lines.append), 'padir train',
+                        train.__doc__)
+  out = '\n'.join(lines)
+  assert code == 0, out
+  assert 'Resumed from' in out and 'step 5/5' in out
+
+
 def test_eval_and_infer_commands(trained, data_dir, tmp_path, capsys):
   model_dir, _, _ = trained
   out_dir = str(tmp_path / 'eval')
