@@ -278,7 +278,7 @@ def train(*,
   widths = ''
   if buckets:
     widths = ', length buckets ' + '/'.join(
-        str(max(w.values())) for w in trainer.compiled_widths[1:] + trainer.compiled_widths[:1])
+        str(max(shape[1] for shape in shapes.values())) for shapes in buckets + [input_shapes])
   print_fn(f'Compiled the train step in {trainer.compile_seconds:.1f}s; training from step '
            f'{step} to {total_steps} (batch {trainer.batch_size}, mesh '
            f'{partitioner.mesh_shape}{widths}).')

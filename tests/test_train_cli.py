@@ -37,6 +37,14 @@ def data_dir(tmp_path_factory):
   return train_testlib.write_reverse_task(str(tmp_path_factory.mktemp('reverse')))
 
 
+def _train_in_process(flags: list[str]) -> tuple[int, str]:
+  """``padir train`` with these flags in this process: (exit code, its console lines)."""
+  lines = []
+  code = train.run_main(flags, lambda: train.train(print_fn=lines.append), 'padir train',
+                        train.__doc__)
+  return code, '\n'.join(lines)
+
+
 @pytest.fixture(scope='module')
 def trained(data_dir, tmp_path_factory):
   """A 4-step run (checkpoints 2 and 4, validation loss and BLEU at step 4) and its output."""
@@ -44,11 +52,9 @@ def trained(data_dir, tmp_path_factory):
   # One device for training (fast compiles); eval and infer then restore onto all 8.
   flags = train_testlib.train_flags(data_dir, model_dir, 4, period=2,
                                     extra=['--gin.padir.partitioning.Partitioner.num_devices=1'])
-  lines = []
-  code = train.run_main(flags, lambda: train.train(print_fn=lines.append), 'padir train',
-                        train.__doc__)
-  assert code == 0, lines
-  return model_dir, '\n'.join(lines), flags
+  code, out = _train_in_process(flags)
+  assert code == 0, out
+  return model_dir, out, flags
 
 
 def test_train_writes_outputs(trained):
@@ -85,18 +91,12 @@ def test_length_buckets_train_every_width_and_resume(data_dir, tmp_path):
   extra = ['--gin.padir.partitioning.Partitioner.num_devices=1',
            '--gin.train/padir.datasets.DatasetConfig.length_buckets=(4, 6)',
            '--gin.padir.train.train.infer_eval_dataset_cfg=None']
-  lines = []
-  flags = train_testlib.train_flags(data_dir, model_dir, 3, period=2, extra=extra)
-  code = train.run_main(flags, lambda: train.train(print_fn=lines.append), 'padir train',
-                        train.__doc__)
-  out = '\n'.join(lines)
+  code, out = _train_in_process(train_testlib.train_flags(data_dir, model_dir, 3, period=2,
+                                                         extra=extra))
   assert code == 0, out
   assert 'length buckets 4/6/8' in out and 'step 3/3' in out
-  lines.clear()
-  flags = train_testlib.train_flags(data_dir, model_dir, 5, period=2, extra=extra)
-  code = train.run_main(flags, lambda: train.train(print_fn=lines.append), 'padir train',
-                        train.__doc__)
-  out = '\n'.join(lines)
+  code, out = _train_in_process(train_testlib.train_flags(data_dir, model_dir, 5, period=2,
+                                                         extra=extra))
   assert code == 0, out
   assert 'Resumed from' in out and 'step 5/5' in out
 
