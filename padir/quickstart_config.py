@@ -62,8 +62,10 @@ class QuickstartConfig:
     matched_ar: with ``student_init='teacher'``, also continue the AR teacher for
       ``student_steps`` on the main student's data (``ar_matched``): the students have trained
       ``teacher_steps + student_steps`` steps, and this AR model as many.
-    select_rules, select_iterations, select_length_beams, select_rerank, select_stutter: the
-      grid of PaDIR decoding settings tried on the validation split (`padir.selection`).
+    select_rules, select_iterations, select_length_beams, select_rerank, select_stutter,
+      select_prune: the grid of PaDIR decoding settings tried on the validation split
+      (`padir.selection.grid`; ``select_prune``: passes after which only the best length
+      candidate goes on, 0 = none).
     select_margin: the chosen setting is the fastest within this many BLEU of the teacher on
       validation, else the best.
     select_examples: validation sentences used for the choice (None: all).
@@ -108,6 +110,7 @@ class QuickstartConfig:
   select_length_beams: tuple[int, ...] = (1, 3, 5)
   select_rerank: tuple[bool, ...] = (False, True)
   select_stutter: tuple[bool, ...] = (False,)
+  select_prune: tuple[int, ...] = (0,)
   select_margin: float = 1.0
   select_examples: int | None = None
   extra_ablations: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -119,7 +122,7 @@ class QuickstartConfig:
   def __post_init__(self):
     for name in ('teacher_gin_files', 'student_gin_files', 'iterations', 'small_iterations',
                  'select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
-                 'select_stutter'):
+                 'select_stutter', 'select_prune'):
       value = getattr(self, name)
       if isinstance(value, (list, str)):
         object.__setattr__(self, name, tuple([value] if isinstance(value, str) else value))
@@ -147,12 +150,15 @@ class QuickstartConfig:
       raise ValueError(f"QuickstartConfig.student_init={self.student_init!r} must be 'teacher' "
                        "or 'scratch'.")
     for name in ('select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
-                 'select_stutter'):
+                 'select_stutter', 'select_prune'):
       if not getattr(self, name):
         raise ValueError(f'QuickstartConfig.{name} is empty; give at least one value.')
     if any(not isinstance(t, int) or not 1 <= t for t in self.select_iterations):
       raise ValueError(f'QuickstartConfig.select_iterations={self.select_iterations} must be '
                        'integers >= 1.')
+    if any(not isinstance(p, int) or p < 0 for p in self.select_prune):
+      raise ValueError(f'QuickstartConfig.select_prune={self.select_prune} must be integers '
+                       '>= 0 (0 = no pruning).')
     if any(not isinstance(b, int) or b < 1 or b % 2 == 0 for b in self.select_length_beams):
       raise ValueError(f'QuickstartConfig.select_length_beams={self.select_length_beams} must '
                        'be odd integers >= 1.')

@@ -261,8 +261,8 @@ def select(run: Any) -> dict[str, Any]:
   s_params = {stage: qs_eval.load_params(run, student, stage, tokenizer, partitioner)[0]
               for stage in students}
   settings = selection.grid(cfg.select_rules, cfg.select_iterations, cfg.select_length_beams,
-                            cfg.select_rerank, cfg.select_stutter,
-                            cfg.refine.top_k_lengths * cfg.refine.restarts)
+                            cfg.select_rerank, cfg.select_stutter, cfg.select_prune,
+                            candidates_per_length=cfg.refine.top_k_lengths * cfg.refine.restarts)
   padir_decoder = _Decoders(run, student, teacher, t_params)
   decoders = {TEACHER: padir_decoder.teacher()}
   for stage in students:
@@ -302,6 +302,8 @@ def write_decoding_file(model_dir: str, setting: selection.DecodeSetting,
   value: dict[str, Any] = {'num_iterations': setting.iterations,
                            'length_beam': setting.length_beam, 'rule': setting.rule,
                            'stutter': setting.stutter}
+  if setting.prune:
+    value['prune_after'] = setting.prune
   if setting.rerank:
     value['rerank_model_dir'] = os.path.join('..', teacher_dir_name)
   path = os.path.join(model_dir, interactive.DECODING_FILE)
@@ -343,6 +345,9 @@ def ablations(run: Any) -> list[dict[str, Any]]:
   if best.refine_config(run.cfg.refine).num_candidates > 1:  # else re-ranking changes nothing
     variants.append((f'teacher re-ranking {"off" if best.rerank else "on"}', 'rerank',
                      padir_decoder(dataclasses.replace(best, rerank=not best.rerank), s_params)))
+  if best.prune:
+    variants.append(('no length pruning (every candidate runs every pass)', 'prune',
+                     padir_decoder(dataclasses.replace(best, prune=0), s_params)))
   if best.length_beam > 1:
     variants.append(('length beam 1', 'length_beam',
                      padir_decoder(dataclasses.replace(best, length_beam=1), s_params)))

@@ -79,6 +79,10 @@ class RefineConfig:
     reuse_cross_kv: compute the cross-attention keys/values once for all iterations.
     real_pieces_only: outputs hold only real pieces and EOS (never pad, [MASK], [LENGTH],
       [BOS], [MASK_i], other extra ids or the embedding's padding rows).
+    prune_after: after this many passes keep only the best candidate of each source (by
+      ``scoring`` over that pass's whole proposal, before re-masking) and refine it alone:
+      the other length candidates cost only those passes; 0 = every candidate runs every
+      pass. Not combined with an external re-ranker (it needs every candidate finished).
     allow_untrained_update: decode with an update mode the model's training does not support
       (`padir.models.PadirModel.check_decoding`; e.g. re-predicting visible tokens with a
       model whose loss covered masked positions only). Off: such a decode is refused.
@@ -103,6 +107,7 @@ class RefineConfig:
   sparse_logits: bool = True
   reuse_cross_kv: bool = True
   real_pieces_only: bool = True
+  prune_after: int = 0
   allow_untrained_update: bool = False
 
   def __post_init__(self):
@@ -112,6 +117,9 @@ class RefineConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f'RefineConfig.{name}={value!r} must be an integer >= 1.')
+    if not isinstance(self.prune_after, int) or self.prune_after < 0:
+      raise ValueError(f'RefineConfig.prune_after={self.prune_after!r} must be an integer >= 0 '
+                       '(0 = no pruning).')
     if self.length_beam % 2 == 0:
       raise ValueError(f'RefineConfig.length_beam={self.length_beam} must be odd (offsets '
                        '-b//2..b//2 around each predicted length).')
@@ -203,22 +211,32 @@ class TransformerFns:
                             method=Transformer.decode)
 
 
-def repeat_rows(tree: Any, repeats: int) -> Any:
-  """Repeats every per-row leaf of a cache tree ``repeats`` times along its batch axis.
+def _map_rows(tree: Any, fn: Callable[[Array, int], Array]) -> Any:
+  """Applies ``fn(leaf, batch_axis)`` to every per-row leaf of a cache tree.
 
   The batch axis is the first one, or the second under a scanned 'layers' entry; scalars
   are kept.
   """
-  if repeats == 1:
-    return tree
 
-  def rep(path, leaf):
+  def one(path, leaf):
     names = [getattr(p, 'key', getattr(p, 'name', '')) for p in path]
     if leaf.ndim == 0:
       return leaf
-    return jnp.repeat(leaf, repeats, axis=1 if 'layers' in names else 0)
+    return fn(leaf, 1 if 'layers' in names else 0)
 
-  return jax.tree_util.tree_map_with_path(rep, tree)
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def repeat_rows(tree: Any, repeats: int) -> Any:
+  """Repeats every per-row leaf of a cache tree ``repeats`` times along its batch axis."""
+  if repeats == 1:
+    return tree
+  return _map_rows(tree, lambda leaf, axis: jnp.repeat(leaf, repeats, axis=axis))
+
+
+def take_rows(tree: Any, rows: Array) -> Any:
+  """Keeps the rows ``rows`` [M] of every per-row leaf of a cache tree (batch axis as above)."""
+  return _map_rows(tree, lambda leaf, axis: jnp.take(leaf, rows, axis=axis))
 
 
 # ----------------------------------------------------------------------------------------
@@ -303,8 +321,14 @@ def _compact(tokens: Array, conf: Array, keep: Array) -> tuple[Array, Array]:
 
 
 def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys, width: int,
-                  config: RefineConfig, ids: SpecialIds) -> dict[str, Array]:
-  """Refines N canvases of static ``width``; returns per-candidate results of that width."""
+                  config: RefineConfig, ids: SpecialIds, group: int = 1) -> dict[str, Array]:
+  """Refines N canvases of static ``width``; returns per-candidate results of that width.
+
+  ``group`` consecutive rows are the candidates of one source: with ``config.prune_after``
+  only the row of each group whose proposal at that pass scores best (``config.scoring``
+  over every position, before re-masking) is refined further, and ``alive`` [N] marks those
+  rows (the others keep their canvas of that pass).
+  """
   rm = config.remask
   mode = rm.effective_update
   big_t = config.num_iterations
@@ -312,17 +336,21 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
   pos = jnp.arange(width, dtype=jnp.int32)[None, :]
   valid = pos < lengths[:, None]  # [N, W]
   editable = valid & (pos < lengths[:, None] - 1) if config.clamp_eos else valid
-  x0 = initial_canvas(lengths, keys, width, config, ids)
   keep_sum = rm.replacement == 'logits_sum'
+  # What each row decodes against; pruning keeps the rows of the surviving candidates.
+  rows = dict(encoded=encoded, encoder_tokens=encoder_tokens, cross_kv=cross_kv, keys=keys,
+              valid=valid, editable=editable,
+              x0=initial_canvas(lengths, keys, width, config, ids))
 
   state = dict(
       t=jnp.zeros((), jnp.int32),
-      canvas=x0,
+      canvas=rows['x0'],
       conf=jnp.zeros((n_rows, width), jnp.float32),
       open=editable,
       committed=~editable,
       done=jnp.zeros((n_rows,), bool),
       iterations=jnp.zeros((n_rows,), jnp.int32),
+      proposal_lp=jnp.zeros((n_rows,), jnp.float32),
   )
   if keep_sum:
     state['logits_sum'] = jnp.zeros((n_rows, width, fns_vocab(fns)), jnp.float32)
@@ -330,15 +358,17 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
     state['hist_tokens'] = jnp.zeros((big_t, n_rows, width), jnp.int32)
     state['hist_conf'] = jnp.zeros((big_t, n_rows, width), jnp.float32)
 
-  def body(k_width: int, s: dict[str, Array]) -> dict[str, Array]:
+  def body(r: dict[str, Any], k_width: int, s: dict[str, Array]) -> dict[str, Array]:
+    valid, editable, x0, keys = r['valid'], r['editable'], r['x0'], r['keys']
+    n_rows = valid.shape[0]
     t1 = s['t'] + 1
     canvas, conf, open_ = s['canvas'], s['conf'], s['open']
     if k_width < width:
       idx = jnp.argsort(~open_, axis=1, stable=True)[:, :k_width]  # open positions first
     else:
       idx = jnp.broadcast_to(pos, (n_rows, width))
-    logits = fns.logits(params, encoded, encoder_tokens, canvas,
-                        None if k_width == width else idx, cross_kv)  # [N, K, V]
+    logits = fns.logits(params, r['encoded'], r['encoder_tokens'], canvas,
+                        None if k_width == width else idx, r['cross_kv'])  # [N, K, V]
     logits = logits.astype(jnp.float32)
     vocab = logits.shape[-1]
     bias = output_bias(ids, vocab) if config.real_pieces_only else None
@@ -399,8 +429,12 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
       converged = ~jnp.any(new_open, axis=1)
     done = s['done']
     frozen = done[:, None]
+    # Mean log-probability of this pass's full proposal (before re-masking): what pruning
+    # ranks the candidates by.
+    proposal = jnp.sum(jnp.where(valid, jnp.where(fixed, lp_cur, conf_in), 0.0), axis=1)
     out = dict(
         t=t1,
+        proposal_lp=jnp.where(done, s['proposal_lp'], proposal),
         canvas=jnp.where(frozen, canvas, new_canvas),
         conf=jnp.where(frozen, conf, new_conf),
         open=jnp.where(frozen, open_, new_open),
@@ -415,21 +449,37 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
       out['hist_conf'] = s['hist_conf'].at[t1 - 1].set(out['conf'])
     return out
 
-  def cond(s):
-    return (s['t'] < big_t) & ~jnp.all(s['done'])
-
   k_sparse = sparse_width(config, width) if (config.sparse_logits and not keep_sum) else width
+
+  def passes(r: dict[str, Any], s: dict[str, Array], stop: int) -> dict[str, Array]:
+    """Runs passes until ``stop`` passes are done or every row is."""
+    return jax.lax.while_loop(lambda s: (s['t'] < stop) & ~jnp.all(s['done']),
+                              lambda s: body(r, k_sparse, s), s)
+
+  def finish(r: dict[str, Any], s: dict[str, Array]) -> dict[str, Array]:
+    if config.return_history:
+      # Iterations a row did not run repeat its final canvas.
+      ran = jnp.arange(big_t)[:, None] < s['t']
+      s = dict(s, hist_tokens=jnp.where(ran[..., None], s['hist_tokens'], s['canvas'][None]),
+               hist_conf=jnp.where(ran[..., None], s['hist_conf'], s['conf'][None]))
+    return _finalize(s, r['x0'], r['valid'], config, ids)
+
   if k_sparse < width:
-    state = body(width, state)  # the first iteration predicts every position
-    state = jax.lax.while_loop(cond, lambda s: body(k_sparse, s), state)
-  else:
-    state = jax.lax.while_loop(cond, lambda s: body(width, s), state)
-  if config.return_history:
-    # Iterations a row did not run repeat its final canvas.
-    ran = jnp.arange(big_t)[:, None] < state['t']
-    state['hist_tokens'] = jnp.where(ran[..., None], state['hist_tokens'], state['canvas'][None])
-    state['hist_conf'] = jnp.where(ran[..., None], state['hist_conf'], state['conf'][None])
-  return _finalize(state, x0, valid, config, ids)
+    state = body(rows, width, state)  # the first iteration predicts every position
+  prune = config.prune_after if group > 1 and config.prune_after < big_t else 0
+  if not prune:
+    return dict(finish(rows, passes(rows, state, big_t)), alive=jnp.ones((n_rows,), bool))
+  state = passes(rows, state, prune)
+  early = finish(rows, state)
+  scores = normalized_score(state['proposal_lp'], lengths, config).reshape(-1, group)
+  kept = jnp.arange(scores.shape[0]) * group + jnp.argmax(scores, axis=1)  # [B]
+  rows = take_rows(rows, kept)
+  state = {k: v if k == 't' else jnp.take(v, kept, axis=1 if k.startswith('hist') else 0)
+           for k, v in state.items()}
+  late = finish(rows, passes(rows, state, big_t))
+  result = {k: early[k].at[kept].set(late[k]) for k in early}
+  result['alive'] = jnp.zeros((n_rows,), bool).at[kept].set(True)
+  return result
 
 
 def output_bias(ids: SpecialIds, vocab_size: int) -> np.ndarray:
@@ -526,7 +576,8 @@ def refine_decode(fns: Any,
     tokens [B, L] int32 (best candidate: tokens up to the first EOS, pad after) and aux:
     ``scores`` [B], ``candidate_scores`` [B, N], ``iterations`` [B] (passes used by the best
     candidate), ``candidate_iterations`` [B, N], ``candidate_lengths`` [B, N] (canvas lengths),
-    ``best_candidate`` [B]; optionally ``candidates`` [B, N, L], ``history_tokens`` and
+    ``best_candidate`` [B] (with ``prune_after``, the candidate kept after that pass; the
+    others' scores, iterations and tokens are those of that pass); optionally ``candidates`` [B, N, L], ``history_tokens`` and
     ``history_confidence`` [B, N, T, L].
   """
   if config.canvas_init is None:
@@ -534,6 +585,10 @@ def refine_decode(fns: Any,
   config.check_width(max_length, ids)
   batch = encoder_tokens.shape[0]
   n_cand = config.num_candidates
+  if reranker is not None and n_cand > 1 and 0 < config.prune_after < config.num_iterations:
+    raise ValueError(f'RefineConfig.prune_after={config.prune_after} keeps one candidate per '
+                     'source before the end, so a re-ranker would have nothing to choose '
+                     'from: set prune_after=0 to re-rank, or drop the re-ranker.')
   rng = sampling.raw_key(rng)
   encoded, length_logits = fns.encode(params, encoder_tokens)
   if lengths is None:
@@ -567,7 +622,7 @@ def refine_decode(fns: Any,
 
   def run(width: int) -> dict[str, Array]:
     res = _refine_width(fns, params, encoded_rep, enc_rep, cross_kv, flat_len, flat_keys,
-                        width, config, ids)
+                        width, config, ids, group=n_cand)
     for name in ('tokens',):
       res[name] = _pad_width(res[name], max_length, 1)
     for name in ('hist_tokens', 'hist_conf'):
@@ -587,7 +642,9 @@ def refine_decode(fns: Any,
   if reranker is not None and n_cand > 1:  # one candidate: nothing to re-rank
     log_prob = reranker(reranker_params, enc_rep, res['tokens']).astype(jnp.float32)
   scores = normalized_score(log_prob, res['length'], config).reshape(batch, n_cand)
-  best = jnp.argmax(scores, axis=1)  # first best on ties
+  # First best on ties, among the candidates that ran to the end (all without pruning).
+  alive = res['alive'].reshape(batch, n_cand)
+  best = jnp.argmax(jnp.where(alive, scores, -jnp.inf), axis=1)
   cands = res['tokens'].reshape(batch, n_cand, max_length)
   tokens = jnp.take_along_axis(cands, best[:, None, None], axis=1)[:, 0]
   iters = res['iterations'].reshape(batch, n_cand)

@@ -1,8 +1,9 @@
 """Choosing a PaDIR decoding setting on the validation split, by quality and batch-1 speed.
 
 A *setting* is what the decoder is asked to do beyond the trained weights: the remasking rule,
-the number of passes, the length beam, whether the AR teacher re-ranks the candidates, and
-stutter removal (`DecodeSetting`). `decode_interleaved` decodes every source row at batch 1 with
+the number of passes, the length beam, whether the AR teacher re-ranks the candidates, after
+which pass the length candidates are pruned to the best one, and stutter removal
+(`DecodeSetting`). `decode_interleaved` decodes every source row at batch 1 with
 every setting (and the AR teacher) in turn, so each setting gets its outputs and its per-sentence
 latency from the same run, on the same machine state. `choose` then applies the rule the
 quickstart reports: the fastest setting whose BLEU is within ``margin`` of the teacher's, else
@@ -39,30 +40,36 @@ class DecodeSetting:
     length_beam: lengths tried around the predicted one.
     rerank: the AR teacher re-ranks the candidates (else the student's mean log-probability).
     stutter: reject adjacent repeated tokens before the last pass.
+    prune: after this pass only the best length candidate is refined further
+      (`RefineConfig.prune_after`; 0 = every candidate runs every pass).
   """
   rule: str = 'mask_predict'
   iterations: int = 4
   length_beam: int = 3
   rerank: bool = False
   stutter: bool = False
+  prune: int = 0
 
   @property
   def name(self) -> str:
     return (f'{self.rule}_t{self.iterations}_lb{self.length_beam}'
-            f'{"_rerank" if self.rerank else ""}{"_stutter" if self.stutter else ""}')
+            f'{"_rerank" if self.rerank else ""}{"_stutter" if self.stutter else ""}'
+            f'{f"_prune{self.prune}" if self.prune else ""}')
 
   @property
   def label(self) -> str:
     extras = [e for e, on in (('teacher re-ranks', self.rerank), ('stutter removal',
-                                                                 self.stutter)) if on]
+                                                                 self.stutter),
+                              (f'best length kept after pass {self.prune}', self.prune)) if on]
     return (f'{self.rule}, {self.iterations} it., length beam {self.length_beam}' +
             ''.join(f', {e}' for e in extras))
 
   def refine_config(self, base: RefineConfig) -> RefineConfig:
-    """``base`` with this setting's rule, passes, length beam and stutter removal."""
+    """``base`` with this setting's rule, passes, length beam, pruning and stutter removal."""
     remask = RemaskConfig(rule=self.rule, stutter=self.stutter)
     return dataclasses.replace(base, num_iterations=self.iterations,
-                               length_beam=self.length_beam, remask=remask)
+                               length_beam=self.length_beam, remask=remask,
+                               prune_after=self.prune)
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -73,26 +80,32 @@ class DecodeSetting:
 
 
 def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence[int],
-         rerank: Sequence[bool], stutter: Sequence[bool],
+         rerank: Sequence[bool], stutter: Sequence[bool], prune: Sequence[int] = (0,),
          candidates_per_length: int = 1) -> list[DecodeSetting]:
   """Every combination, without duplicates.
 
-  One pass is the same under every rule, so it is kept once; re-ranking needs two candidates
-  or more (``length_beam * candidates_per_length``, the latter = top-k lengths x restarts), so
-  a single-candidate setting is kept without it.
+  One pass is the same under every rule, so it is kept once; re-ranking and pruning need two
+  candidates or more (``length_beam * candidates_per_length``, the latter = top-k lengths x
+  restarts), so a single-candidate setting is kept without them; pruning needs a pass after
+  it and is not combined with re-ranking (which needs every candidate finished).
   """
   out, seen = [], set()
   for rule in rules:
     for t in iterations:
       for b in length_beams:
+        many = b * candidates_per_length > 1
         for r in rerank:
-          reranked = r and b * candidates_per_length > 1
-          for s in stutter:
-            key = ('*' if t == 1 else rule, t, b, reranked, s and t > 1)
-            if key in seen:
+          for p in prune:
+            pruned = p if many and not (r and many) and 0 < p < t else 0
+            if p and not pruned:
               continue
-            seen.add(key)
-            out.append(DecodeSetting(rules[0] if t == 1 else rule, t, b, reranked, s and t > 1))
+            for s in stutter:
+              setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many,
+                                      s and t > 1, pruned)
+              key = dataclasses.replace(setting, rule='*') if t == 1 else setting
+              if key not in seen:
+                seen.add(key)
+                out.append(setting)
   return out
 
 

@@ -10,7 +10,7 @@ line, in order, to stdout (or ``--output_file``); an empty line gets an empty li
 split at ``\n`` only (`padir.data.textfile`). Works with any model dir that ``padir train`` or
 ``padir quickstart`` wrote, AR or PaDIR: the dir's config.gin describes the model and its
 decoding defaults (`padir.interactive`). Decoding flags override them: ``--iterations``,
-``--length_beam`` and ``--rule`` (PaDIR), ``--beam_size`` (AR: beam search), and any
+``--length_beam``, ``--prune_after`` and ``--rule`` (PaDIR), ``--beam_size`` (AR: beam search), and any
 ``--gin.NAME=VALUE`` binding (applied after the saved config). ``--show_refinement`` prints
 each pass of a PaDIR decode to stderr, ``[MASK]`` where a position is re-masked.
 """
@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--iterations', type=int, default=None, help='PaDIR decoder passes')
   parser.add_argument('--length_beam', type=int, default=None,
                       help='PaDIR: lengths tried around the predicted one (odd)')
+  parser.add_argument('--prune_after', type=int, default=None,
+                      help='PaDIR: after this pass only the best length candidate goes on '
+                      '(0: every candidate runs every pass)')
   parser.add_argument('--rule', default=None,
                       help="PaDIR remasking rule (e.g. 'mask_predict', 'keep_all')")
   parser.add_argument('--no_rerank', action='store_true',
@@ -64,7 +67,7 @@ def _read_input(path: str | None, stdin: TextIO) -> list[str]:
 def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any]:
   """The decoding overrides the flags ask for; PaDIR-only and AR-only flags are checked."""
   padir_only = {'iterations': flags.iterations, 'length_beam': flags.length_beam,
-                'rule': flags.rule}
+                'prune_after': flags.prune_after, 'rule': flags.rule}
   if not is_padir:
     given = [f'--{k}' for k, v in padir_only.items() if v is not None]
     given += [f'--{k}' for k in ('show_refinement', 'no_rerank') if getattr(flags, k)]

@@ -54,6 +54,7 @@ FLAGS = [
     '--gin.padir.quickstart.QuickstartConfig.select_iterations=(1, 2)',
     '--gin.padir.quickstart.QuickstartConfig.select_length_beams=(3,)',
     '--gin.padir.quickstart.QuickstartConfig.select_rerank=(False, True)',
+    '--gin.padir.quickstart.QuickstartConfig.select_prune=(0, 1)',
     '--gin.padir.quickstart.QuickstartConfig.eval_batch_size=8',
     '--gin.padir.quickstart.QuickstartConfig.eval_beam_size=0',
     '--gin.padir.quickstart.QuickstartConfig.iterations=(1, 2)',
@@ -104,9 +105,11 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert results['headline_iterations'] == chosen
   assert "it has trained 4 steps against the teacher's 2" in results['summary']
   # Validation choice: the grid (1 pass once, 2 passes; length beam 3 with and without
-  # re-ranking) for each of the two students that differ in their training data.
+  # re-ranking, or pruned after pass 1) for each of the two students that differ in their
+  # training data.
   selection = results['selection']
-  assert len(selection['candidates']) == 8 and selection['validation_examples'] == 8
+  assert len(selection['candidates']) == 10 and selection['validation_examples'] == 8
+  assert sum(c['setting']['prune'] == 1 for c in selection['candidates']) == 2
   assert {c['student'] for c in selection['candidates']} == {'student_distilled',
                                                              'student_raw'}
   chosen_row = [c for c in selection['candidates'] if c['name'] == selection['chosen_name']]
@@ -180,6 +183,7 @@ def test_its_models_translate_with_the_chosen_decoding(run):
     assert saved['num_iterations'] == chosen['iterations']
     assert saved['length_beam'] == chosen['length_beam']
     assert ('rerank_model_dir' in saved) == chosen['rerank']
+    assert saved.get('prune_after', 0) == chosen['prune']
   for stage in ('teacher', 'student_distilled', 'student_raw'):
     model_dir = os.path.join(out, stage)
     assert f'--model_dir={model_dir}' in md
@@ -193,6 +197,7 @@ def test_its_models_translate_with_the_chosen_decoding(run):
       assert model.decode_config.num_iterations == chosen['iterations']
       assert model.decode_config.length_beam == chosen['length_beam']
       assert (model.reranker is not None) == chosen['rerank']
+      assert model.decode_config.prune_after == chosen['prune']
 
 
 def test_rerun_skips_finished_stages_and_resumes_a_missing_one(run, capsys):

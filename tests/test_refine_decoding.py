@@ -184,6 +184,7 @@ def test_given_lengths_and_errors():
     (dict(temperature=-1.0), 'temperature'),
     (dict(scoring='max'), 'scoring'),
     (dict(canvas_buckets=(0, 4)), 'canvas_buckets'),
+    (dict(prune_after=-1), 'prune_after'),
 ])
 def test_config_validation(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -290,3 +291,41 @@ def test_logits_sum_and_stutter_after_last_run(tiny):
   toks = np.asarray(tokens)
   assert toks.shape == (2, L) and not (toks >= 40).any()
   assert (np.asarray(aux['iterations']) <= 3).all()
+
+
+def test_prune_after_keeps_the_best_proposal_and_refines_it_alone(tiny):
+  # Oracle: only the true length proposes EOS where it belongs, so its pass-1 proposal wins.
+  remask = RemaskConfig(rule='mask_predict', replacement='initial')
+  config = rd.RefineConfig(num_iterations=3, canvas_init='mask', length_beam=3, remask=remask,
+                           prune_after=1, return_all_candidates=True)
+  tokens, aux = _decode(CopyOracle(), config)
+  np.testing.assert_array_equal(tokens, _reference())
+  np.testing.assert_array_equal(aux['best_candidate'], [1, 1, 1])
+  np.testing.assert_array_equal(aux['candidate_iterations'], [[1, 3, 1]] * 3)
+  with pytest.raises(ValueError, match='prune_after=1 keeps one candidate'):
+    _decode(CopyOracle(), config, reranker=lambda p, e, t: jnp.zeros(t.shape[:1]))
+  # A tiny network: the kept candidate decodes exactly as it does without pruning, and
+  # pruning at or after the last pass changes nothing.
+  fns, params, sources = tiny
+  base = rd.RefineConfig(num_iterations=4, canvas_init='mask', length_beam=3, remask=remask,
+                         return_all_candidates=True, return_history=True)
+  outs = {}
+  for prune in (0, 2, 4):
+    outs[prune] = jax.jit(lambda p, e, c=dataclasses.replace(base, prune_after=prune): (
+        rd.refine_decode(fns, p, e, config=c, ids=IDS, max_length=L)))(params, sources)
+  full, pruned, late = outs[0][1], outs[2][1], outs[4][1]
+  np.testing.assert_array_equal(outs[0][0], outs[4][0])
+  np.testing.assert_array_equal(full['candidate_iterations'], late['candidate_iterations'])
+  rows = np.arange(len(sources))
+  best = np.asarray(pruned['best_candidate'])
+  np.testing.assert_array_equal(outs[2][0], np.asarray(full['candidates'])[rows, best])
+  np.testing.assert_allclose(pruned['scores'], np.asarray(full['candidate_scores'])[rows, best],
+                             rtol=1e-5, atol=1e-5)
+  iters = np.asarray(pruned['candidate_iterations'])
+  others = np.ones_like(iters, bool)
+  others[rows, best] = False
+  assert (iters[others] <= 2).all()
+  # A pruned candidate's history repeats its canvas of pass 2 after that pass.
+  hist = np.asarray(pruned['history_tokens'])
+  np.testing.assert_array_equal(hist[others][:, 2], hist[others][:, 1])
+  np.testing.assert_array_equal(hist[rows, best], np.asarray(full['history_tokens'])[rows, best])

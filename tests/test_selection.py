@@ -20,8 +20,17 @@ def test_grid_keeps_one_single_pass_setting_per_beam_and_reranker():
   settings = selection.grid(('mask_predict',), (1, 2), (1, 3), (False, True), (False,))
   assert [(s.length_beam, s.rerank) for s in settings if s.iterations == 2] == [
       (1, False), (3, False), (3, True)]
-  with_restarts = selection.grid(('mask_predict',), (2,), (1,), (False, True), (False,), 2)
+  with_restarts = selection.grid(('mask_predict',), (2,), (1,), (False, True), (False,),
+                                 candidates_per_length=2)
   assert [s.rerank for s in with_restarts] == [False, True]
+  # Pruning: only with several candidates, a pass after it and no re-ranking.
+  pruned = selection.grid(('mask_predict',), (1, 2, 4), (1, 3), (False, True), (False,),
+                          prune=(0, 1, 2))
+  assert sorted((s.iterations, s.length_beam, s.prune) for s in pruned if s.prune) == [
+      (2, 3, 1), (4, 3, 1), (4, 3, 2)]
+  assert len(pruned) == len(selection.grid(('mask_predict',), (1, 2, 4), (1, 3), (False, True),
+                                           (False,))) + 3
+  assert not any(s.prune and s.rerank for s in pruned)
 
 
 def test_setting_builds_the_refine_config_and_round_trips():
@@ -32,6 +41,10 @@ def test_setting_builds_the_refine_config_and_round_trips():
   assert config.remask.replacement == 'initial' and config.canvas_buckets == (16,)
   assert selection.DecodeSetting.from_json(setting.to_json()) == setting
   assert 'teacher re-ranks' in setting.label and 'stutter removal' in setting.label
+  pruned = selection.DecodeSetting('mask_predict', 4, 3, prune=1)
+  assert pruned.refine_config(RefineConfig()).prune_after == 1
+  assert pruned.name.endswith('_prune1') and 'after pass 1' in pruned.label
+  assert selection.DecodeSetting.from_json(pruned.to_json()) == pruned
 
 
 def test_choose_fastest_within_margin_else_best():

@@ -54,12 +54,13 @@ def test_rows_stay_aligned_with_input_lines(models, tmp_path):
   src.write_bytes(b'abc\n\n  \r\ncba\nab\n')
   dst = tmp_path / 'out.txt'
   assert translate.run([f'--model_dir={models["padir"]}', f'--input_file={src}',
-                        f'--output_file={dst}', '--iterations=2', '--length_beam=1']) == 0
+                        f'--output_file={dst}', '--iterations=2', '--length_beam=3',
+                        '--prune_after=1']) == 0
   got = dst.read_text(encoding='utf-8').split('\n')
   assert len(got) == 6 and got[1] == got[2] == '' and got[5] == ''
   model = padir.load(models['padir'])
-  assert got[0] == model.translate('abc', iterations=2, length_beam=1)
-  assert got[3] == model.translate('cba', iterations=2, length_beam=1)
+  assert got[0] == model.translate('abc', iterations=2, length_beam=3, prune_after=1)
+  assert got[3] == model.translate('cba', iterations=2, length_beam=3, prune_after=1)
 
 
 def test_show_refinement_prints_every_pass(models):
