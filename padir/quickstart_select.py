@@ -343,8 +343,11 @@ def ablations(run: Any) -> list[dict[str, Any]]:
                      padir_decoder(dataclasses.replace(best, rule='keep_all'), s_params,
                                    allow=True)))
   if best.refine_config(run.cfg.refine).num_candidates > 1:  # else re-ranking changes nothing
-    variants.append((f'teacher re-ranking {"off" if best.rerank else "on"}', 'rerank',
-                     padir_decoder(dataclasses.replace(best, rerank=not best.rerank), s_params)))
+    # The re-ranker needs every candidate finished, so it replaces pruning.
+    variants.append((f'teacher re-ranking {"off" if best.rerank else "on"}' +
+                     (' (instead of length pruning)' if best.prune else ''), 'rerank',
+                     padir_decoder(dataclasses.replace(best, rerank=not best.rerank, prune=0),
+                                   s_params)))
   if best.prune:
     variants.append(('no length pruning (every candidate runs every pass)', 'prune',
                      padir_decoder(dataclasses.replace(best, prune=0), s_params)))

@@ -50,6 +50,11 @@ class DecodeSetting:
   stutter: bool = False
   prune: int = 0
 
+  def __post_init__(self):
+    if self.rerank and self.prune:
+      raise ValueError(f'DecodeSetting(rerank=True, prune={self.prune}): the re-ranker needs '
+                       'every length candidate finished; use one or the other.')
+
   @property
   def name(self) -> str:
     return (f'{self.rule}_t{self.iterations}_lb{self.length_beam}'

@@ -293,3 +293,24 @@ def test_the_teacher_beam_row_uses_the_best_validation_length_penalty():
   assert quickstart_eval.beam_length_penalty(run) == (1.5, True)
   run.cfg.eval_beam_size = 8  # no candidate with that beam: ARConfig's default
   assert quickstart_eval.beam_length_penalty(run) == (0.6, False)
+
+
+def test_ablations_of_a_pruned_choice(run, tmp_path):
+  """A setting chosen with length pruning: its ablations switch pruning off, and re-ranking
+  (which needs every candidate finished) replaces pruning instead of joining it."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  out, _ = run
+  copy = str(tmp_path / 'run')
+  shutil.copytree(out, copy)
+  marker = os.path.join(copy, 'stages', 'select.json')
+  record = _load(marker)
+  result = record['result']
+  pruned = [c for c in result['candidates'] if c['setting']['prune']]
+  result.update(chosen=pruned[0]['setting'], chosen_name=pruned[0]['name'],
+                student=pruned[0]['student'])
+  quickstart.qs_eval.write_json(marker, record)
+  os.remove(os.path.join(copy, 'stages', 'ablations.json'))
+  assert quickstart.main(FLAGS + [f'--output_dir={copy}', '--stages=ablations']) == 0
+  labels = [a['label'] for a in _load(os.path.join(copy, 'stages', 'ablations.json'))['result']]
+  assert 'no length pruning (every candidate runs every pass)' in labels
+  assert 'teacher re-ranking on (instead of length pruning)' in labels

@@ -45,6 +45,8 @@ def test_setting_builds_the_refine_config_and_round_trips():
   assert pruned.refine_config(RefineConfig()).prune_after == 1
   assert pruned.name.endswith('_prune1') and 'after pass 1' in pruned.label
   assert selection.DecodeSetting.from_json(pruned.to_json()) == pruned
+  with pytest.raises(ValueError, match='one or the other'):
+    selection.DecodeSetting('mask_predict', 4, 3, rerank=True, prune=1)
 
 
 def test_choose_fastest_within_margin_else_best():
