@@ -148,6 +148,11 @@ class RefineConfig:
     """Candidates per source: top_k_lengths * length_beam * restarts."""
     return self.top_k_lengths * self.length_beam * self.restarts
 
+  @property
+  def prunes(self) -> bool:
+    """Whether ``prune_after`` takes effect: several candidates and a pass after it."""
+    return self.num_candidates > 1 and 0 < self.prune_after < self.num_iterations
+
   def check_width(self, max_length: int, ids: SpecialIds) -> None:
     """Host-side checks that depend on the canvas width and the vocabulary."""
     if max_length < 1:
@@ -321,13 +326,13 @@ def _compact(tokens: Array, conf: Array, keep: Array) -> tuple[Array, Array]:
 
 
 def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys, width: int,
-                  config: RefineConfig, ids: SpecialIds, group: int = 1) -> dict[str, Array]:
+                  config: RefineConfig, ids: SpecialIds) -> dict[str, Array]:
   """Refines N canvases of static ``width``; returns per-candidate results of that width.
 
-  ``group`` consecutive rows are the candidates of one source: with ``config.prune_after``
-  only the row of each group whose proposal at that pass scores best (``config.scoring``
-  over every position, before re-masking) is refined further, and ``alive`` [N] marks those
-  rows (the others keep their canvas of that pass).
+  Each ``config.num_candidates`` consecutive rows are the candidates of one source: with
+  ``config.prune_after`` only the row of each such group whose proposal at that pass scores
+  best (``config.scoring`` over every position, before re-masking) is refined further, and
+  ``alive`` [N] marks those rows (the others keep their canvas of that pass).
   """
   rm = config.remask
   mode = rm.effective_update
@@ -350,8 +355,9 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
       committed=~editable,
       done=jnp.zeros((n_rows,), bool),
       iterations=jnp.zeros((n_rows,), jnp.int32),
-      proposal_lp=jnp.zeros((n_rows,), jnp.float32),
   )
+  if config.prunes:
+    state['proposal_lp'] = jnp.zeros((n_rows,), jnp.float32)
   if keep_sum:
     state['logits_sum'] = jnp.zeros((n_rows, width, fns_vocab(fns)), jnp.float32)
   if config.return_history:
@@ -429,12 +435,8 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
       converged = ~jnp.any(new_open, axis=1)
     done = s['done']
     frozen = done[:, None]
-    # Mean log-probability of this pass's full proposal (before re-masking): what pruning
-    # ranks the candidates by.
-    proposal = jnp.sum(jnp.where(valid, jnp.where(fixed, lp_cur, conf_in), 0.0), axis=1)
     out = dict(
         t=t1,
-        proposal_lp=jnp.where(done, s['proposal_lp'], proposal),
         canvas=jnp.where(frozen, canvas, new_canvas),
         conf=jnp.where(frozen, conf, new_conf),
         open=jnp.where(frozen, open_, new_open),
@@ -444,6 +446,11 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
     )
     if keep_sum:
       out['logits_sum'] = logits_sum
+    if config.prunes:
+      # Log-probability of this pass's full proposal (before re-masking): what pruning ranks
+      # the candidates by.
+      proposal = jnp.sum(jnp.where(valid, jnp.where(fixed, lp_cur, conf_in), 0.0), axis=1)
+      out['proposal_lp'] = jnp.where(done, s['proposal_lp'], proposal)
     if config.return_history:
       out['hist_tokens'] = s['hist_tokens'].at[t1 - 1].set(out['canvas'])
       out['hist_conf'] = s['hist_conf'].at[t1 - 1].set(out['conf'])
@@ -466,11 +473,11 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
 
   if k_sparse < width:
     state = body(rows, width, state)  # the first iteration predicts every position
-  prune = config.prune_after if group > 1 and config.prune_after < big_t else 0
-  if not prune:
+  if not config.prunes:
     return dict(finish(rows, passes(rows, state, big_t)), alive=jnp.ones((n_rows,), bool))
-  state = passes(rows, state, prune)
+  state = passes(rows, state, config.prune_after)
   early = finish(rows, state)
+  group = config.num_candidates
   scores = normalized_score(state['proposal_lp'], lengths, config).reshape(-1, group)
   kept = jnp.arange(scores.shape[0]) * group + jnp.argmax(scores, axis=1)  # [B]
   rows = take_rows(rows, kept)
@@ -577,15 +584,15 @@ def refine_decode(fns: Any,
     ``scores`` [B], ``candidate_scores`` [B, N], ``iterations`` [B] (passes used by the best
     candidate), ``candidate_iterations`` [B, N], ``candidate_lengths`` [B, N] (canvas lengths),
     ``best_candidate`` [B] (with ``prune_after``, the candidate kept after that pass; the
-    others' scores, iterations and tokens are those of that pass); optionally ``candidates`` [B, N, L], ``history_tokens`` and
-    ``history_confidence`` [B, N, T, L].
+    others' scores, iterations and tokens are those of that pass); optionally ``candidates``
+    [B, N, L], ``history_tokens`` and ``history_confidence`` [B, N, T, L].
   """
   if config.canvas_init is None:
     config = dataclasses.replace(config, canvas_init='mask')
   config.check_width(max_length, ids)
   batch = encoder_tokens.shape[0]
   n_cand = config.num_candidates
-  if reranker is not None and n_cand > 1 and 0 < config.prune_after < config.num_iterations:
+  if reranker is not None and config.prunes:
     raise ValueError(f'RefineConfig.prune_after={config.prune_after} keeps one candidate per '
                      'source before the end, so a re-ranker would have nothing to choose '
                      'from: set prune_after=0 to re-rank, or drop the re-ranker.')
@@ -622,7 +629,7 @@ def refine_decode(fns: Any,
 
   def run(width: int) -> dict[str, Array]:
     res = _refine_width(fns, params, encoded_rep, enc_rep, cross_kv, flat_len, flat_keys,
-                        width, config, ids, group=n_cand)
+                        width, config, ids)
     for name in ('tokens',):
       res[name] = _pad_width(res[name], max_length, 1)
     for name in ('hist_tokens', 'hist_conf'):

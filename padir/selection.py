@@ -101,12 +101,11 @@ def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence
         many = b * candidates_per_length > 1
         for r in rerank:
           for p in prune:
-            pruned = p if many and not (r and many) and 0 < p < t else 0
-            if p and not pruned:
+            if p and not (many and not r and p < t):
               continue
             for s in stutter:
               setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many,
-                                      s and t > 1, pruned)
+                                      s and t > 1, p)
               key = dataclasses.replace(setting, rule='*') if t == 1 else setting
               if key not in seen:
                 seen.add(key)
