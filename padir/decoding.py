@@ -158,6 +158,10 @@ class ShardedDecoder:
       return 1
     return int(np.prod([self.mesh.shape[a] for a in self.batch_axes]))
 
+  def jitted(self, with_lengths: bool = False):
+    """The jitted ``fn(params, tokens, rng[, lengths])`` this decoder calls (for profiling)."""
+    return self._fn(with_lengths)
+
   def _fn(self, with_lengths: bool):
     if with_lengths in self._jitted:
       return self._jitted[with_lengths]

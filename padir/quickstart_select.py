@@ -246,6 +246,11 @@ def _validation(run: Any):
           [t['references'] for t in val.text()[:n]])
 
 
+def validation_sources(run: Any) -> np.ndarray:
+  """The [N, S] validation source rows the select stage decodes."""
+  return _validation(run)[0]
+
+
 def select(run: Any) -> dict[str, Any]:
   """Body of the ``select`` stage (see the module docstring)."""
   from padir import partitioning  # pylint: disable=g-import-not-at-top

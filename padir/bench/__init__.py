@@ -2,7 +2,8 @@
 
 Each benchmark is a module with a ``main(argv)`` function: ``decode`` times AR and refinement
 decoding (`padir.bench.decode`), ``train`` the training step and its MFU (`padir.bench.train`),
-``data`` the input pipeline (`padir.bench.data`), ``scale`` the pod-scale plan table
+``data`` the input pipeline (`padir.bench.data`), ``ops`` the kernel time of the main job's
+decoders per source function (`padir.bench.ops`), ``scale`` the pod-scale plan table
 (`padir.bench.scale`, compiled on simulated devices by `padir.plan`).
 """
 
@@ -21,6 +22,8 @@ BENCHMARKS = {
                'latency (batch 1) and throughput (batch 64) of AR and PaDIR decoding'),
     'train': ('padir.bench.train', 'training tokens/s and MFU against a measured matmul peak'),
     'data': ('padir.bench.data', 'input pipeline examples/s (arrays and seqio)'),
+    'ops': ('padir.bench.ops',
+            "where the main job's batch-1 decoding time goes, per source function"),
     'scale': ('padir.bench.scale',
               'pod-scale plan table: padir plan over sizes x objectives x TPU / GPU slices'),
 }
