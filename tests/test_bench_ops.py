@@ -43,10 +43,17 @@ def test_op_profile_charges_kernels_to_the_functions_that_made_them():
   assert [r.us_per_call for r in profile.rows] == sorted(
       (r.us_per_call for r in profile.rows), reverse=True)
   assert profile.kernel_us_per_call == pytest.approx(sum(r.us_per_call for r in profile.rows))
-  assert profile.wall_us_per_call > 0
+  assert 0 < profile.busy_us_per_call <= profile.kernel_us_per_call + 1e-6
+  assert profile.wall_us_per_call >= profile.busy_us_per_call
   table = profile.to_markdown(top=1)
   assert '| **kernels in all** |' in table and 'other functions' in table
-  assert set(profile.to_json()) == {'rows', 'wall_us_per_call', 'kernel_us_per_call'}
+  assert set(profile.to_json()) == {'rows', 'wall_us_per_call', 'kernel_us_per_call',
+                                    'busy_us_per_call'}
+
+
+def test_union_length_counts_overlaps_once():
+  assert ops._union_length([]) == 0.0
+  assert ops._union_length([(0.0, 2.0), (1.0, 3.0), (5.0, 6.0), (5.5, 5.7)]) == 4.0
 
 
 def test_op_profile_refuses_what_it_cannot_profile():
