@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _BITS = 23  # random bits per half of the 46-bit uniform.
 
@@ -47,6 +48,27 @@ def _chunk_size(size: int) -> int | None:
   return best
 
 
+def _chunk_maxima(xc: jax.Array, bc: jax.Array, static_bias: np.ndarray | None) -> jax.Array:
+  """``max(xc + bc)`` over the last axis: [..., n, c] logits, [n, c] bias -> [..., n].
+
+  With a bias known at trace time, the chunks whose bias is one constant (all 0, or all the
+  same exclusion value, like every chunk of special ids) reduce the logits alone and add the
+  constant afterwards, which is exact (rounding is monotone); only the few chunks that mix
+  values add the bias first. Adding a [n, c] bias to the whole [..., n, c] block before the
+  reduction made XLA on CPU write the biased logits out in full, in every refinement pass.
+  """
+  if static_bias is None:
+    return jnp.max(xc + bc, axis=-1)
+  sb = static_bias.reshape(bc.shape)
+  offset = sb[:, 0]  # [n]
+  mixed = np.flatnonzero(np.any(sb != offset[:, None], axis=1))
+  chunk_max = jnp.max(xc, axis=-1) + offset
+  if mixed.size:
+    exact = jnp.max(jnp.take(xc, mixed, axis=-2) + sb[mixed], axis=-1)  # [..., m]
+    chunk_max = chunk_max.at[..., mixed].set(exact)
+  return chunk_max
+
+
 def greedy_choice(logits: jax.Array,
                   bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Argmax of ``logits + bias`` and the log-normaliser of ``logits + bias``.
@@ -65,6 +87,8 @@ def greedy_choice(logits: jax.Array,
   """
   logits = logits.astype(jnp.float32)
   size = logits.shape[-1]
+  static_bias = None if bias is None or isinstance(bias, jax.core.Tracer) else np.asarray(
+      bias, np.float32)
   bias = jnp.zeros((size,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
   chunk = _chunk_size(size)
   if chunk is None:
@@ -75,7 +99,7 @@ def greedy_choice(logits: jax.Array,
     n = size // chunk
     xc = logits.reshape(logits.shape[:-1] + (n, chunk))
     bc = bias.reshape(n, chunk)
-    chunk_max = jnp.max(xc + bc, axis=-1)  # [..., n]
+    chunk_max = _chunk_maxima(xc, bc, static_bias)  # [..., n]
     top = jnp.max(chunk_max, axis=-1)
     best = argmax(chunk_max)  # [...]
     inside = jnp.take_along_axis(xc, best[..., None, None], axis=-2)[..., 0, :]

@@ -35,6 +35,23 @@ def test_greedy_choice_matches_argmax_and_logsumexp(vocab):
   np.testing.assert_array_equal(plain, jnp.argmax(x, axis=-1))
 
 
+def test_greedy_choice_static_bias_is_bitwise_the_traced_one():
+  # 8192 ids in 128 chunks of 64: clean chunks, fully excluded chunks (the top ids) and mixed
+  # ones (a few special ids at the start, an excluded id inside); the largest logit is excluded.
+  vocab = 8192
+  x = 4.0 * jax.random.normal(jax.random.PRNGKey(7), (3, 5, vocab))
+  x = x.at[0, 0, 8000].set(40.0).at[1, 2, 2].set(40.0).at[2, 4, 700].set(40.0)
+  bias = np.zeros((vocab,), np.float32)
+  bias[:4] = -1e9
+  bias[700] = -1e9
+  bias[7936:] = -1e9
+  static = jax.jit(lambda x: sampling.greedy_choice(x, bias))(x)  # bias known when tracing
+  traced = jax.jit(sampling.greedy_choice)(x, jnp.asarray(bias))
+  for a, b in zip(static, traced):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(static[0], jnp.argmax(x + bias, axis=-1))
+
+
 def test_gumbel_tails_are_not_truncated():
   top = 2**23 - 1
   hi = jnp.array([0, 0, top, top, 2**22 - 1, 2**22], jnp.uint32)
