@@ -35,7 +35,6 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
-import numpy as np
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONTROL_FLOW = ('while', 'conditional', 'call')
