@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import glob
 import gzip
 import json
@@ -123,6 +124,7 @@ def instruction_functions(hlo_text: str, source_dirs: Sequence[str]) -> dict[str
   names, functions, locations, frames = _tables(hlo_text)
   dirs = tuple(os.path.abspath(d) + os.sep for d in source_dirs)
 
+  @functools.lru_cache(maxsize=None)  # many instructions share a stack frame
   def innermost(frame_id: int) -> str | None:
     seen = set()
     while frame_id and frame_id in frames and frame_id not in seen:
