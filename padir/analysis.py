@@ -38,20 +38,26 @@ def lengths(tokens: np.ndarray) -> np.ndarray:
   return real_token_mask(tokens).sum(axis=-1)
 
 
-def repetition_rate(tokens: np.ndarray, per_row: bool = False) -> float | np.ndarray:
+def repetition_rate(tokens: np.ndarray, per_row: bool = False,
+                    removed: np.ndarray | None = None) -> float | np.ndarray:
   """Fraction of real tokens that repeat the token right before them.
 
   Args:
     tokens: [N, L] (or [..., L]) token ids; everything from the first EOS on is ignored.
     per_row: return one rate per row instead of the corpus rate.
+    removed: [N] (or [...]) repeats a decoder dropped from each row
+      (``RefineConfig.collapse_repeats``, ``aux['repeats_removed']``): the rate is then the
+      one before they were dropped.
   """
   tokens = np.asarray(tokens)
   real = real_token_mask(tokens)
   repeats = (tokens[..., 1:] == tokens[..., :-1]) & real[..., 1:] & real[..., :-1]
   repeats &= tokens[..., 1:] >= FIRST_REAL_PIECE
+  extra = np.zeros(tokens.shape[:-1], np.int64) if removed is None else np.asarray(removed)
+  num_repeats, num_real = repeats.sum(-1) + extra, real.sum(-1) + extra
   if per_row:
-    return repeats.sum(-1) / np.maximum(real.sum(-1), 1)
-  return float(repeats.sum() / max(int(real.sum()), 1))
+    return num_repeats / np.maximum(num_real, 1)
+  return float(num_repeats.sum() / max(int(num_real.sum()), 1))
 
 
 def length_stats(predicted: np.ndarray, reference: np.ndarray) -> dict[str, float]:

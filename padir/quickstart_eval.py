@@ -74,7 +74,8 @@ def decode_and_score(predictor: evaluation.Predictor, params: Any, data_dir: str
     progress: a tqdm bar advanced once per batch (or None).
 
   Returns:
-    ``bleu``, ``chrf``, ``repetition_rate``, ``reference_repetition_rate``, the
+    ``bleu``, ``chrf``, ``repetition_rate`` (and ``repetition_before_collapse`` when the
+    decoder merges repeats), ``reference_repetition_rate``, the
     `padir.analysis.length_stats` keys, ``mean_iterations`` (refinement), ``num_examples``,
     ``decode_seconds`` and, with a history, ``per_iteration`` (a list of rows).
   """
@@ -86,7 +87,7 @@ def decode_and_score(predictor: evaluation.Predictor, params: Any, data_dir: str
   if texts is None:
     raise ValueError(f'{data_dir}/{split} has no text.jsonl; export it with --text=yes so that '
                      'every reference is scored.')
-  tokens, targets, iterations, histories, rows = [], [], [], [], []
+  tokens, targets, iterations, histories, rows, removed = [], [], [], [], [], []
   seconds = 0.0
   for index, batch in enumerate(it):
     row_ids = np.array(it.last_rows)
@@ -101,6 +102,8 @@ def decode_and_score(predictor: evaluation.Predictor, params: Any, data_dir: str
     targets.append(np.asarray(batch['decoder_target_tokens'])[keep])
     if 'iterations' in aux:
       iterations.append(np.asarray(aux['iterations'])[keep])
+    if 'repeats_removed' in aux:
+      removed.append(np.asarray(aux['repeats_removed'])[keep])
     hist = _best_history(aux)
     if hist is not None:
       histories.append(hist[keep])
@@ -117,6 +120,9 @@ def decode_and_score(predictor: evaluation.Predictor, params: Any, data_dir: str
   result: dict[str, Any] = dict(metrics_lib.translation_metrics(references, predictions,
                                                                 print_fn=None))
   result['repetition_rate'] = analysis.repetition_rate(tokens_np)
+  if removed:
+    result['repetition_before_collapse'] = analysis.repetition_rate(
+        tokens_np, removed=np.concatenate(removed))
   result['reference_repetition_rate'] = analysis.repetition_rate(targets_np)
   result.update(analysis.length_stats(tokens_np, targets_np))
   result['mean_length'] = float(analysis.lengths(tokens_np).mean())

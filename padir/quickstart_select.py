@@ -42,13 +42,20 @@ def _texts(run: Any, split: str) -> list[dict[str, Any]]:
 
 
 def score_tokens(tokens: np.ndarray, references: Sequence[Sequence[str]], tokenizer: Any,
-                 reference_tokens: np.ndarray | None = None) -> dict[str, Any]:
-  """BLEU / chrF, repetition, mean length and length error of output tokens [N, L]."""
+                 reference_tokens: np.ndarray | None = None,
+                 removed: np.ndarray | None = None) -> dict[str, Any]:
+  """BLEU / chrF, repetition, mean length and length error of output tokens [N, L].
+
+  With ``removed`` ([N] repeats the decoder merged, `RefineConfig.collapse_repeats`),
+  ``repetition_before_collapse`` is the repetition rate before the merge.
+  """
   from padir.data import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   predictions = tokenizer.decode_batch(tokens)
   out: dict[str, Any] = dict(metrics_lib.translation_metrics(
       [list(r) for r in references], predictions, print_fn=None))
   out['repetition_rate'] = analysis.repetition_rate(tokens)
+  if removed is not None:
+    out['repetition_before_collapse'] = analysis.repetition_rate(tokens, removed=removed)
   out['mean_length'] = float(analysis.lengths(tokens).mean())
   if reference_tokens is not None:
     out.update(analysis.length_stats(tokens, reference_tokens))
@@ -197,10 +204,11 @@ def distill(run: Any) -> dict[str, Any]:
 
 def _setting_rows(names: Sequence[str], tokens: Mapping[str, np.ndarray],
                   times: Mapping[str, Sequence[float]], references: Sequence[Sequence[str]],
-                  reference_tokens: np.ndarray, tokenizer: Any) -> dict[str, dict[str, Any]]:
+                  reference_tokens: np.ndarray, tokenizer: Any,
+                  removed: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
   rows = {}
   for name in names:
-    row = score_tokens(tokens[name], references, tokenizer, reference_tokens)
+    row = score_tokens(tokens[name], references, tokenizer, reference_tokens, removed.get(name))
     latency = qs_eval.latency_stats(times[name])
     row.update(latency=latency, median_ms=latency['median'])
     rows[name] = row
@@ -267,7 +275,8 @@ def select(run: Any) -> dict[str, Any]:
               for stage in students}
   settings = selection.grid(cfg.select_rules, cfg.select_iterations, cfg.select_length_beams,
                             cfg.select_rerank, cfg.select_stutter, cfg.select_prune,
-                            candidates_per_length=cfg.refine.top_k_lengths * cfg.refine.restarts)
+                            candidates_per_length=cfg.refine.top_k_lengths * cfg.refine.restarts,
+                            collapse=cfg.select_collapse)
   padir_decoder = _Decoders(run, student, teacher, t_params)
   decoders = {TEACHER: padir_decoder.teacher()}
   for stage in students:
@@ -276,8 +285,9 @@ def select(run: Any) -> dict[str, Any]:
   what = f'{len(settings)} PaDIR settings' + (f' x {len(students)} students'
                                                if len(students) > 1 else '')
   with run.bar(len(sources), f'select: {what} (validation, batch 1)', 'sentence') as bar:
-    tokens, times = selection.decode_interleaved(decoders, sources, progress=bar)
-  rows = _setting_rows(list(decoders), tokens, times, references, reference_tokens, tokenizer)
+    tokens, times, removed = selection.decode_interleaved(decoders, sources, progress=bar)
+  rows = _setting_rows(list(decoders), tokens, times, references, reference_tokens, tokenizer,
+                       removed)
   teacher_row = rows.pop(TEACHER)
   candidates = []
   for stage in students:
@@ -307,6 +317,8 @@ def write_decoding_file(model_dir: str, setting: selection.DecodeSetting,
   value: dict[str, Any] = {'num_iterations': setting.iterations,
                            'length_beam': setting.length_beam, 'rule': setting.rule,
                            'stutter': setting.stutter}
+  if setting.collapse_repeats:
+    value['collapse_repeats'] = True
   if setting.prune:
     value['prune_after'] = setting.prune
   if setting.rerank:
@@ -363,6 +375,10 @@ def ablations(run: Any) -> list[dict[str, Any]]:
     variants.append((f'stutter removal {"off" if best.stutter else "on"}', 'stutter',
                      padir_decoder(dataclasses.replace(best, stutter=not best.stutter),
                                    s_params)))
+  variants.append((f'adjacent repeats {"kept" if best.collapse_repeats else "merged"}',
+                   'collapse', padir_decoder(
+                       dataclasses.replace(best, collapse_repeats=not best.collapse_repeats),
+                       s_params)))
   other = {'student_distilled': ('student_raw', 'no distillation: trained on the human '
                                                 'references'),
            'student_raw': ('student_distilled', 'distillation: trained on the teacher\'s outputs '
@@ -389,20 +405,23 @@ def ablations(run: Any) -> list[dict[str, Any]]:
   decoders.update({f'ablation_{i}': d for i, (_, _, d) in enumerate(variants)})
   with run.bar(len(sources), f'ablations: {len(variants)} variants (validation, batch 1)',
                'sentence') as bar:
-    tokens, times = selection.decode_interleaved(decoders, sources, progress=bar)
-  rows = _setting_rows(list(decoders), tokens, times, references, reference_tokens, tokenizer)
+    tokens, times, removed = selection.decode_interleaved(decoders, sources, progress=bar)
+  rows = _setting_rows(list(decoders), tokens, times, references, reference_tokens, tokenizer,
+                       removed)
   # The chosen setting's speed is rescaled by this run's teacher time, so the table compares
   # like with like even if the machine's load changed between the two runs.
   scale = rows[TEACHER]['median_ms'] / max(teacher_row['median_ms'], 1e-9)
   out = [{'label': f'chosen: {chosen["label"]}', 'what': 'chosen', 'bleu': chosen['bleu'],
           'median_ms': chosen['median_ms'] * scale,
           'mean_length_error': chosen.get('mean_length_error'),
-          'repetition_rate': chosen['repetition_rate']}]
+          'repetition_rate': chosen['repetition_rate'],
+          'repetition_before_collapse': chosen.get('repetition_before_collapse')}]
   for i, (label, what, _) in enumerate(variants):
     row = rows[f'ablation_{i}']
     out.append({'label': label, 'what': what, 'bleu': row['bleu'], 'median_ms': row['median_ms'],
                 'mean_length_error': row.get('mean_length_error'),
-                'repetition_rate': row['repetition_rate']})
+                'repetition_rate': row['repetition_rate'],
+                'repetition_before_collapse': row.get('repetition_before_collapse')})
   for row in out:
     row['delta_bleu'] = row['bleu'] - chosen['bleu']
     row['speedup'] = rows[TEACHER]['median_ms'] / max(row['median_ms'], 1e-9)

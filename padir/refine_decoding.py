@@ -86,6 +86,9 @@ class RefineConfig:
     allow_untrained_update: decode with an update mode the model's training does not support
       (`padir.models.PadirModel.check_decoding`; e.g. re-predicting visible tokens with a
       model whose loss covered masked positions only). Off: such a decode is refused.
+    collapse_repeats: merge adjacent repeated tokens of the chosen output ("a a b" -> "a b"),
+      the usual post-processing of non-autoregressive decoders; ``aux['repeats_removed']``
+      counts them per row. Candidates are scored and chosen before the merge.
   """
 
   num_iterations: int = 4
@@ -109,6 +112,7 @@ class RefineConfig:
   real_pieces_only: bool = True
   prune_after: int = 0
   allow_untrained_update: bool = False
+  collapse_repeats: bool = False
 
   def __post_init__(self):
     if isinstance(self.canvas_buckets, list):
@@ -529,6 +533,23 @@ def _finalize(state, x0, valid, config: RefineConfig, ids: SpecialIds) -> dict[s
   return result
 
 
+def collapse_repeats(tokens: Array, ids: SpecialIds) -> tuple[Array, Array]:
+  """Drops every real token equal to the one before it ("a a a b" -> "a b").
+
+  Args:
+    tokens: [B, L] int32 outputs: pieces up to the first EOS, pad after.
+    ids: special ids (pad, EOS).
+
+  Returns:
+    (tokens [B, L] without the repeats, pad after; removed [B] int32, tokens dropped per row).
+  """
+  real = (tokens != ids.pad) & (tokens != ids.eos)
+  repeat = remasking.stutter_mask(tokens, real)  # [B, L]
+  kept, _ = _compact(tokens, jnp.zeros(tokens.shape, jnp.float32),
+                     (tokens != ids.pad) & ~repeat)
+  return kept, jnp.sum(repeat, axis=1, dtype=jnp.int32)
+
+
 def _pad_width(x: Array, width: int, axis: int) -> Array:
   extra = width - x.shape[axis]
   if extra == 0:
@@ -584,7 +605,8 @@ def refine_decode(fns: Any,
     ``scores`` [B], ``candidate_scores`` [B, N], ``iterations`` [B] (passes used by the best
     candidate), ``candidate_iterations`` [B, N], ``candidate_lengths`` [B, N] (canvas lengths),
     ``best_candidate`` [B] (with ``prune_after``, the candidate kept after that pass; the
-    others' scores, iterations and tokens are those of that pass); optionally ``candidates``
+    others' scores, iterations and tokens are those of that pass); with
+    ``collapse_repeats``, ``repeats_removed`` [B]; optionally ``candidates``
     [B, N, L], ``history_tokens`` and ``history_confidence`` [B, N, T, L].
   """
   if config.canvas_init is None:
@@ -663,6 +685,8 @@ def refine_decode(fns: Any,
       candidate_lengths=cand_len,
       best_candidate=best.astype(jnp.int32),
   )
+  if config.collapse_repeats:
+    tokens, aux['repeats_removed'] = collapse_repeats(tokens, ids)
   if config.return_all_candidates:
     aux['candidates'] = cands
   if config.return_history:

@@ -2,7 +2,8 @@
 
 A *setting* is what the decoder is asked to do beyond the trained weights: the remasking rule,
 the number of passes, the length beam, whether the AR teacher re-ranks the candidates, after
-which pass the length candidates are pruned to the best one, and stutter removal
+which pass the length candidates are pruned to the best one, stutter removal and merging of
+adjacent repeats
 (`DecodeSetting`). `decode_interleaved` decodes every source row at batch 1 with
 every setting (and the AR teacher) in turn, so each setting gets its outputs and its per-sentence
 latency from the same run, on the same machine state. `choose` then applies the rule the
@@ -42,6 +43,8 @@ class DecodeSetting:
     stutter: reject adjacent repeated tokens before the last pass.
     prune: after this pass only the best length candidate is refined further
       (`RefineConfig.prune_after`; 0 = every candidate runs every pass).
+    collapse_repeats: merge adjacent repeated tokens of the output
+      (`RefineConfig.collapse_repeats`).
   """
   rule: str = 'mask_predict'
   iterations: int = 4
@@ -49,6 +52,7 @@ class DecodeSetting:
   rerank: bool = False
   stutter: bool = False
   prune: int = 0
+  collapse_repeats: bool = False
 
   def __post_init__(self):
     if self.rerank and self.prune:
@@ -59,22 +63,25 @@ class DecodeSetting:
   def name(self) -> str:
     return (f'{self.rule}_t{self.iterations}_lb{self.length_beam}'
             f'{"_rerank" if self.rerank else ""}{"_stutter" if self.stutter else ""}'
-            f'{f"_prune{self.prune}" if self.prune else ""}')
+            f'{f"_prune{self.prune}" if self.prune else ""}'
+            f'{"_collapse" if self.collapse_repeats else ""}')
 
   @property
   def label(self) -> str:
     extras = [e for e, on in (('teacher re-ranks', self.rerank), ('stutter removal',
                                                                  self.stutter),
-                              (f'best length kept after pass {self.prune}', self.prune)) if on]
+                              (f'best length kept after pass {self.prune}', self.prune),
+                              ('repeats merged', self.collapse_repeats)) if on]
     return (f'{self.rule}, {self.iterations} it., length beam {self.length_beam}' +
             ''.join(f', {e}' for e in extras))
 
   def refine_config(self, base: RefineConfig) -> RefineConfig:
-    """``base`` with this setting's rule, passes, length beam, pruning and stutter removal."""
+    """``base`` with this setting's rule, passes, length beam, pruning, stutter removal and
+    merging of repeats."""
     remask = RemaskConfig(rule=self.rule, stutter=self.stutter)
     return dataclasses.replace(base, num_iterations=self.iterations,
                                length_beam=self.length_beam, remask=remask,
-                               prune_after=self.prune)
+                               prune_after=self.prune, collapse_repeats=self.collapse_repeats)
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -86,7 +93,8 @@ class DecodeSetting:
 
 def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence[int],
          rerank: Sequence[bool], stutter: Sequence[bool], prune: Sequence[int] = (0,),
-         candidates_per_length: int = 1) -> list[DecodeSetting]:
+         candidates_per_length: int = 1,
+         collapse: Sequence[bool] = (False,)) -> list[DecodeSetting]:
   """Every combination, without duplicates.
 
   One pass is the same under every rule, so it is kept once; re-ranking and pruning need two
@@ -104,12 +112,13 @@ def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence
             if p and not (many and not r and p < t):
               continue
             for s in stutter:
-              setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many,
-                                      s and t > 1, p)
-              key = dataclasses.replace(setting, rule='*') if t == 1 else setting
-              if key not in seen:
-                seen.add(key)
-                out.append(setting)
+              for c in collapse:
+                setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many,
+                                        s and t > 1, p, c)
+                key = dataclasses.replace(setting, rule='*') if t == 1 else setting
+                if key not in seen:
+                  seen.add(key)
+                  out.append(setting)
   return out
 
 
@@ -153,7 +162,8 @@ def batch1_decoder(student: Any, config: RefineConfig, max_length: int,
 
 def decode_interleaved(decoders: Mapping[str, Callable[[np.ndarray], Any]],
                        sources: np.ndarray, *, warmup: int = 2, progress: Any = None
-                       ) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+                       ) -> tuple[dict[str, np.ndarray], dict[str, list[float]],
+                                  dict[str, np.ndarray]]:
   """Decodes each source row at batch 1 with every decoder in turn.
 
   Args:
@@ -163,7 +173,8 @@ def decode_interleaved(decoders: Mapping[str, Callable[[np.ndarray], Any]],
     progress: a tqdm bar advanced once per row (or None).
 
   Returns:
-    (name -> output tokens [N, L], name -> per-row seconds).
+    (name -> output tokens [N, L], name -> per-row seconds, name -> repeats merged per row [N]
+    for the decoders that report them, ``aux['repeats_removed']``).
   """
   if len(sources) == 0:
     raise ValueError('decode_interleaved needs at least one source row.')
@@ -172,18 +183,22 @@ def decode_interleaved(decoders: Mapping[str, Callable[[np.ndarray], Any]],
       jax.block_until_ready(fn(sources[i % len(sources)][None]))
   outputs: dict[str, list[np.ndarray]] = {name: [] for name in decoders}
   times: dict[str, list[float]] = {name: [] for name in decoders}
+  removed: dict[str, list[int]] = {}
   for row in sources:
     for name, fn in decoders.items():
       start = time.perf_counter()
       out = jax.block_until_ready(fn(row[None]))
       times[name].append(time.perf_counter() - start)
-      outputs[name].append(np.asarray(out[0] if isinstance(out, tuple) else out)[0])
+      tokens, aux = out if isinstance(out, tuple) else (out, {})
+      outputs[name].append(np.asarray(tokens)[0])
+      if 'repeats_removed' in aux:
+        removed.setdefault(name, []).append(int(np.asarray(aux['repeats_removed'])[0]))
     if progress is not None:
       progress.update(1)
   width = max(max(len(o) for o in rows) for rows in outputs.values())
   padded = {name: np.stack([np.pad(o, (0, width - len(o))) for o in rows])
             for name, rows in outputs.items()}
-  return padded, times
+  return padded, times, {name: np.asarray(counts) for name, counts in removed.items()}
 
 
 def choose(rows: Sequence[Mapping[str, Any]], teacher_bleu: float,

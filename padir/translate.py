@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--no_rerank', action='store_true',
                       help="PaDIR: no AR re-ranking of the length candidates, even when the dir's "
                       'decoding.json names a rerank_model_dir')
+  parser.add_argument('--keep_repeats', action='store_true',
+                      help="PaDIR: do not merge adjacent repeated tokens, even when the dir's "
+                      'decoding.json asks for it (collapse_repeats)')
   parser.add_argument('--beam_size', type=int, default=None,
                       help='AR: beam search with this many beams (1: greedy)')
   parser.add_argument('--batch_size', type=int, default=64, help='sentences per decoder call')
@@ -70,7 +73,8 @@ def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any
                 'prune_after': flags.prune_after, 'rule': flags.rule}
   if not is_padir:
     given = [f'--{k}' for k, v in padir_only.items() if v is not None]
-    given += [f'--{k}' for k in ('show_refinement', 'no_rerank') if getattr(flags, k)]
+    given += [f'--{k}' for k in ('show_refinement', 'no_rerank', 'keep_repeats')
+              if getattr(flags, k)]
     if given:
       raise ValueError(f'{", ".join(given)}: PaDIR option(s), but {flags.model_dir} is an AR '
                        'model (use --beam_size, or --gin.padir.ar_decoding.ARConfig.* bindings).')
@@ -83,6 +87,8 @@ def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any
   options = {k: v for k, v in padir_only.items() if v is not None}
   if flags.no_rerank:
     options['rerank'] = False
+  if flags.keep_repeats:
+    options['collapse_repeats'] = False
   return options
 
 

@@ -13,6 +13,11 @@ def test_repetition_rate_counts_adjacent_duplicates_before_eos():
   assert analysis.repetition_rate(tokens) == pytest.approx(3 / 9)
   np.testing.assert_allclose(analysis.repetition_rate(tokens, per_row=True), [0.25, 0.5, 0.0])
   assert analysis.repetition_rate(np.zeros((2, 3), np.int32)) == 0.0
+  # Repeats a decoder dropped count as they were before the merge: row 0 had 5 tokens, 2 repeats.
+  collapsed = np.array([[5, 6, 7, 1, 0], [8, 9, 1, 0, 0]])
+  assert analysis.repetition_rate(collapsed, removed=np.array([2, 0])) == pytest.approx(2 / 7)
+  np.testing.assert_allclose(
+      analysis.repetition_rate(collapsed, per_row=True, removed=np.array([2, 0])), [0.4, 0.0])
 
 
 def test_length_stats_and_histogram():

@@ -293,6 +293,38 @@ def test_logits_sum_and_stutter_after_last_run(tiny):
   assert (np.asarray(aux['iterations']) <= 3).all()
 
 
+def test_collapse_repeats_drops_tokens_equal_to_the_one_before():
+  tokens = jnp.array([[5, 5, 6, 5, 5, 5, 1, 0],
+                      [7, 8, 9, 1, 0, 0, 0, 0],
+                      [4, 4, 4, 4, 4, 4, 4, 1]], jnp.int32)
+  kept, removed = rd.collapse_repeats(tokens, IDS)
+  np.testing.assert_array_equal(kept, [[5, 6, 5, 1, 0, 0, 0, 0],
+                                       [7, 8, 9, 1, 0, 0, 0, 0],
+                                       [4, 1, 0, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(removed, [3, 0, 6])
+
+
+def test_collapse_repeats_merges_the_chosen_output_only(tiny):
+  fns, params, sources = tiny
+  base = rd.RefineConfig(num_iterations=2, canvas_init='mask_range', length_beam=3,
+                         remask=RemaskConfig(rule='mask_predict'))
+  decode = lambda c: jax.jit(lambda p, e: rd.refine_decode(
+      fns, p, e, config=c, ids=IDS, max_length=L))(params, sources)
+  plain, plain_aux = decode(base)
+  merged, aux = decode(dataclasses.replace(base, collapse_repeats=True))
+  expected, counts = [], []
+  for row in np.asarray(plain):
+    real = row[(row != IDS.pad) & (row != IDS.eos)]
+    keep = np.concatenate([[True], real[1:] != real[:-1]]) if len(real) else np.zeros(0, bool)
+    out = list(real[keep]) + [IDS.eos]
+    expected.append(out + [0] * (L - len(out)))
+    counts.append(int((~keep).sum()))
+  assert sum(counts) > 0  # the untrained network repeats itself
+  np.testing.assert_array_equal(merged, expected)
+  np.testing.assert_array_equal(aux['repeats_removed'], counts)
+  np.testing.assert_array_equal(aux['scores'], plain_aux['scores'])  # chosen before the merge
+
+
 def test_prune_after_keeps_the_best_proposal_and_refines_it_alone(tiny):
   # Oracle: only the true length proposes EOS where it belongs, so its pass-1 proposal wins.
   remask = RemaskConfig(rule='mask_predict', replacement='initial')

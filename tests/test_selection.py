@@ -31,6 +31,11 @@ def test_grid_keeps_one_single_pass_setting_per_beam_and_reranker():
   assert len(pruned) == len(selection.grid(('mask_predict',), (1, 2, 4), (1, 3), (False, True),
                                            (False,))) + 3
   assert not any(s.prune and s.rerank for s in pruned)
+  # Merging repeats doubles the grid when both values are tried; it applies to one pass too.
+  both = selection.grid(('mask_predict',), (1, 2), (1,), (False,), (False,),
+                        collapse=(False, True))
+  assert [(s.iterations, s.collapse_repeats) for s in both] == [
+      (1, False), (1, True), (2, False), (2, True)]
 
 
 def test_setting_builds_the_refine_config_and_round_trips():
@@ -47,6 +52,14 @@ def test_setting_builds_the_refine_config_and_round_trips():
   assert selection.DecodeSetting.from_json(pruned.to_json()) == pruned
   with pytest.raises(ValueError, match='one or the other'):
     selection.DecodeSetting('mask_predict', 4, 3, rerank=True, prune=1)
+  merged = selection.DecodeSetting('mask_predict', 3, 1, collapse_repeats=True)
+  assert merged.refine_config(RefineConfig()).collapse_repeats
+  assert not setting.refine_config(RefineConfig(collapse_repeats=True)).collapse_repeats
+  assert merged.name.endswith('_collapse') and 'repeats merged' in merged.label
+  assert selection.DecodeSetting.from_json(merged.to_json()) == merged
+  # Records written before the field existed read as not merging.
+  old = {k: v for k, v in pruned.to_json().items() if k != 'collapse_repeats'}
+  assert not selection.DecodeSetting.from_json(old).collapse_repeats
 
 
 def test_choose_fastest_within_margin_else_best():
@@ -67,12 +80,15 @@ def test_decode_interleaved_returns_outputs_and_times_per_decoder():
   def make(name, width):
     def fn(tokens):
       calls.append(name)
-      return np.full((1, width), tokens[0, 0], np.int32), {}
+      aux = {'repeats_removed': np.array([tokens[0, 1]])} if name == 'y' else {}
+      return np.full((1, width), tokens[0, 0], np.int32), aux
     return fn
 
   sources = np.arange(6, dtype=np.int32).reshape(3, 2)
-  outputs, times = selection.decode_interleaved({'x': make('x', 2), 'y': make('y', 4)},
-                                                sources, warmup=1)
+  outputs, times, removed = selection.decode_interleaved(
+      {'x': make('x', 2), 'y': make('y', 4)}, sources, warmup=1)
+  assert list(removed) == ['y']  # only the decoder that merges repeats reports them
+  np.testing.assert_array_equal(removed['y'], sources[:, 1])
   assert outputs['x'].shape == (3, 4) and outputs['y'].shape == (3, 4)
   np.testing.assert_array_equal(outputs['x'][:, 0], sources[:, 0])
   assert outputs['x'][0, 3] == 0  # padded to the widest decoder

@@ -134,6 +134,25 @@ def test_the_reranker_can_be_switched_off_per_call(models, tmp_path):
   assert translate.main([f'--model_dir={models["ar"]}', '--no_rerank']) == 1
 
 
+def test_decoding_json_merges_repeats_and_the_flag_keeps_them(models, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from padir import interactive  # pylint: disable=g-import-not-at-top
+  plain = padir.load(models['padir'])
+  merged_dir = str(tmp_path / 'padir')
+  shutil.copytree(models['padir'], merged_dir)
+  with open(os.path.join(merged_dir, interactive.DECODING_FILE), 'w', encoding='utf-8') as f:
+    f.write('{"collapse_repeats": true}')
+  sources = ['abc', 'cba', 'aabbcc']
+  merged = padir.load(merged_dir)
+  assert merged.translate(sources) == plain.translate(sources, collapse_repeats=True)
+  stdout = io.StringIO()
+  assert translate.run([f'--model_dir={merged_dir}', '--keep_repeats'],
+                       stdin=io.StringIO('\n'.join(sources) + '\n'), stdout=stdout) == 0
+  assert stdout.getvalue() == ''.join(' '.join(t.split()) + '\n'
+                                      for t in plain.translate(sources))
+  assert translate.main([f'--model_dir={models["ar"]}', '--keep_repeats']) == 1
+
+
 def test_saved_config_drives_padir_infer(models, tmp_path):
   """A run's config.gin is enough for padir infer: no network or length flags."""
   src = tmp_path / 'src.txt'
