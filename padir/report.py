@@ -17,7 +17,8 @@ The results dict (every key except ``systems`` is optional):
 * ``systems``: one dict per decoded system on the test split: ``name``, ``label``, ``model``
   ('teacher', 'student_distilled', 'student_raw', ...), ``kind`` ('ar' or 'padir'),
   ``iterations`` (PaDIR: the maximum number of passes), ``bleu``, ``chrf``,
-  ``repetition_rate``, ``mean_length_error``, ``mean_abs_length_error``, ``exact_length``,
+  ``repetition_rate`` (and ``repetition_before_collapse`` for a decoding that merges adjacent
+  repeats), ``mean_length_error``, ``mean_abs_length_error``, ``exact_length``,
   ``mean_iterations``, ``num_examples`` and ``latency_ms`` (``{'mean', 'median', 'p90'}``,
   batch 1) where measured.
 * ``per_iteration``: model -> rows ``{'iteration', 'repetition_rate', 'bleu', ...}`` of the
@@ -109,8 +110,8 @@ def check_targets(results: Mapping[str, Any],
      gap against the AR model trained as many steps as the students.
   3. ``distillation_helps``: at ``headline_iterations`` passes the student trained on distilled
      data has a higher BLEU than the one trained on the raw references.
-  4. ``repetition_falls``: the main student's repetition rate (rounded to 4 decimals, as
-     shown) does not rise from one iteration count to the next, and is lower at the most
+  4. ``repetition_falls``: the main student's repetition rate (before any merge of adjacent
+     repeats; rounded to 4 decimals, as shown) does not rise from one iteration count to the next, and is lower at the most
      iterations than at the fewest.
 
   Args:

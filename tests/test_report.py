@@ -68,6 +68,17 @@ def test_check_targets_met_and_missed_with_margins():
   assert all(v['met'] is None for v in empty.values())
 
 
+def test_repetition_target_reads_the_rate_before_merging_repeats():
+  results = _results()
+  for s in results['systems']:
+    if s['kind'] == 'padir':  # merged outputs: no repeats left, the canvas had some
+      s['repetition_before_collapse'], s['repetition_rate'] = s['repetition_rate'], 0.0
+  targets = report.check_targets(results)
+  assert targets['repetition_falls']['met'] is True
+  assert targets['repetition_falls']['series'] == [[1, 0.08], [2, 0.05], [4, 0.03], [8, 0.03]]
+  assert '| repetition before merging repeats |' in report.render_markdown(results)
+
+
 def test_targets_follow_the_main_student_chosen_on_validation():
   results = dict(_results(distilled_t4=16.0, raw_t4=19.6, reps=(0.08, 0.05, 0.03, 0.03)),
                  main_student='student_raw')
