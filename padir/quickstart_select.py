@@ -411,17 +411,15 @@ def ablations(run: Any) -> list[dict[str, Any]]:
   # The chosen setting's speed is rescaled by this run's teacher time, so the table compares
   # like with like even if the machine's load changed between the two runs.
   scale = rows[TEACHER]['median_ms'] / max(teacher_row['median_ms'], 1e-9)
-  out = [{'label': f'chosen: {chosen["label"]}', 'what': 'chosen', 'bleu': chosen['bleu'],
-          'median_ms': chosen['median_ms'] * scale,
-          'mean_length_error': chosen.get('mean_length_error'),
-          'repetition_rate': chosen['repetition_rate'],
-          'repetition_before_collapse': chosen.get('repetition_before_collapse')}]
+  kept = ('bleu', 'mean_length_error', 'repetition_rate', 'repetition_before_collapse')
+
+  def summary(label: str, what: str, row: Mapping[str, Any], median_ms: float) -> dict:
+    return dict({k: row.get(k) for k in kept}, label=label, what=what, median_ms=median_ms)
+
+  out = [summary(f'chosen: {chosen["label"]}', 'chosen', chosen, chosen['median_ms'] * scale)]
   for i, (label, what, _) in enumerate(variants):
     row = rows[f'ablation_{i}']
-    out.append({'label': label, 'what': what, 'bleu': row['bleu'], 'median_ms': row['median_ms'],
-                'mean_length_error': row.get('mean_length_error'),
-                'repetition_rate': row['repetition_rate'],
-                'repetition_before_collapse': row.get('repetition_before_collapse')})
+    out.append(summary(label, what, row, row['median_ms']))
   for row in out:
     row['delta_bleu'] = row['bleu'] - chosen['bleu']
     row['speedup'] = rows[TEACHER]['median_ms'] / max(row['median_ms'], 1e-9)

@@ -111,8 +111,8 @@ def check_targets(results: Mapping[str, Any],
   3. ``distillation_helps``: at ``headline_iterations`` passes the student trained on distilled
      data has a higher BLEU than the one trained on the raw references.
   4. ``repetition_falls``: the main student's repetition rate (before any merge of adjacent
-     repeats; rounded to 4 decimals, as shown) does not rise from one iteration count to the next, and is lower at the most
-     iterations than at the fewest.
+     repeats; rounded to 4 decimals, as shown) does not rise from one iteration count to the
+     next, and is lower at the most iterations than at the fewest.
 
   Args:
     results: the results dict (see the module docstring).
