@@ -4,7 +4,8 @@ Everything here works on host numpy arrays of token ids, [N, L] for final output
 [T, N, L] for the per-iteration history that the refinement decoder returns on request:
 
 * ``repetition_rate``: the fraction of real tokens equal to the token before them (adjacent
-  duplicates, "stutter"), the error mode tied to PaDIR's product-form parallel updates;
+  duplicates, "stutter"), the error mode tied to PaDIR's product-form parallel updates
+  (``repetition_counts``: the counts behind it, per row);
 * ``length_stats``: predicted minus reference lengths (mean, mean absolute, exact, within 1);
 * ``per_iteration``: repetition rate, and BLEU when references are given, after each iteration;
 * ``iterations_histogram``: how many rows stopped after 1, 2, ... iterations.
@@ -38,6 +39,20 @@ def lengths(tokens: np.ndarray) -> np.ndarray:
   return real_token_mask(tokens).sum(axis=-1)
 
 
+def repetition_counts(tokens: np.ndarray, removed: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """Per row: (tokens that repeat the one before them, real tokens), both [N] (or [...]).
+
+  With ``removed`` (see `repetition_rate`) both count the repeats the decoder dropped.
+  """
+  tokens = np.asarray(tokens)
+  real = real_token_mask(tokens)
+  repeats = (tokens[..., 1:] == tokens[..., :-1]) & real[..., 1:] & real[..., :-1]
+  repeats &= tokens[..., 1:] >= FIRST_REAL_PIECE
+  extra = np.zeros(tokens.shape[:-1], np.int64) if removed is None else np.asarray(removed)
+  return repeats.sum(-1) + extra, real.sum(-1) + extra
+
+
 def repetition_rate(tokens: np.ndarray, per_row: bool = False,
                     removed: np.ndarray | None = None) -> float | np.ndarray:
   """Fraction of real tokens that repeat the token right before them.
@@ -49,12 +64,7 @@ def repetition_rate(tokens: np.ndarray, per_row: bool = False,
       (``RefineConfig.collapse_repeats``, ``aux['repeats_removed']``): the rate is then the
       one before they were dropped.
   """
-  tokens = np.asarray(tokens)
-  real = real_token_mask(tokens)
-  repeats = (tokens[..., 1:] == tokens[..., :-1]) & real[..., 1:] & real[..., :-1]
-  repeats &= tokens[..., 1:] >= FIRST_REAL_PIECE
-  extra = np.zeros(tokens.shape[:-1], np.int64) if removed is None else np.asarray(removed)
-  num_repeats, num_real = repeats.sum(-1) + extra, real.sum(-1) + extra
+  num_repeats, num_real = repetition_counts(tokens, removed)
   if per_row:
     return num_repeats / np.maximum(num_real, 1)
   return float(num_repeats.sum() / max(int(num_real.sum()), 1))

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 import jax
 import numpy as np
 
+from padir import analysis
 from padir import partitioning as partitioning_lib
 from padir import trainer as trainer_lib
 
@@ -140,14 +141,19 @@ def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[st
     (rows, stats): ``stats`` has ``decode_seconds`` (all batches, the first one's compilation
     included), ``num_examples``, ``examples_per_sec`` (over ``decode_seconds``), with two or
     more batches ``first_batch_seconds`` and ``steady_examples_per_sec`` (the batches after
-    the first: the decoder's speed without compilation), and ``mean_iterations`` when the
-    decoder reports iterations. Seconds are wall time of the decode calls only (not
-    detokenization).
+    the first: the decoder's speed without compilation), ``repetition_rate`` (the share of
+    output tokens equal to the one before them, `padir.analysis.repetition_rate`),
+    ``mean_iterations`` when the decoder reports iterations, and ``repetition_before_collapse``
+    and ``mean_repeats_removed`` when it merges adjacent repeats
+    (``aux['repeats_removed']``, `padir.refine_decoding.RefineConfig.collapse_repeats`).
+    Seconds are wall time of the decode calls only (not detokenization).
   """
   rows: list[DecodedRow] = []
   seconds = 0.0
   first_seconds, first_rows, num_batches = 0.0, 0, 0
   iterations = []
+  repeats = np.zeros(3, np.int64)  # adjacent repeats, real tokens, repeats the decoder merged
+  merges = False
   seen = 0
   for index, batch in enumerate(batches):
     if max_examples is not None and seen >= max_examples:
@@ -168,6 +174,8 @@ def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[st
     keep = _real_rows(batch)
     if 'iterations' in aux:
       iterations.extend(np.asarray(aux['iterations'])[keep].tolist())
+    repeats += _repeat_counts(np.asarray(tokens)[keep], aux.get('repeats_removed'), keep)
+    merges = merges or 'repeats_removed' in aux
     targets = batch.get('decoder_target_tokens')
     for i in np.flatnonzero(keep):
       seen += 1
@@ -191,7 +199,26 @@ def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[st
     stats['steady_examples_per_sec'] = (len(rows) - first_rows) / (seconds - first_seconds)
   if iterations:
     stats['mean_iterations'] = float(np.mean(iterations))
+  if seen:
+    stats['repetition_rate'] = float(repeats[0] / max(repeats[1], 1))
+    if merges:
+      stats['repetition_before_collapse'] = float(
+          (repeats[0] + repeats[2]) / max(repeats[1] + repeats[2], 1))
+      stats['mean_repeats_removed'] = float(repeats[2] / seen)
   return rows, stats
+
+
+def _repeat_counts(tokens: np.ndarray, removed: Any, keep: np.ndarray) -> np.ndarray:
+  """[3] int: adjacent repeats, real tokens and merged repeats of the kept rows.
+
+  Args:
+    tokens: [N, L] output tokens of the kept rows.
+    removed: [B] ``aux['repeats_removed']`` of the whole batch, or None.
+    keep: [B] bool, the batch's real rows.
+  """
+  num_repeats, num_real = analysis.repetition_counts(tokens)  # [N], [N]
+  merged = 0 if removed is None else int(np.asarray(removed)[keep].sum())
+  return np.array([int(num_repeats.sum()), int(num_real.sum()), merged], np.int64)
 
 
 def translation_scores(rows: list[DecodedRow], print_fn: Callable[[str], Any] | None = None
