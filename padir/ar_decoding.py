@@ -44,6 +44,10 @@ class ARConfig:
     eos_id: the end-of-sequence id.
     min_length: outputs hold at least this many tokens, EOS included (EOS is masked at
       earlier positions; 0 = no limit).
+    score: 'greedy' and 'sample' also return ``aux['scores']``, the sum of the chosen tokens'
+      log-probabilities. It costs a log-softmax over the vocabulary at every step (about a
+      tenth of batch-1 greedy time with an 8k vocabulary on CPU); False skips it and leaves
+      ``scores`` out, for the fastest decode. Beam search always scores.
   """
 
   method: str = 'greedy'
@@ -54,6 +58,7 @@ class ARConfig:
   top_p: float = 1.0
   eos_id: int = 1
   min_length: int = 0
+  score: bool = True
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -65,6 +70,11 @@ class ARConfig:
     sampling.check_sampling_args(self.temperature, self.top_k, self.top_p)
     if not isinstance(self.min_length, int) or self.min_length < 0:
       raise ValueError(f'ARConfig.min_length={self.min_length!r} must be an integer >= 0.')
+    if not isinstance(self.score, bool):
+      raise ValueError(f'ARConfig.score={self.score!r} must be True or False.')
+    if self.method == 'beam' and not self.score:
+      raise ValueError("ARConfig.score=False is for 'greedy' and 'sample'; beam search ranks "
+                       'its beams by their scores. Leave score=True.')
     if self.method == 'sample' and self.temperature == 0:
       raise ValueError("ARConfig.method='sample' needs temperature > 0 (use 'greedy').")
 
@@ -170,9 +180,9 @@ def _greedy_or_sample(fns, params, encoder_tokens, max_length: int, config: ARCo
       tok = sampling.argmax(filtered.astype(noise.dtype) / config.temperature + noise)
     else:
       tok, _ = sampling.greedy_choice(logits, _forbidden(vocab, i, config))
-    lp = sampling.log_prob_of(logits, tok)
+    if config.score:  # otherwise logp stays 0 and the log-softmax is never computed
+      logp = logp + jnp.where(done, 0.0, sampling.log_prob_of(logits, tok))
     tok = jnp.where(done, 0, tok)
-    logp = logp + jnp.where(done, 0.0, lp)
     out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))
     done = done | (tok == config.eos_id)
     return i + 1, cache, tok, out, done, logp
@@ -185,7 +195,10 @@ def _greedy_or_sample(fns, params, encoder_tokens, max_length: int, config: ARCo
           jnp.zeros((batch,), jnp.float32))
   steps, _, _, out, _, logp = jax.lax.while_loop(cond, body, init)
   lengths = jnp.sum(out > 0, axis=1).astype(jnp.int32)
-  return out, dict(scores=logp, lengths=lengths, steps=steps)
+  aux = dict(lengths=lengths, steps=steps)
+  if config.score:
+    aux['scores'] = logp
+  return out, aux
 
 
 def _penalty(length: Array | int, alpha: float) -> Array:
@@ -297,7 +310,8 @@ def ar_decode(fns: Any,
 
   Returns:
     tokens [B, max_length] int32 (up to and including EOS, pad after) and aux: ``scores`` [B]
-    (sum of log-probabilities; for beam search the length-penalised score), ``lengths`` [B],
+    (sum of log-probabilities; for beam search the length-penalised score; left out with
+    ``config.score=False``), ``lengths`` [B],
     ``steps`` (loop iterations run); beam search adds ``beam_tokens`` [B, K, L] and
     ``beam_scores`` [B, K], best first.
   """

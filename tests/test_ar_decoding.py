@@ -63,6 +63,11 @@ def test_cache_greedy_equals_full_forward_greedy_and_beam_one(tiny):
                      ad.ARConfig(method='beam', beam_size=1, length_penalty=0.0))
   np.testing.assert_array_equal(beam1, greedy)
   np.testing.assert_allclose(baux['scores'], aux['scores'], rtol=1e-4)
+  # Without the score: the same tokens, no scores in aux.
+  unscored, uaux = _run(fns, params, sources, ad.ARConfig(score=False))
+  np.testing.assert_array_equal(unscored, greedy)
+  assert 'scores' not in uaux
+  np.testing.assert_array_equal(uaux['lengths'], aux['lengths'])
   # Low-temperature sampling is greedy; a fixed rng repeats itself.
   cold, _ = _run(fns, params, sources, ad.ARConfig(method='sample', temperature=1e-4))
   np.testing.assert_array_equal(cold, greedy)
@@ -154,6 +159,8 @@ def test_reorder_cache_handles_scanned_layers_and_scalars():
     (dict(method='sample', temperature=0.0), 'temperature'),
     (dict(length_penalty=-1.0), 'length_penalty'),
     (dict(min_length=-1), 'min_length'),
+    (dict(method='beam', score=False), 'score'),
+    (dict(score=0), 'score'),
 ])
 def test_config_validation(kwargs, match):
   with pytest.raises(ValueError, match=match):
