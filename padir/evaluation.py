@@ -174,8 +174,10 @@ def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[st
     keep = _real_rows(batch)
     if 'iterations' in aux:
       iterations.extend(np.asarray(aux['iterations'])[keep].tolist())
-    repeats += _repeat_counts(np.asarray(tokens)[keep], aux.get('repeats_removed'), keep)
-    merges = merges or 'repeats_removed' in aux
+    removed = aux.get('repeats_removed')
+    merges = merges or removed is not None
+    repeats += _repeat_counts(np.asarray(tokens)[keep],
+                              None if removed is None else np.asarray(removed)[keep])
     targets = batch.get('decoder_target_tokens')
     for i in np.flatnonzero(keep):
       seen += 1
@@ -208,16 +210,15 @@ def decode_split(predictor: Predictor, params: Any, batches: Iterable[Mapping[st
   return rows, stats
 
 
-def _repeat_counts(tokens: np.ndarray, removed: Any, keep: np.ndarray) -> np.ndarray:
-  """[3] int: adjacent repeats, real tokens and merged repeats of the kept rows.
+def _repeat_counts(tokens: np.ndarray, removed: np.ndarray | None) -> np.ndarray:
+  """[3] int: adjacent repeats, real tokens and merged repeats of rows.
 
   Args:
-    tokens: [N, L] output tokens of the kept rows.
-    removed: [B] ``aux['repeats_removed']`` of the whole batch, or None.
-    keep: [B] bool, the batch's real rows.
+    tokens: [N, L] output tokens.
+    removed: [N] repeats the decoder merged away (``aux['repeats_removed']``), or None.
   """
   num_repeats, num_real = analysis.repetition_counts(tokens)  # [N], [N]
-  merged = 0 if removed is None else int(np.asarray(removed)[keep].sum())
+  merged = 0 if removed is None else int(removed.sum())
   return np.array([int(num_repeats.sum()), int(num_real.sum()), merged], np.int64)
 
 
