@@ -63,10 +63,12 @@ class QuickstartConfig:
       ``student_steps`` on the main student's data (``ar_matched``): the students have trained
       ``teacher_steps + student_steps`` steps, and this AR model as many.
     select_rules, select_iterations, select_length_beams, select_rerank, select_stutter,
-      select_prune, select_collapse: the grid of PaDIR decoding settings tried on the
-      validation split (`padir.selection.grid`; ``select_prune``: passes after which only the
-      best length candidate goes on, 0 = none; ``select_collapse``: merge adjacent repeated
-      tokens of the output, `RefineConfig.collapse_repeats`).
+      select_prune, select_collapse, select_avoid_repeats: the grid of PaDIR decoding settings
+      tried on the validation split (`padir.selection.grid`; ``select_prune``: passes after
+      which only the best length candidate goes on, 0 = none; ``select_collapse``: merge
+      adjacent repeated tokens of the output, `RefineConfig.collapse_repeats`;
+      ``select_avoid_repeats``: a proposal equal to its neighbour's takes its runner-up,
+      `RefineConfig.avoid_repeats`).
     select_margin: the chosen setting is the fastest within this many BLEU of the teacher on
       validation, else the best.
     select_examples: validation sentences used for the choice (None: all).
@@ -113,6 +115,7 @@ class QuickstartConfig:
   select_stutter: tuple[bool, ...] = (False,)
   select_prune: tuple[int, ...] = (0,)
   select_collapse: tuple[bool, ...] = (False,)
+  select_avoid_repeats: tuple[bool, ...] = (False,)
   select_margin: float = 1.0
   select_examples: int | None = None
   extra_ablations: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -124,7 +127,7 @@ class QuickstartConfig:
   def __post_init__(self):
     for name in ('teacher_gin_files', 'student_gin_files', 'iterations', 'small_iterations',
                  'select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
-                 'select_stutter', 'select_prune', 'select_collapse'):
+                 'select_stutter', 'select_prune', 'select_collapse', 'select_avoid_repeats'):
       value = getattr(self, name)
       if isinstance(value, (list, str)):
         object.__setattr__(self, name, tuple([value] if isinstance(value, str) else value))
@@ -152,7 +155,7 @@ class QuickstartConfig:
       raise ValueError(f"QuickstartConfig.student_init={self.student_init!r} must be 'teacher' "
                        "or 'scratch'.")
     for name in ('select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
-                 'select_stutter', 'select_prune', 'select_collapse'):
+                 'select_stutter', 'select_prune', 'select_collapse', 'select_avoid_repeats'):
       if not getattr(self, name):
         raise ValueError(f'QuickstartConfig.{name} is empty; give at least one value.')
     if any(not isinstance(t, int) or not 1 <= t for t in self.select_iterations):

@@ -276,7 +276,7 @@ def select(run: Any) -> dict[str, Any]:
   settings = selection.grid(cfg.select_rules, cfg.select_iterations, cfg.select_length_beams,
                             cfg.select_rerank, cfg.select_stutter, cfg.select_prune,
                             candidates_per_length=cfg.refine.top_k_lengths * cfg.refine.restarts,
-                            collapse=cfg.select_collapse)
+                            collapse=cfg.select_collapse, avoid=cfg.select_avoid_repeats)
   padir_decoder = _Decoders(run, student, teacher, t_params)
   decoders = {TEACHER: padir_decoder.teacher()}
   for stage in students:
@@ -319,6 +319,8 @@ def write_decoding_file(model_dir: str, setting: selection.DecodeSetting,
                            'stutter': setting.stutter}
   if setting.collapse_repeats:
     value['collapse_repeats'] = True
+  if setting.avoid_repeats:
+    value['avoid_repeats'] = True
   if setting.prune:
     value['prune_after'] = setting.prune
   if setting.rerank:
@@ -375,6 +377,10 @@ def ablations(run: Any) -> list[dict[str, Any]]:
     variants.append((f'stutter removal {"off" if best.stutter else "on"}', 'stutter',
                      padir_decoder(dataclasses.replace(best, stutter=not best.stutter),
                                    s_params)))
+  variants.append((f'repeats {"not " if best.avoid_repeats else ""}avoided in each pass',
+                   'avoid_repeats', padir_decoder(
+                       dataclasses.replace(best, avoid_repeats=not best.avoid_repeats),
+                       s_params)))
   variants.append((f'adjacent repeats {"kept" if best.collapse_repeats else "merged"}',
                    'collapse', padir_decoder(
                        dataclasses.replace(best, collapse_repeats=not best.collapse_repeats),

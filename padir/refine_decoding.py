@@ -6,8 +6,9 @@ in a ``lax.while_loop`` and returns the best candidate per source with an aux di
 rejection rules and replacement tokens come from `padir.remasking`.
 
 One iteration: a decoder pass over the canvas gives logits; tokens are chosen by argmax or by
-precision-safe sampling (`padir.sampling`); the remasking rule rejects some proposals, which
-take their replacement. A row stops when it reaches a fixed point (update mode ``all``: the
+precision-safe sampling (`padir.sampling`); with ``avoid_repeats`` a proposal equal to its
+neighbour's takes its runner-up; the remasking rule rejects some proposals, which take their
+replacement. A row stops when it reaches a fixed point (update mode ``all``: the
 canvas did not change and nothing was rejected) or has no position left to predict (modes
 ``masked``/``commit``), or after ``num_iterations``; the loop ends when every row has stopped.
 Stopped rows are frozen.
@@ -89,6 +90,13 @@ class RefineConfig:
     collapse_repeats: merge adjacent repeated tokens of the chosen output ("a a b" -> "a b"),
       the usual post-processing of non-autoregressive decoders; ``aux['repeats_removed']``
       counts them per row. Candidates are scored and chosen before the merge.
+    avoid_repeats: no two neighbours propose the same token in a pass: of two adjacent equal
+      proposals, a position predicted in this pass gives way to a neighbour kept from an
+      earlier pass, and of two predicted in this pass the less confident one gives way; the
+      position that gives way takes its second most likely token (with that token's
+      confidence). Parallel passes otherwise write one word into several neighbouring
+      positions ("the the"), which a merge of repeats can only delete, leaving the output
+      short. Greedy decoding only (``temperature`` 0).
   """
 
   num_iterations: int = 4
@@ -113,6 +121,7 @@ class RefineConfig:
   prune_after: int = 0
   allow_untrained_update: bool = False
   collapse_repeats: bool = False
+  avoid_repeats: bool = False
 
   def __post_init__(self):
     if isinstance(self.canvas_buckets, list):
@@ -143,6 +152,10 @@ class RefineConfig:
       raise ValueError(
           f'RefineConfig.restarts={self.restarts} would decode identical copies: restarts '
           "need canvas_init='random', temperature > 0 or remask.choice_temperature > 0.")
+    if self.avoid_repeats and self.temperature > 0:
+      raise ValueError(f'RefineConfig.avoid_repeats=True replaces a repeat by the second most '
+                       f'likely token, which is defined for greedy decoding only; it cannot be '
+                       f'combined with temperature={self.temperature} (set one of them off).')
     if any(not isinstance(b, int) or b < 1 for b in self.canvas_buckets):
       raise ValueError(f'RefineConfig.canvas_buckets={self.canvas_buckets} must hold '
                        'positive integers.')
@@ -384,7 +397,10 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
     bias = output_bias(ids, vocab) if config.real_pieces_only else None
     step_keys = sampling.fold_keys(keys, t1)
     # Confidences are log-probabilities over the ids that may be proposed.
-    greedy_k, log_z = sampling.greedy_choice(logits, bias)  # [N, K]
+    if config.avoid_repeats:
+      greedy_k, second_k, log_z = sampling.greedy_top2(logits, bias)  # [N, K] each
+    else:
+      greedy_k, log_z = sampling.greedy_choice(logits, bias)  # [N, K]
     if config.temperature > 0:
       noise_keys = _position_keys(step_keys, idx)  # [N, K, 2]
       noise = jax.vmap(jax.vmap(lambda k: sampling.gumbel_noise(k, (vocab,))))(noise_keys)
@@ -400,6 +416,13 @@ def _refine_width(fns, params, encoded, encoder_tokens, cross_kv, lengths, keys,
     predicted = editable if mode == 'all' else open_
     proposed = jnp.where(predicted, new_tok, canvas)
     conf_in = jnp.where(predicted, new_lp, conf)
+    if config.avoid_repeats:  # a proposal equal to its neighbour's takes its runner-up
+      lp2_k = _gather_last(logits, second_k) - log_z
+      second = second_k if dense else _scatter(canvas, idx, second_k)
+      lp2 = lp2_k if dense else _scatter(conf, idx, lp2_k)
+      change = _repeat_losers(proposed, conf_in, predicted, editable)  # [N, W]
+      proposed = jnp.where(change, second, proposed)
+      conf_in = jnp.where(change, lp2, conf_in)
     eligible = open_ if mode == 'commit' else editable
     logits_sum = None
     if keep_sum:  # the ensemble also only ever picks ids that may be proposed
@@ -500,6 +523,36 @@ def output_bias(ids: SpecialIds, vocab_size: int) -> np.ndarray:
   bias[lo:min(hi, vocab_size)] = 0.0
   bias[ids.eos] = 0.0
   return bias
+
+
+def _neighbour(x: Array, side: int, fill: Any) -> Array:
+  """[N, W] -> the value of each position's left (side -1) or right (+1) neighbour."""
+  edge = jnp.full_like(x[:, :1], fill)
+  if side < 0:
+    return jnp.concatenate([edge, x[:, :-1]], axis=1)
+  return jnp.concatenate([x[:, 1:], edge], axis=1)
+
+
+def _repeat_losers(tokens: Array, conf: Array, predicted: Array, editable: Array) -> Array:
+  """[N, W] positions that give up their token so that no two neighbours hold the same one.
+
+  Only editable neighbours count (not EOS or pad). Of two adjacent equal tokens, a position
+  predicted in this pass gives way to a neighbour that was not (a kept token stays), and of
+  two predicted in this pass the less confident one gives way (the left one on a tie).
+
+  Args:
+    tokens: [N, W] proposed canvas.
+    conf: [N, W] confidence of each token.
+    predicted: [N, W] positions predicted in this pass.
+    editable: [N, W] positions a pass may change.
+  """
+  lose = jnp.zeros_like(predicted)
+  for side in (-1, 1):
+    same = _neighbour(editable, side, False) & (tokens == _neighbour(tokens, side, -1))
+    other_conf = _neighbour(conf, side, 0.0)
+    weaker = conf < other_conf if side < 0 else conf <= other_conf
+    lose = lose | (same & (~_neighbour(predicted, side, False) | weaker))
+  return predicted & editable & lose
 
 
 def _gather_last(x: Array, idx: Array) -> Array:

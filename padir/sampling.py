@@ -108,6 +108,59 @@ def greedy_choice(logits: jax.Array,
   return tokens.astype(jnp.int32), log_z
 
 
+def greedy_top2(logits: jax.Array,
+                bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`greedy_choice` plus the runner-up: (first [...], second [...], log_z [...]).
+
+  The second most likely id comes from the same chunk maxima: it is either the runner-up
+  inside the best chunk or the best of another chunk, so only two [..., chunk] rows are read
+  beyond what `greedy_choice` reads, and no [..., V] intermediate is built. Ties resolve to
+  the lowest index.
+  """
+  logits = logits.astype(jnp.float32)
+  size = logits.shape[-1]
+  static_bias = None if bias is None or isinstance(bias, jax.core.Tracer) else np.asarray(
+      bias, np.float32)
+  bias = jnp.zeros((size,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+  chunk = _chunk_size(size)
+  if chunk is None:
+    biased = logits + bias
+    first = argmax(biased)
+    idx = jnp.arange(size, dtype=jnp.int32)
+    second = argmax(jnp.where(idx == first[..., None], -jnp.inf, biased))
+    top = jnp.max(biased, axis=-1)
+  else:
+    n = size // chunk
+    xc = logits.reshape(logits.shape[:-1] + (n, chunk))
+    bc = bias.reshape(n, chunk)
+    chunk_max = _chunk_maxima(xc, bc, static_bias)  # [..., n]
+    top = jnp.max(chunk_max, axis=-1)
+    best = argmax(chunk_max)  # [...]
+
+    def row(c):  # [...] chunk index -> [..., chunk] biased logits of that chunk
+      return jnp.take_along_axis(xc, c[..., None, None], axis=-2)[..., 0, :] + jnp.take(
+          bc, c, axis=0)
+
+    inside = row(best)
+    j1 = argmax(inside)
+    lane = jnp.arange(chunk, dtype=jnp.int32)
+    rest = jnp.where(lane == j1[..., None], -jnp.inf, inside)
+    j2 = argmax(rest)
+    in_value = jnp.max(rest, axis=-1)
+    chunk_ids = jnp.arange(n, dtype=jnp.int32)
+    others = jnp.where(chunk_ids == best[..., None], -jnp.inf, chunk_max)
+    other = argmax(others)
+    out_value = jnp.max(others, axis=-1)
+    first = best * chunk + j1
+    in_id = best * chunk + j2
+    out_id = other * chunk + argmax(row(other))
+    # Equal values: the lower id wins, as in argmax.
+    second = jnp.where((in_value > out_value) | ((in_value == out_value) & (in_id < out_id)),
+                       in_id, out_id)
+  log_z = top + jnp.log(jnp.sum(jnp.exp(logits + bias - top[..., None]), axis=-1))
+  return first.astype(jnp.int32), second.astype(jnp.int32), log_z
+
+
 def argmax_and_log_prob(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Greedy token and its log-probability in one pass over the logits.
 

@@ -2,11 +2,10 @@
 
 A *setting* is what the decoder is asked to do beyond the trained weights: the remasking rule,
 the number of passes, the length beam, whether the AR teacher re-ranks the candidates, after
-which pass the length candidates are pruned to the best one, stutter removal and merging of
-adjacent repeats
-(`DecodeSetting`). `decode_interleaved` decodes every source row at batch 1 with
-every setting (and the AR teacher) in turn, so each setting gets its outputs and its per-sentence
-latency from the same run, on the same machine state. `choose` then applies the rule the
+which pass the length candidates are pruned to the best one, stutter removal, merging of
+adjacent repeats and avoiding them in each pass (`DecodeSetting`). `decode_interleaved`
+decodes every source row at batch 1 with every setting (and the AR teacher) in turn, so each
+setting gets its outputs and its per-sentence latency from the same run, on the same machine state. `choose` then applies the rule the
 quickstart reports: the fastest setting whose BLEU is within ``margin`` of the teacher's, else
 the best BLEU.
 
@@ -45,6 +44,8 @@ class DecodeSetting:
       (`RefineConfig.prune_after`; 0 = every candidate runs every pass).
     collapse_repeats: merge adjacent repeated tokens of the output
       (`RefineConfig.collapse_repeats`).
+    avoid_repeats: a proposal equal to its neighbour's takes its runner-up in every pass
+      (`RefineConfig.avoid_repeats`).
   """
   rule: str = 'mask_predict'
   iterations: int = 4
@@ -53,6 +54,7 @@ class DecodeSetting:
   stutter: bool = False
   prune: int = 0
   collapse_repeats: bool = False
+  avoid_repeats: bool = False
 
   def __post_init__(self):
     if self.rerank and self.prune:
@@ -64,24 +66,27 @@ class DecodeSetting:
     return (f'{self.rule}_t{self.iterations}_lb{self.length_beam}'
             f'{"_rerank" if self.rerank else ""}{"_stutter" if self.stutter else ""}'
             f'{f"_prune{self.prune}" if self.prune else ""}'
-            f'{"_collapse" if self.collapse_repeats else ""}')
+            f'{"_collapse" if self.collapse_repeats else ""}'
+            f'{"_norepeat" if self.avoid_repeats else ""}')
 
   @property
   def label(self) -> str:
     extras = [e for e, on in (('teacher re-ranks', self.rerank), ('stutter removal',
                                                                  self.stutter),
                               (f'best length kept after pass {self.prune}', self.prune),
+                              ('repeats avoided', self.avoid_repeats),
                               ('repeats merged', self.collapse_repeats)) if on]
     return (f'{self.rule}, {self.iterations} it., length beam {self.length_beam}' +
             ''.join(f', {e}' for e in extras))
 
   def refine_config(self, base: RefineConfig) -> RefineConfig:
-    """``base`` with this setting's rule, passes, length beam, pruning, stutter removal and
-    merging of repeats."""
+    """``base`` with this setting's rule, passes, length beam, pruning, stutter removal,
+    merging of repeats and avoiding them."""
     remask = RemaskConfig(rule=self.rule, stutter=self.stutter)
     return dataclasses.replace(base, num_iterations=self.iterations,
                                length_beam=self.length_beam, remask=remask,
-                               prune_after=self.prune, collapse_repeats=self.collapse_repeats)
+                               prune_after=self.prune, collapse_repeats=self.collapse_repeats,
+                               avoid_repeats=self.avoid_repeats)
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -94,7 +99,8 @@ class DecodeSetting:
 def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence[int],
          rerank: Sequence[bool], stutter: Sequence[bool], prune: Sequence[int] = (0,),
          candidates_per_length: int = 1,
-         collapse: Sequence[bool] = (False,)) -> list[DecodeSetting]:
+         collapse: Sequence[bool] = (False,),
+         avoid: Sequence[bool] = (False,)) -> list[DecodeSetting]:
   """Every combination, without duplicates.
 
   One pass is the same under every rule, so it is kept once; re-ranking and pruning need two
@@ -113,12 +119,13 @@ def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence
               continue
             for s in stutter:
               for c in collapse:
-                setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many,
-                                        s and t > 1, p, c)
-                key = dataclasses.replace(setting, rule='*') if t == 1 else setting
-                if key not in seen:
-                  seen.add(key)
-                  out.append(setting)
+                for a in avoid:
+                  setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many,
+                                          s and t > 1, p, c, a)
+                  key = dataclasses.replace(setting, rule='*') if t == 1 else setting
+                  if key not in seen:
+                    seen.add(key)
+                    out.append(setting)
   return out
 
 

@@ -10,8 +10,8 @@ line, in order, to stdout (or ``--output_file``); an empty line gets an empty li
 split at ``\n`` only (`padir.data.textfile`). Works with any model dir that ``padir train`` or
 ``padir quickstart`` wrote, AR or PaDIR: the dir's config.gin describes the model and its
 decoding defaults (`padir.interactive`). Decoding flags override them: ``--iterations``,
-``--length_beam``, ``--prune_after`` and ``--rule`` (PaDIR), ``--beam_size`` (AR: beam search), and any
-``--gin.NAME=VALUE`` binding (applied after the saved config). ``--show_refinement`` prints
+``--length_beam``, ``--prune_after``, ``--rule``, ``--no_rerank``, ``--keep_repeats`` and
+``--allow_repeats`` (PaDIR), ``--beam_size`` (AR: beam search), and any ``--gin.NAME=VALUE`` binding (applied after the saved config). ``--show_refinement`` prints
 each pass of a PaDIR decode to stderr, ``[MASK]`` where a position is re-masked.
 """
 
@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--keep_repeats', action='store_true',
                       help="PaDIR: do not merge adjacent repeated tokens, even when the dir's "
                       'decoding.json asks for it (collapse_repeats)')
+  parser.add_argument('--allow_repeats', action='store_true',
+                      help="PaDIR: let neighbouring positions propose the same token in a pass, "
+                      "even when the dir's decoding.json avoids it (avoid_repeats)")
   parser.add_argument('--beam_size', type=int, default=None,
                       help='AR: beam search with this many beams (1: greedy)')
   parser.add_argument('--batch_size', type=int, default=64, help='sentences per decoder call')
@@ -73,8 +76,8 @@ def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any
                 'prune_after': flags.prune_after, 'rule': flags.rule}
   if not is_padir:
     given = [f'--{k}' for k, v in padir_only.items() if v is not None]
-    given += [f'--{k}' for k in ('show_refinement', 'no_rerank', 'keep_repeats')
-              if getattr(flags, k)]
+    given += [f'--{k}' for k in ('show_refinement', 'no_rerank', 'keep_repeats',
+                                 'allow_repeats') if getattr(flags, k)]
     if given:
       raise ValueError(f'{", ".join(given)}: PaDIR option(s), but {flags.model_dir} is an AR '
                        'model (use --beam_size, or --gin.padir.ar_decoding.ARConfig.* bindings).')
@@ -89,6 +92,8 @@ def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any
     options['rerank'] = False
   if flags.keep_repeats:
     options['collapse_repeats'] = False
+  if flags.allow_repeats:
+    options['avoid_repeats'] = False
   return options
 
 

@@ -126,6 +126,9 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
           }[main] in labels
   assert 'no teacher initialisation (random weights)' in labels
   assert any(label.startswith('teacher re-ranking') for label in labels)
+  # The default grid avoids repeats in each pass (quickstart.gin); the ablation undoes it.
+  assert all(c['setting']['avoid_repeats'] for c in selection['candidates'])
+  assert 'repeats not avoided in each pass' in labels
   assert "slot_head: padir.builders.network_config.length_head = 'slot'" in labels
   slot = _load(os.path.join(out, 'stages', 'student_ablations.json'))['result']
   assert slot['student_slot_head']['step'] == 2
@@ -184,6 +187,7 @@ def test_its_models_translate_with_the_chosen_decoding(run):
     assert saved['length_beam'] == chosen['length_beam']
     assert ('rerank_model_dir' in saved) == chosen['rerank']
     assert saved.get('prune_after', 0) == chosen['prune']
+    assert saved.get('avoid_repeats', False) == chosen['avoid_repeats']
   for stage in ('teacher', 'student_distilled', 'student_raw'):
     model_dir = os.path.join(out, stage)
     assert f'--model_dir={model_dir}' in md

@@ -325,6 +325,57 @@ def test_collapse_repeats_merges_the_chosen_output_only(tiny):
   np.testing.assert_array_equal(aux['scores'], plain_aux['scores'])  # chosen before the merge
 
 
+def test_repeat_losers_keep_kept_tokens_and_the_more_confident_proposal():
+  f, t = False, True
+  tokens = jnp.array([[5, 5, 6, 7, 7, 7, 1, 0],
+                      [4, 4, 8, 8, 9, 1, 1, 0]], jnp.int32)
+  conf = jnp.array([[-1., -2., -1., -3., -1., -2., 0., 0.],
+                    [-1., -1., -2., -2., -1., -1., 0., 0.]])
+  predicted = jnp.array([[t, t, t, t, t, t, f, f],
+                         [t, t, f, t, t, t, f, f]])
+  editable = jnp.array([[t, t, t, t, t, t, f, f],
+                        [t, t, t, t, t, t, f, f]])
+  lose = rd._repeat_losers(tokens, conf, predicted, editable)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(lose, [
+      # 5 5: the less confident second; 7 7 7: the first and the last give way to the middle
+      [f, t, f, t, f, t, f, f],
+      # 4 4 tie: the left; 8 8: the kept 8 stays; EOS (not editable) repeats nothing
+      [t, f, f, t, f, f, f, f]])
+
+
+@dataclasses.dataclass(frozen=True)
+class StutterOracle(CopyOracle):
+  """The copy oracle, except that every third position (1, 4, ...) most likes its left
+  neighbour's reference token, less confidently, with its own as the runner-up."""
+
+  def logits(self, params, encoded, encoder_tokens, canvas, positions=None, cross_kv=None):
+    full = super().logits(params, encoded, encoder_tokens, canvas, None, cross_kv)
+    ref = jnp.argmax(full, axis=-1)  # [N, W]
+    pos = jnp.arange(canvas.shape[1])[None, :]
+    left = jnp.concatenate([ref[:, :1], ref[:, :-1]], axis=1)
+    stutter = (pos % 3 == 1) & (left != IDS.eos) & (left != IDS.pad) & (ref != IDS.eos) & (
+        ref != IDS.pad)
+    out = jnp.where(stutter[..., None],
+                    4.0 * jax.nn.one_hot(left, self.vocab_size) +
+                    3.5 * jax.nn.one_hot(ref, self.vocab_size), full)
+    if positions is not None:
+      out = jnp.take_along_axis(out, positions[..., None], axis=1)
+    return out
+
+
+@pytest.mark.parametrize('remask,passes', [(RemaskConfig(), 1),
+                                           (RemaskConfig(rule='mask_predict'), 3)])
+def test_avoid_repeats_writes_the_runner_up_instead_of_a_repeat(remask, passes):
+  config = rd.RefineConfig(num_iterations=passes, canvas_init='mask', remask=remask)
+  stuttered, _ = _decode(StutterOracle(), config)
+  assert not np.array_equal(stuttered, _reference())  # the oracle's own argmax repeats
+  fixed, aux = _decode(StutterOracle(), dataclasses.replace(config, avoid_repeats=True))
+  np.testing.assert_array_equal(fixed, _reference())
+  assert np.isfinite(np.asarray(aux['scores'])).all()
+  with pytest.raises(ValueError, match='avoid_repeats'):
+    dataclasses.replace(config, avoid_repeats=True, temperature=1.0)
+
+
 def test_prune_after_keeps_the_best_proposal_and_refines_it_alone(tiny):
   # Oracle: only the true length proposes EOS where it belongs, so its pass-1 proposal wins.
   remask = RemaskConfig(rule='mask_predict', replacement='initial')

@@ -35,6 +35,28 @@ def test_greedy_choice_matches_argmax_and_logsumexp(vocab):
   np.testing.assert_array_equal(plain, jnp.argmax(x, axis=-1))
 
 
+@pytest.mark.parametrize('vocab', [160, 163])  # chunked (5 x 32) and prime (fallback)
+def test_greedy_top2_gives_the_two_most_likely_ids(vocab):
+  x = jax.random.normal(jax.random.PRNGKey(6), (3, 6, vocab))
+  x = x.at[0, 0, 40].set(9.0).at[0, 0, 99].set(9.0)  # tie across chunks: 40 then 99
+  x = x.at[0, 1, 33].set(9.0).at[0, 1, 34].set(9.0)  # tie inside one chunk
+  x = x.at[1, 1, 3].set(50.0).at[1, 1, 4].set(49.0)  # forbidden best; runner-up allowed
+  x = x.at[2, 2, 10].set(30.0).at[2, 2, 150].set(29.0)  # runner-up in another chunk
+  bias = jnp.zeros((vocab,)).at[3].set(-1e9)
+  for b in (None, bias):
+    first, second, log_z = sampling.greedy_top2(x, b)
+    biased = np.asarray(x if b is None else x + b)
+    order = np.argsort(-biased, axis=-1, kind='stable')  # lowest index first on ties
+    np.testing.assert_array_equal(first, order[..., 0])
+    np.testing.assert_array_equal(second, order[..., 1])
+    np.testing.assert_allclose(log_z, jax.nn.logsumexp(biased, axis=-1), rtol=1e-5)
+    np.testing.assert_array_equal(first, sampling.greedy_choice(x, b)[0])
+  assert (int(first[0, 0]), int(second[0, 0])) == (40, 99)
+  assert (int(first[0, 1]), int(second[0, 1])) == (33, 34)
+  assert (int(first[1, 1]), int(second[1, 1])) == (4, int(order[1, 1, 1]))
+  assert (int(first[2, 2]), int(second[2, 2])) == (10, 150)
+
+
 def test_greedy_choice_static_bias_is_bitwise_the_traced_one():
   # 8192 ids in 128 chunks of 64: clean chunks, fully excluded chunks (the top ids) and mixed
   # ones (a few special ids at the start, an excluded id inside); the largest logit is excluded.

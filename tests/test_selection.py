@@ -36,6 +36,10 @@ def test_grid_keeps_one_single_pass_setting_per_beam_and_reranker():
                         collapse=(False, True))
   assert [(s.iterations, s.collapse_repeats) for s in both] == [
       (1, False), (1, True), (2, False), (2, True)]
+  avoid = selection.grid(('mask_predict',), (1, 2), (1,), (False,), (False,),
+                         collapse=(True,), avoid=(False, True))
+  assert [(s.iterations, s.avoid_repeats) for s in avoid] == [
+      (1, False), (1, True), (2, False), (2, True)]
 
 
 def test_setting_builds_the_refine_config_and_round_trips():
@@ -57,9 +61,16 @@ def test_setting_builds_the_refine_config_and_round_trips():
   assert not setting.refine_config(RefineConfig(collapse_repeats=True)).collapse_repeats
   assert merged.name.endswith('_collapse') and 'repeats merged' in merged.label
   assert selection.DecodeSetting.from_json(merged.to_json()) == merged
-  # Records written before the field existed read as not merging.
-  old = {k: v for k, v in pruned.to_json().items() if k != 'collapse_repeats'}
+  avoided = selection.DecodeSetting('mask_predict', 2, 1, avoid_repeats=True)
+  assert avoided.refine_config(RefineConfig()).avoid_repeats
+  assert not merged.refine_config(RefineConfig(avoid_repeats=True)).avoid_repeats
+  assert avoided.name.endswith('_norepeat') and 'repeats avoided' in avoided.label
+  assert selection.DecodeSetting.from_json(avoided.to_json()) == avoided
+  # Records written before the fields existed read as neither merging nor avoiding.
+  old = {k: v for k, v in pruned.to_json().items()
+         if k not in ('collapse_repeats', 'avoid_repeats')}
   assert not selection.DecodeSetting.from_json(old).collapse_repeats
+  assert not selection.DecodeSetting.from_json(old).avoid_repeats
 
 
 def test_choose_fastest_within_margin_else_best():

@@ -134,23 +134,27 @@ def test_the_reranker_can_be_switched_off_per_call(models, tmp_path):
   assert translate.main([f'--model_dir={models["ar"]}', '--no_rerank']) == 1
 
 
-def test_decoding_json_merges_repeats_and_the_flag_keeps_them(models, tmp_path):
+def test_decoding_json_handles_repeats_and_the_flags_undo_it(models, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   from padir import interactive  # pylint: disable=g-import-not-at-top
   plain = padir.load(models['padir'])
   merged_dir = str(tmp_path / 'padir')
   shutil.copytree(models['padir'], merged_dir)
   with open(os.path.join(merged_dir, interactive.DECODING_FILE), 'w', encoding='utf-8') as f:
-    f.write('{"collapse_repeats": true}')
+    f.write('{"collapse_repeats": true, "avoid_repeats": true}')
   sources = ['abc', 'cba', 'aabbcc']
   merged = padir.load(merged_dir)
-  assert merged.translate(sources) == plain.translate(sources, collapse_repeats=True)
-  stdout = io.StringIO()
-  assert translate.run([f'--model_dir={merged_dir}', '--keep_repeats'],
-                       stdin=io.StringIO('\n'.join(sources) + '\n'), stdout=stdout) == 0
-  assert stdout.getvalue() == ''.join(' '.join(t.split()) + '\n'
-                                      for t in plain.translate(sources))
-  assert translate.main([f'--model_dir={models["ar"]}', '--keep_repeats']) == 1
+  assert merged.translate(sources) == plain.translate(sources, collapse_repeats=True,
+                                                      avoid_repeats=True)
+  lines = '\n'.join(sources) + '\n'
+  for flag, expected in (('--keep_repeats', dict(avoid_repeats=True)),
+                         ('--allow_repeats', dict(collapse_repeats=True))):
+    stdout = io.StringIO()
+    assert translate.run([f'--model_dir={merged_dir}', flag], stdin=io.StringIO(lines),
+                         stdout=stdout) == 0
+    assert stdout.getvalue() == ''.join(' '.join(t.split()) + '\n'
+                                        for t in plain.translate(sources, **expected))
+    assert translate.main([f'--model_dir={models["ar"]}', flag]) == 1
 
 
 def test_saved_config_drives_padir_infer(models, tmp_path):
