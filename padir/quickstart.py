@@ -45,6 +45,7 @@ bindings, then its own MODEL_DIR, MIXTURE_OR_TASK_NAME and TRAIN_STEPS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -67,6 +68,7 @@ from padir.quickstart_config import DATA_STUDENTS, STAGES, QuickstartConfig
 
 DEFAULT_OUTPUT_DIR = 'padir_quickstart'
 DEFAULT_GIN_FILE = 'gin/runs/quickstart.gin'
+CACHE_DIR = 'jax_cache'  # under the output dir (QuickstartConfig.compilation_cache)
 _STEP_LINE = re.compile(r'^step (\d+)/(\d+) \| (.*)$')
 SIGTERM_EXIT_CODE = 143
 
@@ -283,10 +285,31 @@ class Quickstart:
     else:
       qs_eval.write_json(path, record)
 
+  @contextlib.contextmanager
+  def compilation_cache(self):
+    """JAX's persistent compilation cache in ``<output_dir>/jax_cache`` for the duration
+    (`QuickstartConfig.compilation_cache`); the process's previous setting is restored."""
+    from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+    if not self.cfg.compilation_cache or jax.config.jax_compilation_cache_dir:
+      yield None
+      return
+    path = self.path(CACHE_DIR)
+    jax.config.update('jax_compilation_cache_dir', path)
+    cc.reset_cache()  # the cache is set up once per process: make it read the new directory
+    try:
+      yield path
+    finally:
+      jax.config.update('jax_compilation_cache_dir', None)
+      cc.reset_cache()
+
   def run(self, stages: Sequence[str] = STAGES) -> dict[str, str]:
     """Runs (or resumes) the stages; returns the report's paths."""
     os.makedirs(self.out, exist_ok=True)
     self.check_config()
+    with self.compilation_cache():
+      return self._run(stages)
+
+  def _run(self, stages: Sequence[str]) -> dict[str, str]:
     start = time.time()
     for number, name in enumerate(STAGES, 1):
       if name not in stages:

@@ -82,6 +82,11 @@ class QuickstartConfig:
       decoding settings ('' or None: skip).
     small_iterations: PaDIR iteration counts timed at the ``small_preset`` size.
     small_bench_examples: sentences timed at the ``small_preset`` size.
+    compilation_cache: keep the compiled programs in ``<output_dir>/jax_cache`` (JAX's
+      persistent compilation cache) while the run lasts, so that stages compiling the same
+      programs (the students, the teacher and the AR model trained as long, the decoders) and a
+      resumed run load them instead of compiling again. Ignored when JAX already has a cache
+      directory (``JAX_COMPILATION_CACHE_DIR``); False: no cache.
   """
 
   teacher_gin_files: tuple[str, ...] = ('gin/experiments/bible_es_en_ar.gin',)
@@ -123,6 +128,7 @@ class QuickstartConfig:
   small_preset: str | None = 'small'
   small_iterations: tuple[int, ...] = (1, 4)
   small_bench_examples: int = 10
+  compilation_cache: bool = True
 
   def __post_init__(self):
     for name in ('teacher_gin_files', 'student_gin_files', 'iterations', 'small_iterations',

@@ -6,6 +6,7 @@ import json
 import os
 
 import gin
+import jax
 import pytest
 
 from padir import quickstart
@@ -104,6 +105,9 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
                    f'padir_{other}_t{chosen}', f'padir_scratch_t{chosen}']
   assert results['headline_iterations'] == chosen
   assert "it has trained 4 steps against the teacher's 2" in results['summary']
+  # The run kept its compiled programs in its own cache and gave the process's setting back.
+  assert os.listdir(os.path.join(out, quickstart.CACHE_DIR))
+  assert jax.config.jax_compilation_cache_dir is None
   # Validation choice: the grid (1 pass once, 2 passes; length beam 3 with and without
   # re-ranking, or pruned after pass 1) for each of the two students that differ in their
   # training data.
