@@ -6,7 +6,8 @@
   used and, for a refinement decode with ``return_history``, the statistics of the canvas after
   every pass. The decodes are saved for ``padir analyze`` and as a TSV.
 * :func:`measure_latency`: per-sentence wall time of several decoders at batch 1, interleaved
-  sentence by sentence so that load changes on a shared machine hit every system alike.
+  sentence by sentence (in a new order for each sentence, `padir.selection.decode_interleaved`)
+  so that load changes on a shared machine hit every system alike.
 * :func:`fixed_length_decoders`: AR greedy and PaDIR decoders of randomly initialised networks
   of a larger preset that always produce exactly ``n`` tokens (speed does not depend on what
   the weights say, only on how many steps and passes run).
@@ -171,17 +172,9 @@ def measure_latency(decoders: Mapping[str, Callable[[np.ndarray], Any]],
   """
   if len(sources) == 0:
     raise ValueError('measure_latency needs at least one source row.')
-  for fn in decoders.values():
-    for i in range(warmup):
-      jax.block_until_ready(fn(sources[i % len(sources)][None]))
-  times: dict[str, list[float]] = {name: [] for name in decoders}
-  for row in sources:
-    for name, fn in decoders.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(row[None]))
-      times[name].append(time.perf_counter() - start)
-    if progress is not None:
-      progress.update(1)
+  from padir import selection  # pylint: disable=g-import-not-at-top
+  _, times, _ = selection.decode_interleaved(decoders, sources, warmup=warmup,
+                                             progress=progress)
   return {name: latency_stats(t) for name, t in times.items()}
 
 

@@ -342,7 +342,6 @@ def ablations(run: Any) -> list[dict[str, Any]]:
                      'run the select stage first (--stages=...,select,...).')
   record = record['result']
   chosen = next(r for r in record['candidates'] if r['name'] == record['chosen_name'])
-  teacher_row = record['teacher']
   best = selection.DecodeSetting.from_json(record['chosen'])
   main = run.main_student()
   tokenizer = vocab.load_tokenizer(run.cfg.vocabulary)
@@ -407,26 +406,26 @@ def ablations(run: Any) -> list[dict[str, Any]]:
                        what, padir_decoder(best, params, allow=True, model=model)))
   if not variants:
     return []
-  decoders = {TEACHER: padir_decoder.teacher()}
+  # The chosen setting decodes again in the same interleaved run, so every latency of the
+  # table comes from one run on one machine state.
+  decoders = {TEACHER: padir_decoder.teacher(), 'chosen': padir_decoder(best, s_params)}
   decoders.update({f'ablation_{i}': d for i, (_, _, d) in enumerate(variants)})
   with run.bar(len(sources), f'ablations: {len(variants)} variants (validation, batch 1)',
                'sentence') as bar:
     tokens, times, removed = selection.decode_interleaved(decoders, sources, progress=bar)
   rows = _setting_rows(list(decoders), tokens, times, references, reference_tokens, tokenizer,
                        removed)
-  # The chosen setting's speed is rescaled by this run's teacher time, so the table compares
-  # like with like even if the machine's load changed between the two runs.
-  scale = rows[TEACHER]['median_ms'] / max(teacher_row['median_ms'], 1e-9)
   kept = ('bleu', 'mean_length_error', 'repetition_rate', 'repetition_before_collapse')
 
   def summary(label: str, what: str, row: Mapping[str, Any], median_ms: float) -> dict:
     return dict({k: row.get(k) for k in kept}, label=label, what=what, median_ms=median_ms)
 
-  out = [summary(f'chosen: {chosen["label"]}', 'chosen', chosen, chosen['median_ms'] * scale)]
+  out = [summary(f'chosen: {chosen["label"]}', 'chosen', rows['chosen'],
+                 rows['chosen']['median_ms'])]
   for i, (label, what, _) in enumerate(variants):
     row = rows[f'ablation_{i}']
     out.append(summary(label, what, row, row['median_ms']))
   for row in out:
-    row['delta_bleu'] = row['bleu'] - chosen['bleu']
+    row['delta_bleu'] = row['bleu'] - out[0]['bleu']
     row['speedup'] = rows[TEACHER]['median_ms'] / max(row['median_ms'], 1e-9)
   return out

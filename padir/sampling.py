@@ -85,50 +85,40 @@ def greedy_choice(logits: jax.Array,
   Returns:
     (tokens [...] int32, log_z [...] float32 = logsumexp(logits + bias)).
   """
-  logits = logits.astype(jnp.float32)
-  size = logits.shape[-1]
-  static_bias = None if bias is None or isinstance(bias, jax.core.Tracer) else np.asarray(
-      bias, np.float32)
-  bias = jnp.zeros((size,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
-  chunk = _chunk_size(size)
-  if chunk is None:
-    biased = logits + bias
-    tokens = argmax(biased)
-    top = jnp.max(biased, axis=-1)
-  else:
-    n = size // chunk
-    xc = logits.reshape(logits.shape[:-1] + (n, chunk))
-    bc = bias.reshape(n, chunk)
-    chunk_max = _chunk_maxima(xc, bc, static_bias)  # [..., n]
-    top = jnp.max(chunk_max, axis=-1)
-    best = argmax(chunk_max)  # [...]
-    inside = jnp.take_along_axis(xc, best[..., None, None], axis=-2)[..., 0, :]
-    tokens = best * chunk + argmax(inside + jnp.take(bc, best, axis=0))
-  log_z = top + jnp.log(jnp.sum(jnp.exp(logits + bias - top[..., None]), axis=-1))
-  return tokens.astype(jnp.int32), log_z
+  first, _, log_z = _greedy(logits, bias, runner_up=False)
+  return first, log_z
 
 
 def greedy_top2(logits: jax.Array,
                 bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """`greedy_choice` plus the runner-up: (first [...], second [...], log_z [...]).
+  """`greedy_choice` plus the runner-up: (first [...], second [...], log_z [...]) int32,
+  int32, float32.
 
   The second most likely id comes from the same chunk maxima: it is either the runner-up
-  inside the best chunk or the best of another chunk, so only two [..., chunk] rows are read
-  beyond what `greedy_choice` reads, and no [..., V] intermediate is built. Ties resolve to
-  the lowest index.
+  inside the best chunk or the best of another chunk, so only one more [..., chunk] row is
+  read beyond what `greedy_choice` reads, and no [..., V] intermediate is built. Ties resolve
+  to the lowest index.
   """
+  return _greedy(logits, bias, runner_up=True)
+
+
+def _greedy(logits: jax.Array, bias: jax.Array | None,
+            runner_up: bool) -> tuple[jax.Array, jax.Array | None, jax.Array]:
+  """Body of `greedy_choice` / `greedy_top2`: (first, second or None, log_z)."""
   logits = logits.astype(jnp.float32)
   size = logits.shape[-1]
   static_bias = None if bias is None or isinstance(bias, jax.core.Tracer) else np.asarray(
       bias, np.float32)
   bias = jnp.zeros((size,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
   chunk = _chunk_size(size)
+  second = None
   if chunk is None:
     biased = logits + bias
     first = argmax(biased)
-    idx = jnp.arange(size, dtype=jnp.int32)
-    second = argmax(jnp.where(idx == first[..., None], -jnp.inf, biased))
     top = jnp.max(biased, axis=-1)
+    if runner_up:
+      ids = jnp.arange(size, dtype=jnp.int32)
+      second = argmax(jnp.where(ids == first[..., None], -jnp.inf, biased))
   else:
     n = size // chunk
     xc = logits.reshape(logits.shape[:-1] + (n, chunk))
@@ -137,28 +127,25 @@ def greedy_top2(logits: jax.Array,
     top = jnp.max(chunk_max, axis=-1)
     best = argmax(chunk_max)  # [...]
 
-    def row(c):  # [...] chunk index -> [..., chunk] biased logits of that chunk
+    def row(c: jax.Array) -> jax.Array:  # [...] chunk ids -> [..., chunk] biased logits
       return jnp.take_along_axis(xc, c[..., None, None], axis=-2)[..., 0, :] + jnp.take(
           bc, c, axis=0)
 
     inside = row(best)
-    j1 = argmax(inside)
-    lane = jnp.arange(chunk, dtype=jnp.int32)
-    rest = jnp.where(lane == j1[..., None], -jnp.inf, inside)
-    j2 = argmax(rest)
-    in_value = jnp.max(rest, axis=-1)
-    chunk_ids = jnp.arange(n, dtype=jnp.int32)
-    others = jnp.where(chunk_ids == best[..., None], -jnp.inf, chunk_max)
-    other = argmax(others)
-    out_value = jnp.max(others, axis=-1)
-    first = best * chunk + j1
-    in_id = best * chunk + j2
-    out_id = other * chunk + argmax(row(other))
-    # Equal values: the lower id wins, as in argmax.
-    second = jnp.where((in_value > out_value) | ((in_value == out_value) & (in_id < out_id)),
-                       in_id, out_id)
+    lane = argmax(inside)
+    first = best * chunk + lane
+    if runner_up:
+      rest = jnp.where(jnp.arange(chunk) == lane[..., None], -jnp.inf, inside)
+      in_value, in_id = jnp.max(rest, axis=-1), best * chunk + argmax(rest)
+      others = jnp.where(jnp.arange(n) == best[..., None], -jnp.inf, chunk_max)
+      other = argmax(others)
+      out_value, out_id = jnp.max(others, axis=-1), other * chunk + argmax(row(other))
+      # Equal values: the lower id, as in argmax.
+      second = jnp.where((in_value > out_value) | ((in_value == out_value) & (in_id < out_id)),
+                         in_id, out_id)
   log_z = top + jnp.log(jnp.sum(jnp.exp(logits + bias - top[..., None]), axis=-1))
-  return first.astype(jnp.int32), second.astype(jnp.int32), log_z
+  return (first.astype(jnp.int32), None if second is None else second.astype(jnp.int32),
+          log_z)
 
 
 def argmax_and_log_prob(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
