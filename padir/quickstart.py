@@ -35,9 +35,9 @@ when it finishes; rerunning the same command skips finished stages and resumes t
 last finished system). A rerun with a different configuration in the same directory is refused.
 
 Configuration is gin: ``gin/runs/quickstart.gin`` (CPU-sized defaults, 37 to 44 minutes
-measured on two cores) is always read first; ``--gin_file`` files and ``--gin.NAME=VALUE`` bindings come
-after it, e.g. ``--gin_file=gin/experiments/quickstart_small.gin`` (T5.1.1 small, for a
-GPU) or ``--gin.TEACHER_STEPS=3000``. Each training stage parses its experiment gin
+measured on two cores) is always read first; ``--gin_file`` files and ``--gin.NAME=VALUE``
+bindings come after it, e.g. ``--gin_file=gin/experiments/quickstart_small.gin`` (T5.1.1
+small, for a GPU) or ``--gin.TEACHER_STEPS=3000``. Each training stage parses its experiment gin
 (``QuickstartConfig.teacher_gin_files`` / ``student_gin_files``), then the quickstart files and
 bindings, then its own MODEL_DIR, MIXTURE_OR_TASK_NAME and TRAIN_STEPS.
 """
@@ -289,7 +289,8 @@ class Quickstart:
   def compilation_cache(self):
     """JAX's persistent compilation cache in ``<output_dir>/jax_cache`` for the duration
     (`QuickstartConfig.compilation_cache`); the process's previous setting is restored."""
-    from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from jax.experimental.compilation_cache import compilation_cache as cc
     if not self.cfg.compilation_cache or jax.config.jax_compilation_cache_dir:
       yield None
       return

@@ -5,9 +5,9 @@ the number of passes, the length beam, whether the AR teacher re-ranks the candi
 which pass the length candidates are pruned to the best one, stutter removal, merging of
 adjacent repeats and avoiding them in each pass (`DecodeSetting`). `decode_interleaved`
 decodes every source row at batch 1 with every setting (and the AR teacher) in turn, so each
-setting gets its outputs and its per-sentence latency from the same run, on the same machine state. `choose` then applies the rule the
-quickstart reports: the fastest setting whose BLEU is within ``margin`` of the teacher's, else
-the best BLEU.
+setting gets its outputs and its per-sentence latency from the same run, on the same machine
+state. `choose` then applies the rule the quickstart reports: the fastest setting whose BLEU is
+within ``margin`` of the teacher's, else the best BLEU.
 
 `TeacherReranked` wraps a PaDIR model and its AR teacher as one model for the T5X-style
 `padir.evaluation.Predictor`: its params are the pair ``(student, teacher)``, and the teacher's

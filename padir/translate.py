@@ -11,8 +11,9 @@ split at ``\n`` only (`padir.data.textfile`). Works with any model dir that ``pa
 ``padir quickstart`` wrote, AR or PaDIR: the dir's config.gin describes the model and its
 decoding defaults (`padir.interactive`). Decoding flags override them: ``--iterations``,
 ``--length_beam``, ``--prune_after``, ``--rule``, ``--no_rerank``, ``--keep_repeats`` and
-``--allow_repeats`` (PaDIR), ``--beam_size`` (AR: beam search), and any ``--gin.NAME=VALUE`` binding (applied after the saved config). ``--show_refinement`` prints
-each pass of a PaDIR decode to stderr, ``[MASK]`` where a position is re-masked.
+``--allow_repeats`` (PaDIR), ``--beam_size`` (AR: beam search), and any ``--gin.NAME=VALUE``
+binding (applied after the saved config). ``--show_refinement`` prints each pass of a PaDIR
+decode to stderr, ``[MASK]`` where a position is re-masked.
 """
 
 from __future__ import annotations
