@@ -70,6 +70,19 @@ def repetition_rate(tokens: np.ndarray, per_row: bool = False,
   return float(num_repeats.sum() / max(int(num_real.sum()), 1))
 
 
+def looping_share(tokens: np.ndarray, n: int = 4) -> float:
+  """Share of rows [N, L] whose real tokens hold some n-gram twice (a loop such as "the light
+  of the darkness, and the light of the darkness"; 0.0 for no rows)."""
+  tokens = np.asarray(tokens)
+  real = real_token_mask(tokens)
+  looping = []
+  for row, keep in zip(tokens.reshape(-1, tokens.shape[-1]), real.reshape(-1, real.shape[-1])):
+    ids = row[keep].tolist()
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    looping.append(len(grams) != len(set(grams)))
+  return float(np.mean(looping)) if looping else 0.0
+
+
 def length_stats(predicted: np.ndarray, reference: np.ndarray) -> dict[str, float]:
   """Length error of predictions against references (both [N, L] token ids)."""
   diff = lengths(predicted).astype(np.int64) - lengths(reference).astype(np.int64)

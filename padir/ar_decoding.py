@@ -13,6 +13,10 @@ in fairseq and Hugging Face, an EOS extension finishes only when it ranks within
 (so one beam without length penalty is greedy decoding).
 The cache is reordered by gathering along its batch axis (cross-attention entries, which are
 equal for all beams of a source, are left in place).
+
+``ARConfig.no_repeat_ngram`` (fairseq's ``--no-repeat-ngram-size``) keeps any n-gram of token
+ids from occurring twice in an output: at every step the ids that would complete an n-gram the
+row (or beam) already holds are excluded from the choice, as ``min_length`` excludes EOS.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ class ARConfig:
     eos_id: the end-of-sequence id.
     min_length: outputs hold at least this many tokens, EOS included (EOS is masked at
       earlier positions; 0 = no limit).
+    no_repeat_ngram: n > 0: no n-gram of token ids occurs twice in an output (the ids that
+      would repeat one are never chosen; scores stay the model's log-probabilities). 0 = off.
+      Weak teachers loop ("the light of the darkness, and the light of the darkness"); this
+      keeps such loops out of distilled data.
     score: 'greedy' and 'sample' also return ``aux['scores']``, the sum of the chosen tokens'
       log-probabilities. It costs a log-softmax over the vocabulary at every step (about a
       tenth of batch-1 greedy time with an 8k vocabulary on CPU); False skips it and leaves
@@ -58,6 +66,7 @@ class ARConfig:
   top_p: float = 1.0
   eos_id: int = 1
   min_length: int = 0
+  no_repeat_ngram: int = 0
   score: bool = True
 
   def __post_init__(self):
@@ -70,6 +79,9 @@ class ARConfig:
     sampling.check_sampling_args(self.temperature, self.top_k, self.top_p)
     if not isinstance(self.min_length, int) or self.min_length < 0:
       raise ValueError(f'ARConfig.min_length={self.min_length!r} must be an integer >= 0.')
+    if not isinstance(self.no_repeat_ngram, int) or self.no_repeat_ngram < 0:
+      raise ValueError(f'ARConfig.no_repeat_ngram={self.no_repeat_ngram!r} must be an integer '
+                       '>= 0 (0 = off; 3 forbids any repeated 3-gram).')
     if not isinstance(self.score, bool):
       raise ValueError(f'ARConfig.score={self.score!r} must be True or False.')
     if self.method == 'beam' and not self.score:
@@ -160,6 +172,40 @@ def _forbidden(vocab: int, step: Array, config: ARConfig) -> Array:
   return mask
 
 
+def repeat_ban(seqs: Array, step: Array, n: int) -> Array:
+  """The ids that would repeat an n-gram if written at ``step``, one per earlier position.
+
+  Args:
+    seqs: [N, L] int32 outputs so far; positions < ``step`` are written.
+    step: the position written next (scalar int32).
+    n: the n-gram size (>= 1).
+
+  Returns:
+    [N, L] int32: at position j, the id ``seqs[:, j]`` when the n - 1 ids before j equal the
+    n - 1 ids before ``step`` (so writing it at ``step`` would repeat the n-gram ending at j),
+    else 0 (the pad id, never chosen anyway).
+  """
+  length = seqs.shape[1]
+  pos = jnp.arange(length)
+  match = (pos >= n - 1) & (pos < step)  # [L] n-grams that end before step
+  match = jnp.broadcast_to(match, seqs.shape)
+  for m in range(1, n):
+    before = jnp.roll(seqs, m, axis=1)  # before[:, j] = seqs[:, j - m] (wrapped rows excluded)
+    current = jax.lax.dynamic_slice_in_dim(seqs, jnp.maximum(step - m, 0), 1, axis=1)  # [N, 1]
+    match &= before == current
+  return jnp.where(match, seqs, 0)
+
+
+def _ban_repeats(scores: Array, seqs: Array, step: Array, n: int) -> Array:
+  """``scores`` [N, V] with the ids that would repeat an n-gram of ``seqs`` [N, L] set to
+  a large negative value (no-op for n = 0)."""
+  if n <= 0:
+    return scores
+  banned = repeat_ban(seqs, step, n)  # [N, L]
+  rows = jnp.arange(seqs.shape[0])[:, None]
+  return scores.at[rows, banned].set(_NEG)  # id 0 (pad) is forbidden already
+
+
 def _greedy_or_sample(fns, params, encoder_tokens, max_length: int, config: ARConfig,
                       rng: Array | None) -> tuple[Array, dict[str, Array]]:
   batch = encoder_tokens.shape[0]
@@ -172,14 +218,15 @@ def _greedy_or_sample(fns, params, encoder_tokens, max_length: int, config: ARCo
     i, cache, last, out, done, logp = s
     logits, cache = fns.step(params, cache, encoded, encoder_tokens, last)  # [B, V]
     vocab = logits.shape[-1]
+    steer = _ban_repeats(logits, out, i, config.no_repeat_ngram)
     if sample:
-      steered = logits + _forbidden(vocab, i, config)
+      steered = steer + _forbidden(vocab, i, config)
       step_keys = sampling.fold_keys(keys, i)
       noise = jax.vmap(lambda k: sampling.gumbel_noise(k, (vocab,)))(step_keys)
       filtered = sampling.filter_logits(steered, config.top_k, config.top_p)
       tok = sampling.argmax(filtered.astype(noise.dtype) / config.temperature + noise)
     else:
-      tok, _ = sampling.greedy_choice(logits, _forbidden(vocab, i, config))
+      tok, _ = sampling.greedy_choice(steer, _forbidden(vocab, i, config))
     if config.score:  # otherwise logp stays 0 and the log-softmax is never computed
       logp = logp + jnp.where(done, 0.0, sampling.log_prob_of(logits, tok))
     tok = jnp.where(done, 0, tok)
@@ -232,7 +279,9 @@ def _beam_search(fns, params, encoder_tokens, max_length: int,
     i = s['i']
     logits, cache = fns.step(params, s['cache'], encoded_rep, enc_rep, s['last'].reshape(-1))
     vocab = logits.shape[-1]
-    logp = (jax.nn.log_softmax(logits) + _forbidden(vocab, i, config)).reshape(batch, k, vocab)
+    logp = jax.nn.log_softmax(logits) + _forbidden(vocab, i, config)
+    logp = _ban_repeats(logp, s['alive_seq'].reshape(batch * k, -1), i, config.no_repeat_ngram)
+    logp = logp.reshape(batch, k, vocab)
     cand = (s['alive_lp'][..., None] + logp).reshape(batch, k * vocab)
     top_lp, top_idx = jax.lax.top_k(cand, 2 * k)  # [B, 2K]
     origin = top_idx // vocab

@@ -37,7 +37,8 @@ class QuickstartConfig:
       both students train on (None: the whole filtered train split).
     subset_seed: seed of that subset.
     distill_choices: the teacher decodings tried for distillation, as ``(beam_size,
-      length_penalty)`` (beam 1 = greedy); of those within ``select_margin`` validation BLEU
+      length_penalty)`` or ``(beam_size, length_penalty, no_repeat_ngram)`` (beam 1 =
+      greedy; `padir.ar_decoding.ARConfig.no_repeat_ngram`, 0 = off); of those within ``select_margin`` validation BLEU
       of the best, the one whose outputs are closest to the reference length distills,
       preferring those at least 0.95x as long
       (`padir.quickstart_select.choose_distillation_row`).
@@ -100,8 +101,8 @@ class QuickstartConfig:
   student_steps: int = 1000
   student_train_examples: int | None = None
   subset_seed: int = 0
-  distill_choices: tuple[tuple[float, float], ...] = ((1, 0.0), (4, 0.6), (4, 1.0), (4, 1.5),
-                                                    (4, 2.0))
+  distill_choices: tuple[tuple[float, ...], ...] = ((1, 0.0), (1, 0.0, 4), (4, 1.0), (4, 1.0, 4),
+                                                  (4, 1.5), (4, 1.5, 4), (4, 2.0, 4))
   student_init: str = 'teacher'
   distill_batch_size: int = 64
   eval_batch_size: int = 64
@@ -154,9 +155,12 @@ class QuickstartConfig:
                          'lowercase letters, digits and underscores.')
     object.__setattr__(self, 'distill_choices',
                        tuple(tuple(c) for c in self.distill_choices))
-    if not self.distill_choices or any(len(c) != 2 or c[0] < 1 for c in self.distill_choices):
+    if not self.distill_choices or any(
+        len(c) not in (2, 3) or c[0] < 1 or (len(c) == 3 and (int(c[2]) != c[2] or c[2] < 0))
+        for c in self.distill_choices):
       raise ValueError(f'QuickstartConfig.distill_choices={self.distill_choices} must be '
-                       '(beam_size >= 1, length_penalty) pairs.')
+                       '(beam_size >= 1, length_penalty) pairs or (beam_size, length_penalty, '
+                       'no_repeat_ngram >= 0) triples.')
     if self.student_init not in ('teacher', 'scratch'):
       raise ValueError(f"QuickstartConfig.student_init={self.student_init!r} must be 'teacher' "
                        "or 'scratch'.")

@@ -76,7 +76,8 @@ def decode_and_score(predictor: evaluation.Predictor, params: Any, data_dir: str
 
   Returns:
     ``bleu``, ``chrf``, ``repetition_rate`` (and ``repetition_before_collapse`` when the
-    decoder merges repeats), ``reference_repetition_rate``, the
+    decoder merges repeats), ``reference_repetition_rate``, ``looping_share`` (outputs with a
+    repeated 4-gram, `padir.analysis.looping_share`), the
     `padir.analysis.length_stats` keys, ``mean_iterations`` (refinement), ``num_examples``,
     ``decode_seconds`` and, with a history, ``per_iteration`` (a list of rows).
   """
@@ -125,6 +126,7 @@ def decode_and_score(predictor: evaluation.Predictor, params: Any, data_dir: str
     result['repetition_before_collapse'] = analysis.repetition_rate(
         tokens_np, removed=np.concatenate(removed))
   result['reference_repetition_rate'] = analysis.repetition_rate(targets_np)
+  result['looping_share'] = analysis.looping_share(tokens_np)
   result.update(analysis.length_stats(tokens_np, targets_np))
   result['mean_length'] = float(analysis.lengths(tokens_np).mean())
   result['num_examples'] = int(len(rows))
@@ -324,18 +326,21 @@ def trained_students(run: Any) -> list[str]:
   return [main] + [s for s in out if s != main]
 
 
-def beam_length_penalty(run: Any) -> tuple[float, bool]:
-  """(length penalty, chosen) of the teacher's beam row: the penalty whose beam of
-  ``eval_beam_size`` had the best validation BLEU among the distillation candidates (the distill
-  stage decodes them), else ARConfig's default (chosen False)."""
+def teacher_beam(run: Any) -> tuple[ARConfig, bool]:
+  """(ARConfig, chosen) of the teacher's beam row: of the distillation candidates with a beam
+  of ``eval_beam_size`` (the distill stage decodes them on validation), the one with the best
+  validation BLEU (its length penalty and n-gram ban), else ARConfig's defaults (chosen
+  False)."""
   result = (run.stage_result('distill') or {}).get('result', {})
   rows = [r for r in result.get('choice', {}).get('candidates', [])
           if r['config'].get('method') == 'beam'
           and r['config'].get('beam_size') == run.cfg.eval_beam_size]
   if not rows:
-    return ARConfig().length_penalty, False
-  best = max(rows, key=lambda r: r['bleu'])
-  return float(best['config']['length_penalty']), True
+    return ARConfig(method='beam', beam_size=run.cfg.eval_beam_size), False
+  best = max(rows, key=lambda r: r['bleu'])['config']
+  return ARConfig(method='beam', beam_size=run.cfg.eval_beam_size,
+                  length_penalty=float(best['length_penalty']),
+                  no_repeat_ngram=int(best.get('no_repeat_ngram', 0))), True
 
 
 def decoded_systems(run: Any) -> list[dict[str, Any]]:
@@ -347,13 +352,13 @@ def decoded_systems(run: Any) -> list[dict[str, Any]]:
   out = [{'name': 'ar_greedy', 'label': 'AR teacher, greedy', 'model': 'teacher',
           'kind': 'ar', 'config': ARConfig(method='greedy')}]
   if run.cfg.eval_beam_size > 1:
-    penalty, chosen = beam_length_penalty(run)
+    config, chosen = teacher_beam(run)
+    ban = (f', no repeated {config.no_repeat_ngram}-gram' if config.no_repeat_ngram else '')
     out.append({'name': f'ar_beam{run.cfg.eval_beam_size}',
-                'label': f'AR teacher, beam {run.cfg.eval_beam_size}, length penalty {penalty:g}'
+                'label': f'AR teacher, beam {run.cfg.eval_beam_size}, length penalty '
+                         f'{config.length_penalty:g}{ban}'
                          + (' (best on validation)' if chosen else ''),
-                'model': 'teacher', 'kind': 'ar',
-                'config': ARConfig(method='beam', beam_size=run.cfg.eval_beam_size,
-                                   length_penalty=penalty)})
+                'model': 'teacher', 'kind': 'ar', 'config': config})
   if run.trains_matched_ar:
     steps = run.cfg.teacher_steps + run.cfg.student_steps
     out.append({'name': MATCHED_AR, 'model': 'ar_matched', 'kind': 'ar',
@@ -565,7 +570,11 @@ def collect_results(run: Any) -> dict[str, Any]:
   if distill.get('choice'):
     results['distillation'] = {'candidates': distill['choice'].get('candidates', []),
                                'chosen': distill['choice'].get('chosen'),
-                               'length_ratio': distill.get('length_ratio')}
+                               'length_ratio': distill.get('length_ratio'),
+                               'looping_share': distill.get('looping_share'),
+                               'rows': distill.get('num_rows'),
+                               'rows_kept': distill.get('exported', {}).get('train', {})
+                                            .get('num_examples')}
   results['setup'] = _setup(run, data, bench)
   results['models'] = {stage: os.path.join(run.output_dir, stage)
                        for stage in ('teacher', 'ar_matched', 'student_distilled', 'student_raw',

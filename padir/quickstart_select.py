@@ -69,15 +69,19 @@ def score_tokens(tokens: np.ndarray, references: Sequence[Sequence[str]], tokeni
 
 
 def distill_candidates(choices: Sequence[Sequence[float]]) -> list[tuple[str, ARConfig]]:
-  """(name, ARConfig) per ``(beam_size, length_penalty)``; beam 1 is greedy."""
+  """(name, ARConfig) per ``(beam_size, length_penalty[, no_repeat_ngram])``; beam 1 is
+  greedy, and the name ends in ``_norep<n>`` when n-gram repeats are banned."""
   out = []
-  for beam, penalty in choices:
-    beam = int(beam)
+  for choice in choices:
+    beam, penalty = int(choice[0]), float(choice[1])
+    ngram = int(choice[2]) if len(choice) > 2 else 0
+    suffix = f'_norep{ngram}' if ngram else ''
     if beam <= 1:
-      out.append(('greedy', ARConfig(method='greedy')))
+      out.append(('greedy' + suffix, ARConfig(method='greedy', no_repeat_ngram=ngram)))
     else:
-      out.append((f'beam{beam}_lp{penalty:g}',
-                  ARConfig(method='beam', beam_size=beam, length_penalty=float(penalty))))
+      out.append((f'beam{beam}_lp{penalty:g}' + suffix,
+                  ARConfig(method='beam', beam_size=beam, length_penalty=penalty,
+                           no_repeat_ngram=ngram)))
   return out
 
 
@@ -95,9 +99,11 @@ def choose_distillation(run: Any, teacher: Any, params: Any, shardings: Any,
       ref_len = result['mean_length'] - result['mean_length_error']
       rows.append({'name': name, 'config': dataclasses.asdict(config),
                    'bleu': result['bleu'], 'mean_length': result['mean_length'],
-                   'length_ratio': result['mean_length'] / max(ref_len, 1e-9)})
+                   'length_ratio': result['mean_length'] / max(ref_len, 1e-9),
+                   'looping_share': result['looping_share']})
       run.say(bar, f'  teacher {name} on validation: BLEU {result["bleu"]:.2f}, length ratio '
-                   f'{rows[-1]["length_ratio"]:.3f}')
+                   f'{rows[-1]["length_ratio"]:.3f}, outputs with a repeated 4-gram '
+                   f'{result["looping_share"]:.3f}')
       bar.update(1)
   best, why = choose_distillation_row(rows, run.cfg.select_margin)
   return {'candidates': rows, 'chosen': rows[best]['name'], 'config': candidates[best][1],
@@ -140,11 +146,22 @@ def choose_distillation_row(rows: Sequence[Mapping[str, Any]],
 
 def distilled_length_ratio(distilled_dir: str, subset_dir: str) -> float:
   """Mean distilled target length over the mean human target length of the same rows."""
-  from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
-  ours = arrays_lib.ArrayDataset.load(os.path.join(distilled_dir, 'train'), mmap=False)
-  human = arrays_lib.ArrayDataset.load(os.path.join(subset_dir, 'train'), mmap=False)
-  mean = lambda d: float((np.asarray(d.arrays['decoder_target_tokens']) > 0).sum(1).mean())
+  ours, human = _train_targets(distilled_dir), _train_targets(subset_dir)
+  mean = lambda targets: float((targets > 0).sum(1).mean())
   return mean(ours) / max(mean(human), 1e-9)
+
+
+def _train_targets(data_dir: str) -> np.ndarray:
+  from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
+  data = arrays_lib.ArrayDataset.load(os.path.join(data_dir, 'train'), mmap=False)
+  return np.asarray(data.arrays['decoder_target_tokens'])
+
+
+def distilled_looping(distilled_dir: str, subset_dir: str) -> dict[str, float]:
+  """Share of training targets with a repeated 4-gram: distilled and human
+  (`padir.analysis.looping_share`)."""
+  return {'distilled': analysis.looping_share(_train_targets(distilled_dir)),
+          'references': analysis.looping_share(_train_targets(subset_dir))}
 
 
 def distill(run: Any) -> dict[str, Any]:
@@ -184,13 +201,16 @@ def distill(run: Any) -> dict[str, Any]:
   summary = dict(result.summary)
   summary['decode_seconds'] = result.seconds or summary.get('decode_seconds', 0.0)
   ratio = distilled_length_ratio(run.distilled_data, run.subset_data)
-  summary.update(choice=record, length_ratio=ratio)
+  looping = distilled_looping(run.distilled_data, run.subset_data)
+  summary.update(choice=record, length_ratio=ratio, looping_share=looping)
   summary_path = run.path('distill', distill_lib.SUMMARY_FILE)
-  if os.path.isfile(summary_path):  # distill.json records the choice and the ratio too
+  if os.path.isfile(summary_path):  # distill.json records the choice, ratio and loops too
     saved = qs_eval.read_json(summary_path)
-    saved.update(choice=record, length_ratio=ratio)
+    saved.update(choice=record, length_ratio=ratio, looping_share=looping)
     qs_eval.write_json(summary_path, saved)
-  run.print(f'  distilled targets are {ratio:.3f}x the length of the human references.')
+  run.print(f'  distilled targets are {ratio:.3f}x the length of the human references; '
+            f'{looping["distilled"]:.3f} of them hold a repeated 4-gram (references '
+            f'{looping["references"]:.3f}).')
   if ratio < SHORT_LENGTH_RATIO:
     run.print(f'  WARNING: the distilled targets are {100 * (1 - ratio):.0f}% shorter than '
               'the references; the students will learn to write short outputs (try other '

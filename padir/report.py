@@ -336,17 +336,28 @@ def _distillation_lines(results: Mapping[str, Any]) -> list[str]:
            'The teacher decoding that distills the students: of those within 1 BLEU of the '
            'best on validation, the one whose outputs are closest to the reference length, '
            'preferring those at least 0.95x as long (shorter targets teach short outputs). '
-           'Length ratio = mean output length / mean reference length.', '',
-           '| teacher decoding | validation BLEU | length ratio |', '|---|---|---|']
+           'Length ratio = mean output length / mean reference length. Loops = share of '
+           'outputs holding some 4-gram of pieces twice; `_norep4`: decoded with no repeated '
+           '4-gram (`ARConfig.no_repeat_ngram`).', '',
+           '| teacher decoding | validation BLEU | length ratio | loops |', '|---|---|---|---|']
   for row in dist['candidates']:
     mark = ' **(chosen)**' if row.get('name') == dist.get('chosen') else ''
     lines.append(f'| {row["name"]}{mark} | {_fmt(row.get("bleu"), "{:.2f}")} | '
-                 f'{_fmt(row.get("length_ratio"), "{:.3f}")} |')
+                 f'{_fmt(row.get("length_ratio"), "{:.3f}")} | '
+                 f'{_fmt(row.get("looping_share"), "{:.3f}")} |')
+  lines.append('')
   ratio = dist.get('length_ratio')
   if ratio is not None:
-    lines += ['', f'Distilled training targets / human references of the same rows: '
+    lines += [f'- Distilled training targets / human references of the same rows: '
               f'{ratio:.3f}' + (' (**below 0.95: the students learn short outputs**).'
                                 if ratio < 0.95 else '.')]
+  looping = dist.get('looping_share')
+  if looping:
+    lines += [f'- Training targets with a repeated 4-gram: distilled {looping["distilled"]:.3f}, '
+              f'human references {looping["references"]:.3f}.']
+  if dist.get('rows') and dist.get('rows_kept') is not None:
+    lines += [f'- Distilled rows kept: {dist["rows_kept"]} of {dist["rows"]} (the others are '
+              'longer than the target length, most of them loops that never reached EOS).']
   return lines
 
 

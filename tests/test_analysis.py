@@ -20,6 +20,15 @@ def test_repetition_rate_counts_adjacent_duplicates_before_eos():
       analysis.repetition_rate(collapsed, per_row=True, removed=np.array([2, 0])), [0.4, 0.0])
 
 
+def test_looping_share_counts_rows_with_a_repeated_ngram_before_eos():
+  tokens = np.array([[5, 6, 7, 5, 6, 7, 1, 0],   # "5 6 7" twice: loops
+                     [5, 6, 7, 8, 5, 6, 1, 0],   # "5 6" twice, no 3-gram twice
+                     [5, 6, 7, 1, 5, 6, 7, 0]])  # the repeat comes after EOS
+  assert analysis.looping_share(tokens, n=3) == pytest.approx(1 / 3)
+  assert analysis.looping_share(tokens, n=2) == pytest.approx(2 / 3)
+  assert analysis.looping_share(np.zeros((0, 4), np.int32)) == 0.0
+
+
 def test_length_stats_and_histogram():
   pred = np.array([[5, 6, 1, 0], [5, 6, 7, 1], [5, 1, 0, 0]])
   ref = np.array([[5, 6, 1, 0], [5, 6, 1, 0], [5, 6, 7, 1]])

@@ -165,3 +165,39 @@ def test_reorder_cache_handles_scanned_layers_and_scalars():
 def test_config_validation(kwargs, match):
   with pytest.raises(ValueError, match=match):
     ad.ARConfig(**kwargs)
+
+
+def test_repeat_ban_lists_the_ids_that_would_repeat_an_ngram():
+  seqs = jnp.array([[5, 6, 7, 5, 6, 0, 0, 0],
+                    [5, 5, 5, 0, 0, 0, 0, 0]], jnp.int32)
+  # Row 0 at step 5: "5 6" ended at position 1 and was followed by 7: 7 is banned (3-grams).
+  np.testing.assert_array_equal(ad.repeat_ban(seqs, jnp.int32(5), 3)[0], [0, 0, 7, 0, 0, 0, 0, 0])
+  # Bigrams: after "6", position 2 followed a 6 with 7.
+  np.testing.assert_array_equal(ad.repeat_ban(seqs, jnp.int32(5), 2)[0], [0, 0, 7, 0, 0, 0, 0, 0])
+  # Unigrams: every id written so far.
+  np.testing.assert_array_equal(ad.repeat_ban(seqs, jnp.int32(3), 1)[0], [5, 6, 7, 0, 0, 0, 0, 0])
+  # Row 1 at step 3: "5 5" occurred before, followed by 5.
+  np.testing.assert_array_equal(ad.repeat_ban(seqs, jnp.int32(3), 3)[1], [0, 0, 5, 0, 0, 0, 0, 0])
+  # Too early for any complete n-gram.
+  assert not np.asarray(ad.repeat_ban(seqs, jnp.int32(2), 3)).any()
+
+
+def test_no_repeat_ngram_breaks_a_loop_greedy_and_beam():
+  refs = np.zeros((2, L), np.int32)
+  refs[1, :] = [20, 21, 22, 20, 21, 22, 20, 21, 22, 20]  # a model that loops
+  fns = ScriptedFns(refs)
+  sources = jnp.array([[1, 5]])
+  for method in ('greedy', 'beam'):
+    plain, _ = ad.ar_decode(fns, None, sources, max_length=L,
+                            config=ad.ARConfig(method=method, beam_size=2))
+    np.testing.assert_array_equal(plain[0], refs[1])
+    tokens, aux = ad.ar_decode(fns, None, sources, max_length=L, config=ad.ARConfig(
+        method=method, beam_size=2, no_repeat_ngram=3))
+    out = np.asarray(tokens[0]).tolist()
+    # "20 21" is followed by 22 once; the second time 22 would repeat "20 21 22", so the
+    # scripted model's runner-up (7) is written instead.
+    assert out[:6] == [20, 21, 22, 20, 21, 7], out
+    grams = [tuple(out[i:i + 3]) for i in range(L - 2)]
+    assert len(grams) == len(set(grams))
+    if method == 'greedy':  # scores stay the model's own log-probabilities
+      assert float(aux['scores'][0]) < 0.0

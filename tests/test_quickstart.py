@@ -289,18 +289,23 @@ def test_train_display_drives_the_bar_from_the_step_callback():
   assert plain == ['step 3/10 | loss 1.0']
 
 
-def test_the_teacher_beam_row_uses_the_best_validation_length_penalty():
+def test_the_teacher_beam_row_uses_the_best_validation_beam():
   from types import SimpleNamespace  # pylint: disable=g-import-not-at-top
   from padir import quickstart_eval  # pylint: disable=g-import-not-at-top
-  beam = lambda lp, bleu: {'config': {'method': 'beam', 'beam_size': 4, 'length_penalty': lp},
-                           'bleu': bleu}
+  from padir.ar_decoding import ARConfig  # pylint: disable=g-import-not-at-top
+  beam = lambda lp, bleu, **kw: {'config': {'method': 'beam', 'beam_size': 4,
+                                            'length_penalty': lp, **kw}, 'bleu': bleu}
   candidates = [{'config': {'method': 'greedy', 'beam_size': 4, 'length_penalty': 0.6},
                  'bleu': 20.0}, beam(0.6, 11.0), beam(1.5, 13.9), beam(2.0, 11.7)]
   run = SimpleNamespace(cfg=SimpleNamespace(eval_beam_size=4),
                         stage_result=lambda s: {'result': {'choice': {'candidates': candidates}}})
-  assert quickstart_eval.beam_length_penalty(run) == (1.5, True)
-  run.cfg.eval_beam_size = 8  # no candidate with that beam: ARConfig's default
-  assert quickstart_eval.beam_length_penalty(run) == (0.6, False)
+  best = ARConfig(method='beam', beam_size=4, length_penalty=1.5)
+  assert quickstart_eval.teacher_beam(run) == (best, True)
+  candidates.append(beam(1.5, 14.5, no_repeat_ngram=4))  # the n-gram ban comes with it
+  assert quickstart_eval.teacher_beam(run) == (
+      ARConfig(method='beam', beam_size=4, length_penalty=1.5, no_repeat_ngram=4), True)
+  run.cfg.eval_beam_size = 8  # no candidate with that beam: ARConfig's defaults
+  assert quickstart_eval.teacher_beam(run) == (ARConfig(method='beam', beam_size=8), False)
 
 
 def test_ablations_of_a_pruned_choice(run, tmp_path):

@@ -166,8 +166,10 @@ def test_speed_target_and_validation_sections():
                      'delta_bleu': -2.5, 'median_ms': 2.6, 'speedup': 1.9,
                      'mean_length_error': 0.5, 'repetition_rate': 0.05}]}
   results['distillation'] = {'chosen': 'greedy', 'length_ratio': 0.9,
+                             'looping_share': {'distilled': 0.25, 'references': 0.04},
+                             'rows': 100, 'rows_kept': 97,
                              'candidates': [{'name': 'greedy', 'bleu': 11.0,
-                                             'length_ratio': 0.8},
+                                             'length_ratio': 0.8, 'looping_share': 0.3},
                                             {'name': 'beam4_lp0.6', 'bleu': 10.0,
                                              'length_ratio': 0.7}]}
   text = report.render_markdown(results)
@@ -175,6 +177,9 @@ def test_speed_target_and_validation_sections():
   assert '| mask_predict, 2 it. **(chosen)** | 10.40 | -1.00 | 0.0100 | 2.5 | 2.00x |' in text
   assert text.index('mask_predict, 2 it. **(chosen)**') < text.index('| mask_predict, 1 it.')
   assert '| no distillation (human references) | 7.90 | -2.50 |' in text
-  assert '| greedy **(chosen)** | 11.00 | 0.800 |' in text
+  assert '| greedy **(chosen)** | 11.00 | 0.800 | 0.300 |' in text
+  assert '| beam4_lp0.6 | 10.00 | 0.700 | - |' in text  # a record without loops
   assert 'below 0.95' in text
+  assert 'repeated 4-gram: distilled 0.250, human references 0.040' in text
+  assert 'Distilled rows kept: 97 of 100' in text
   assert '**PaDIR faster than AR greedy at batch 1: MET.**' in text

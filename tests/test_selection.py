@@ -138,5 +138,15 @@ def test_distillation_prefers_reference_lengths_among_near_best_decodings():
           {'name': 'beam4_lp2', 'bleu': 12.75, 'length_ratio': 1.350}]
   best, why = quickstart_select.choose_distillation_row(rows, margin=1.0)
   assert rows[best]['name'] == 'beam4_lp1.5' and 'at least 0.95x' in why
-  names = [n for n, _ in quickstart_select.distill_candidates([(1, 0.0), (4, 2.0)])]
-  assert names == ['greedy', 'beam4_lp2']
+  candidates = quickstart_select.distill_candidates([(1, 0.0), (4, 2.0), (4, 1.0, 3)])
+  assert [n for n, _ in candidates] == ['greedy', 'beam4_lp2', 'beam4_lp1_norep3']
+  assert [c.no_repeat_ngram for _, c in candidates] == [0, 0, 3]
+
+
+def test_distill_choices_take_an_optional_ngram_ban():
+  from padir import quickstart_config  # pylint: disable=g-import-not-at-top
+  ok = quickstart_config.QuickstartConfig(distill_choices=((1, 0.0, 4), (4, 1.0)))
+  assert ok.distill_choices == ((1, 0.0, 4), (4, 1.0))
+  for bad in (((4, 1.0, -1),), ((4, 1.0, 2.5),), ((4,),), ((0, 1.0),)):
+    with pytest.raises(ValueError, match='no_repeat_ngram'):
+      quickstart_config.QuickstartConfig(distill_choices=bad)
