@@ -356,8 +356,8 @@ def _distillation_lines(results: Mapping[str, Any]) -> list[str]:
     lines += [f'- Training targets with a repeated 4-gram: distilled {looping["distilled"]:.3f}, '
               f'human references {looping["references"]:.3f}.']
   if dist.get('rows') and dist.get('rows_kept') is not None:
-    lines += [f'- Distilled rows kept: {dist["rows_kept"]} of {dist["rows"]} (the others are '
-              'longer than the target length, most of them loops that never reached EOS).']
+    lines += [f'- Distilled rows kept: {dist["rows_kept"]} of {dist["rows"]} (the teacher\'s '
+              'output of the others is longer than the target length).']
   return lines
 
 
