@@ -11,7 +11,8 @@ split at ``\n`` only (`padir.data.textfile`). Works with any model dir that ``pa
 ``padir quickstart`` wrote, AR or PaDIR: the dir's config.gin describes the model and its
 decoding defaults (`padir.interactive`). Decoding flags override them: ``--iterations``,
 ``--length_beam``, ``--prune_after``, ``--rule``, ``--no_rerank``, ``--keep_repeats`` and
-``--allow_repeats`` (PaDIR), ``--beam_size`` (AR: beam search), and any ``--gin.NAME=VALUE``
+``--allow_repeats`` (PaDIR), ``--beam_size`` (AR: beam search), ``--no_repeat_ngram`` (AR:
+no n-gram twice in an output), and any ``--gin.NAME=VALUE``
 binding (applied after the saved config). ``--show_refinement`` prints each pass of a PaDIR
 decode to stderr, ``[MASK]`` where a position is re-masked.
 """
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                       "even when the dir's decoding.json avoids it (avoid_repeats)")
   parser.add_argument('--beam_size', type=int, default=None,
                       help='AR: beam search with this many beams (1: greedy)')
+  parser.add_argument('--no_repeat_ngram', type=int, default=None,
+                      help='AR: no n-gram of pieces occurs twice in an output (e.g. 4; 0: off; '
+                      'ARConfig.no_repeat_ngram)')
   parser.add_argument('--batch_size', type=int, default=64, help='sentences per decoder call')
   parser.add_argument('--show_refinement', action='store_true',
                       help='PaDIR: print every pass of each decode to stderr')
@@ -82,12 +86,21 @@ def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any
     if given:
       raise ValueError(f'{", ".join(given)}: PaDIR option(s), but {flags.model_dir} is an AR '
                        'model (use --beam_size, or --gin.padir.ar_decoding.ARConfig.* bindings).')
-    if flags.beam_size is None:
-      return {}
-    return {'method': 'beam' if flags.beam_size > 1 else 'greedy', 'beam_size': flags.beam_size}
-  if flags.beam_size is not None:
-    raise ValueError(f'--beam_size: an AR option, but {flags.model_dir} is a PaDIR model (use '
-                     '--length_beam and --iterations).')
+    options = {}
+    if flags.beam_size is not None:
+      options.update(method='beam' if flags.beam_size > 1 else 'greedy',
+                     beam_size=flags.beam_size)
+    if flags.no_repeat_ngram is not None:
+      if flags.no_repeat_ngram < 0:
+        raise ValueError(f'--no_repeat_ngram={flags.no_repeat_ngram} must be >= 0 (0: off; 4: '
+                         'no 4-gram of pieces twice).')
+      options['no_repeat_ngram'] = flags.no_repeat_ngram
+    return options
+  given = [f'--{k}' for k in ('beam_size', 'no_repeat_ngram') if getattr(flags, k) is not None]
+  if given:
+    raise ValueError(f'{", ".join(given)}: AR option(s), but {flags.model_dir} is a PaDIR model '
+                     '(use --length_beam and --iterations; --allow_repeats / --keep_repeats '
+                     'control its repeats).')
   options = {k: v for k, v in padir_only.items() if v is not None}
   if flags.no_rerank:
     options['rerank'] = False

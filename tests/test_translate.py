@@ -77,6 +77,20 @@ def test_show_refinement_prints_every_pass(models):
   assert all(c <= 0.0 for row in r.confidences for c in row)  # log-probabilities
 
 
+def test_ar_no_repeat_ngram_flag(models):
+  model = padir.load(models['ar'])
+  plain = model.translate('abca')
+  banned = model.translate('abca', no_repeat_ngram=1)  # no piece twice (one byte per piece)
+  assert len(set(banned)) == len(banned)
+  stdout = io.StringIO()
+  assert translate.run([f'--model_dir={models["ar"]}', '--no_repeat_ngram=1'],
+                       stdin=io.StringIO('abca\n'), stdout=stdout, stderr=io.StringIO()) == 0
+  cli = stdout.getvalue().rstrip('\n')
+  assert cli == ' '.join(banned.split())  # the CLI folds whitespace runs (docs/translate.md)
+  if len(set(plain)) < len(plain):  # the untrained model repeats itself: the ban changed it
+    assert banned != plain
+
+
 def test_score(models):
   for objective in ('ar', 'padir'):
     model = padir.load(models[objective])
@@ -93,6 +107,10 @@ def test_score(models):
 def test_mistakes_are_one_line(models, tmp_path, capsys):
   assert translate.main([f'--model_dir={models["ar"]}', '--iterations=2']) == 1
   assert 'PaDIR option(s)' in capsys.readouterr().err
+  assert translate.main([f'--model_dir={models["padir"]}', '--no_repeat_ngram=4']) == 1
+  assert 'AR option(s)' in capsys.readouterr().err
+  assert translate.main([f'--model_dir={models["ar"]}', '--no_repeat_ngram=-1']) == 1
+  assert 'no_repeat_ngram' in capsys.readouterr().err
   assert translate.main([f'--model_dir={tmp_path / "nowhere"}']) == 1
   assert 'does not exist' in capsys.readouterr().err
   assert translate.main([f'--model_dir={tmp_path}']) == 1
