@@ -83,9 +83,16 @@ class DistillResult:
   summary: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def default_teacher_decoding(beam_size: int = 4, length_penalty: float = 0.6) -> ARConfig:
-  """Beam search, the usual sequence-level distillation decoder (Kim & Rush 2016)."""
-  return ARConfig(method='beam', beam_size=beam_size, length_penalty=length_penalty)
+def default_teacher_decoding(beam_size: int = 4, length_penalty: float = 0.6,
+                             no_repeat_ngram: int = 0) -> ARConfig:
+  """Beam search, the usual sequence-level distillation decoder (Kim & Rush 2016).
+
+  ``no_repeat_ngram`` > 0 keeps a looping teacher's repeated n-grams out of the distilled
+  targets (`padir.ar_decoding.ARConfig.no_repeat_ngram`; the quickstart chooses it on
+  validation, docs/quickstart.md).
+  """
+  return ARConfig(method='beam', beam_size=beam_size, length_penalty=length_penalty,
+                  no_repeat_ngram=no_repeat_ngram)
 
 
 class _ChunkBatches:

@@ -121,7 +121,8 @@ def test_distilled_students_train_on_distilled_data(pair, tmp_path, monkeypatch)
 def test_distill_experiments_parse(experiment, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   bindings = ["VOCABULARY = 'byte'", "CHECKPOINT_PATH = '/runs/teacher'",
-              "DISTILL_OUTPUT_DIR = '/data/out'", "MIXTURE_OR_TASK_NAME = '/data/arrays'"]
+              "DISTILL_OUTPUT_DIR = '/data/out'", "MIXTURE_OR_TASK_NAME = '/data/arrays'",
+              'DISTILL_NO_REPEAT_NGRAM = 4']
   if experiment.startswith('wmt'):
     with pytest.raises(ValueError, match='TASK_MODULE'):
       gin_utils.parse_gin([f'experiments/{experiment}'], bindings)
@@ -132,7 +133,7 @@ def test_distill_experiments_parse(experiment, tmp_path, monkeypatch):
   assert (cfg.source, cfg.split, cfg.shuffle) == ('/data/arrays', 'train', False)
   teacher = gin.get_configurable('padir.distill.default_teacher_decoding')()
   assert isinstance(teacher, ar_decoding.ARConfig)
-  assert (teacher.method, teacher.beam_size) == ('beam', 4)
+  assert (teacher.method, teacher.beam_size, teacher.no_repeat_ngram) == ('beam', 4, 4)
   if experiment.startswith('wmt'):
     assert cfg.module == 'my_tasks'
     assert teacher.length_penalty == 0.6
