@@ -144,24 +144,17 @@ def choose_distillation_row(rows: Sequence[Mapping[str, Any]],
   return best, why
 
 
-def distilled_length_ratio(distilled_dir: str, subset_dir: str) -> float:
-  """Mean distilled target length over the mean human target length of the same rows."""
-  ours, human = _train_targets(distilled_dir), _train_targets(subset_dir)
-  mean = lambda targets: float((targets > 0).sum(1).mean())
-  return mean(ours) / max(mean(human), 1e-9)
-
-
-def _train_targets(data_dir: str) -> np.ndarray:
+def distilled_stats(distilled_dir: str, subset_dir: str) -> tuple[float, dict[str, float]]:
+  """The distilled training targets against the human ones of the same rows: (mean length
+  ratio, share of targets with a repeated 4-gram ``{'distilled': .., 'references': ..}``,
+  `padir.analysis.looping_share`). Each split is read once."""
   from padir.data import arrays as arrays_lib  # pylint: disable=g-import-not-at-top
-  data = arrays_lib.ArrayDataset.load(os.path.join(data_dir, 'train'), mmap=False)
-  return np.asarray(data.arrays['decoder_target_tokens'])
-
-
-def distilled_looping(distilled_dir: str, subset_dir: str) -> dict[str, float]:
-  """Share of training targets with a repeated 4-gram: distilled and human
-  (`padir.analysis.looping_share`)."""
-  return {'distilled': analysis.looping_share(_train_targets(distilled_dir)),
-          'references': analysis.looping_share(_train_targets(subset_dir))}
+  ours, human = (np.asarray(arrays_lib.ArrayDataset.load(os.path.join(d, 'train'), mmap=False)
+                            .arrays['decoder_target_tokens']) for d in (distilled_dir, subset_dir))
+  mean = lambda targets: float((targets > 0).sum(1).mean())
+  looping = {'distilled': analysis.looping_share(ours),
+             'references': analysis.looping_share(human)}
+  return mean(ours) / max(mean(human), 1e-9), looping
 
 
 def distill(run: Any) -> dict[str, Any]:
@@ -200,8 +193,7 @@ def distill(run: Any) -> dict[str, Any]:
       progress=run.progress, print_fn=run.print)
   summary = dict(result.summary)
   summary['decode_seconds'] = result.seconds or summary.get('decode_seconds', 0.0)
-  ratio = distilled_length_ratio(run.distilled_data, run.subset_data)
-  looping = distilled_looping(run.distilled_data, run.subset_data)
+  ratio, looping = distilled_stats(run.distilled_data, run.subset_data)
   summary.update(choice=record, length_ratio=ratio, looping_share=looping)
   summary_path = run.path('distill', distill_lib.SUMMARY_FILE)
   if os.path.isfile(summary_path):  # distill.json records the choice, ratio and loops too

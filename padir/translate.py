@@ -12,9 +12,9 @@ split at ``\n`` only (`padir.data.textfile`). Works with any model dir that ``pa
 decoding defaults (`padir.interactive`). Decoding flags override them: ``--iterations``,
 ``--length_beam``, ``--prune_after``, ``--rule``, ``--no_rerank``, ``--keep_repeats`` and
 ``--allow_repeats`` (PaDIR), ``--beam_size`` (AR: beam search), ``--no_repeat_ngram`` (AR:
-no n-gram twice in an output), and any ``--gin.NAME=VALUE``
-binding (applied after the saved config). ``--show_refinement`` prints each pass of a PaDIR
-decode to stderr, ``[MASK]`` where a position is re-masked.
+no n-gram twice in an output), and any ``--gin.NAME=VALUE`` binding (applied after the saved
+config). ``--show_refinement`` prints each pass of a PaDIR decode to stderr, ``[MASK]`` where a
+position is re-masked.
 """
 
 from __future__ import annotations
@@ -91,9 +91,8 @@ def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any
       options.update(method='beam' if flags.beam_size > 1 else 'greedy',
                      beam_size=flags.beam_size)
     if flags.no_repeat_ngram is not None:
-      if flags.no_repeat_ngram < 0:
-        raise ValueError(f'--no_repeat_ngram={flags.no_repeat_ngram} must be >= 0 (0: off; 4: '
-                         'no 4-gram of pieces twice).')
+      from padir.ar_decoding import ARConfig  # pylint: disable=g-import-not-at-top
+      ARConfig(no_repeat_ngram=flags.no_repeat_ngram)  # its check, before any input is read
       options['no_repeat_ngram'] = flags.no_repeat_ngram
     return options
   given = [f'--{k}' for k in ('beam_size', 'no_repeat_ngram') if getattr(flags, k) is not None]
