@@ -152,12 +152,12 @@ class MultiHeadAttention(nn.Module):
 
   With ``decode=True`` the module keeps a cache:
 
-  * self-attention (``cache_kind='self'``): the first call creates zero key/value buffers of the
-    call's length (the maximum decode length) and computes an ordinary forward pass; later
-    calls write their keys/values at ``cache_index`` and attend to the whole buffer (the caller's
-    mask hides future slots).
+  * self-attention (``cache_kind='self'``): the first call creates zero key/value buffers
+    ([B, H, L, D]) of the call's length (the maximum decode length) and computes an ordinary
+    forward pass; later calls write their keys/values at ``cache_index`` and attend to the
+    whole buffer (the caller's mask hides future slots).
   * cross-attention (``cache_kind='cross'``): the first call projects the encoder states once and
-    stores them; later calls reuse them.
+    stores them ([B, H, S, D]); later calls reuse them.
   """
   num_heads: int
   head_dim: int
@@ -190,32 +190,42 @@ class MultiHeadAttention(nn.Module):
     key_proj = dense(name='key')
     value_proj = dense(name='value')
 
+    # Cached keys/values are kept heads-first ([B, H, S, D]), the layout the score and value
+    # matmuls read: stored [B, S, H, D], every decode step would transpose the whole cache of
+    # every layer again (a third of AR beam search's time on a CPU).
+    heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, D] <-> [B, H, T, D]
+    kv = 'bshd'  # the layout of key and value below
     if decode and self.cache_kind == 'cross':
       initialized = self.has_variable('cache', 'cached_key')
-      ck = self.variable('cache', 'cached_key', lambda: split(key_proj(inputs_kv)))
-      cv = self.variable('cache', 'cached_value', lambda: split(value_proj(values_src)))
+      ck = self.variable('cache', 'cached_key',
+                         lambda: heads_first(split(key_proj(inputs_kv))))
+      cv = self.variable('cache', 'cached_value',
+                         lambda: heads_first(split(value_proj(values_src))))
       if not initialized:
         key_proj(inputs_kv), value_proj(values_src)  # materialise params under init.
-      key, value = ck.value, cv.value
+      key, value, kv = ck.value, cv.value, 'bhsd'
     else:
       key = split(key_proj(inputs_kv))
       value = split(value_proj(values_src))
       if decode and self.cache_kind == 'self':
+        key, value, kv = heads_first(key), heads_first(value), 'bhsd'
         initialized = self.has_variable('cache', 'cached_key')
         ck = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
         cv = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
         if initialized:
-          start = (0, cache_index, 0, 0)
+          start = (0, 0, cache_index, 0)
           ck.value = jax.lax.dynamic_update_slice(ck.value, key.astype(ck.value.dtype), start)
           cv.value = jax.lax.dynamic_update_slice(cv.value, value.astype(cv.value.dtype), start)
           key, value = ck.value, cv.value
 
+    kv_axes = {'bshd': ('batch', 'length', 'heads', 'kv'),
+               'bhsd': ('batch', 'heads', 'length', 'kv')}
     query = constrain(query, ('batch', 'length', 'heads', 'kv'))
-    key = constrain(key, ('batch', 'length', 'heads', 'kv'))
-    value = constrain(value, ('batch', 'length', 'heads', 'kv'))
+    key = constrain(key, kv_axes[kv])
+    value = constrain(value, kv_axes[kv])
     if self.float32_logits:
       query, key = query.astype(jnp.float32), key.astype(jnp.float32)
-    logits = jnp.einsum('blhd,bshd->bhls', query, key)  # [B, H, L, S]
+    logits = jnp.einsum(f'blhd,{kv}->bhls', query, key)  # [B, H, L, S]
     if bias is not None:
       logits = logits + bias.astype(logits.dtype)
     if mask is not None:
@@ -223,7 +233,7 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     if enable_dropout and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(weights, deterministic=False)
-    out = jnp.einsum('bhls,bshd->blhd', weights, value.astype(self.dtype))
+    out = jnp.einsum(f'bhls,{kv}->blhd', weights, value.astype(self.dtype))
     out = out.reshape(out.shape[:2] + (h * d,))  # [B, L, H*D]
     return Dense(emb, ('joined_kv', 'embed'), dtype=self.dtype, name='out')(out)
 

@@ -3,7 +3,9 @@
 The token loss never materialises a log-softmax: per position it needs the logsumexp over the
 vocabulary, the gold logit and (with label smoothing) the sum of the logits, all reductions of
 the [B, L, V] float32 logits that XLA fuses, so no further [B, L, V] float32 buffer is kept
-for the backward pass beyond what the softmax gradient needs.
+for the backward pass beyond what the softmax gradient needs. (A hand-written gradient,
+``g_z * softmax + g_gold * one_hot`` in one pass, measured slower on the 2-core CPU: XLA then
+copies the [B*L, V] gradient into a transposed layout for the output projection's matmul.)
 
 With label smoothing ``ls`` the soft target puts ``1 - ls`` on the gold id and
 ``ls / (V - 1)`` on every other id (T5X); the loss subtracts the entropy of that soft target, so
@@ -67,6 +69,11 @@ def check_loss_options(label_smoothing: float, z_loss: float,
                      f'or one of {SPECIAL_LOSS_NORMALIZING_FACTORS}.')
 
 
+def _gold_logit(logits: Array, targets: Array) -> Array:
+  """logits[..., targets]: [...] (``targets`` int32 [...])."""
+  return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+
+
 def token_cross_entropy(logits: Array, targets: Array, label_smoothing: float = 0.0,
                         z_loss: float = 0.0) -> tuple[Array, Array]:
   """Per-token cross-entropy with label smoothing and z-loss.
@@ -83,7 +90,7 @@ def token_cross_entropy(logits: Array, targets: Array, label_smoothing: float = 
   logits = logits.astype(jnp.float32)
   vocab = logits.shape[-1]
   log_z = jax.nn.logsumexp(logits, axis=-1)  # [...]
-  gold = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  gold = _gold_logit(logits, targets.astype(jnp.int32))  # [...]
   loss = log_z - gold  # -log p(gold)
   if label_smoothing > 0.0:
     confidence = 1.0 - label_smoothing
@@ -100,8 +107,7 @@ def token_cross_entropy(logits: Array, targets: Array, label_smoothing: float = 
 def token_log_probs(logits: Array, targets: Array) -> Array:
   """log p(target) per position: [...] float32 (no smoothing, no z-loss)."""
   logits = logits.astype(jnp.float32)
-  gold = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return gold - jax.nn.logsumexp(logits, axis=-1)
+  return _gold_logit(logits, targets.astype(jnp.int32)) - jax.nn.logsumexp(logits, axis=-1)
 
 
 def normalizing_factor_and_weights(loss_normalizing_factor: Any, weights: Array,
@@ -175,8 +181,13 @@ def weighted_cross_entropy(logits: Array, targets: Array, weights: Array | None 
 
 
 def weighted_accuracy(logits: Array, targets: Array, weights: Array) -> tuple[Array, Array]:
-  """(number of correct argmax predictions where weights > 0, number of such positions)."""
-  hit = (jnp.argmax(logits, axis=-1) == targets) & (weights > 0)
+  """(number of correct argmax predictions where weights > 0, number of such positions).
+
+  A prediction is correct when the gold logit is the largest (a tie counts as correct): a max
+  and a gather, which cost a fraction of an argmax over [B, L, V] on a CPU.
+  """
+  gold = _gold_logit(logits, targets.astype(jnp.int32))  # [B, L]
+  hit = (gold >= jnp.max(logits, axis=-1)) & (weights > 0)
   return jnp.sum(hit).astype(jnp.float32), jnp.sum(weights > 0).astype(jnp.float32)
 
 

@@ -346,7 +346,7 @@ class Decoder(nn.Module):
     cache = self.variables['cache']
     first = cache['layers'] if self.config.scan_layers else cache['layers_0']
     key = first['self_attention']['cached_key']
-    return key.shape[-3]  # [(layers,) B, L', H, D]
+    return key.shape[-2]  # [(layers,) B, H, L', D]
 
 
 class Transformer(nn.Module):

@@ -130,3 +130,18 @@ def test_target_lengths_count_eos():
 def test_bad_loss_options(kwargs, knob):
   with pytest.raises(ValueError, match=knob):
     losses.check_loss_options(**kwargs, owner='PadirModel')
+
+
+def test_weighted_accuracy_counts_argmax_hits_on_weighted_positions():
+  logits = jnp.asarray([[[0.1, 2.0, -1.0], [3.0, 1.0, 0.0], [0.0, 0.5, 0.5], [1.0, 0.0, 0.0]]])
+  targets = jnp.asarray([[1, 2, 2, 0]])  # hit, miss, tie with the max (a hit), hit
+  weights = jnp.asarray([[1, 1, 1, 0]])  # the last position is not counted
+  correct, counted = losses.weighted_accuracy(logits, targets, weights)
+  assert float(correct) == 2.0 and float(counted) == 3.0
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 5, 11)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 11, size=(3, 5)))
+  weights = jnp.asarray(rng.integers(0, 2, size=(3, 5)))
+  correct, counted = losses.weighted_accuracy(logits, targets, weights)
+  expected = np.sum((np.argmax(np.asarray(logits), -1) == np.asarray(targets)) & (weights > 0))
+  assert float(correct) == expected and float(counted) == np.sum(weights > 0)
