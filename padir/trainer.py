@@ -202,11 +202,21 @@ class Trainer:
     return {k: jax.ShapeDtypeStruct(v, jnp.int32, sharding=sharding)
             for k, v in (shapes or self.input_shapes).items()}
 
+  def jitted_train_step(self, donate: bool = True) -> Any:
+    """The ``jax.jit``-ed train step ``(state, batch) -> (state, metrics)``, not yet compiled.
+
+    Args:
+      donate: donate the input state's buffers (training); False keeps the state usable after
+        the call, e.g. to profile one step several times (`padir.bench.ops.op_profile`). Call
+        it inside ``self.partitioner.context()``.
+    """
+    return jax.jit(self._train_step_fn,
+                   in_shardings=(self.state_shardings, self.partitioner.batch_sharding(2)),
+                   out_shardings=(self.state_shardings, self.partitioner.replicated()),
+                   donate_argnums=(0,) if donate else ())
+
   def _compile_for(self, shapes: Mapping[str, tuple[int, ...]] | None = None) -> Any:
-    jitted = jax.jit(self._train_step_fn,
-                     in_shardings=(self.state_shardings, self.partitioner.batch_sharding(2)),
-                     out_shardings=(self.state_shardings, self.partitioner.replicated()),
-                     donate_argnums=(0,))
+    jitted = self.jitted_train_step()
     with self.partitioner.context():
       return jitted.lower(self.abstract_state(), self._abstract_batch(shapes)).compile()
 

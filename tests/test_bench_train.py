@@ -1,4 +1,4 @@
-"""Tests for padir.bench.train: the FLOP model, the matmul peak and one timed tiny step."""
+"""Tests for padir.bench.train: the FLOP model, the matmul peak and one timed, profiled tiny step."""
 
 import jax
 import pytest
@@ -36,8 +36,14 @@ def test_bench_size_times_a_step_and_xla_agrees_with_the_flop_model():
   partitioner = partitioning.Partitioner((-1, 1, 1), devices=jax.local_devices()[:1])
   result = bench_train.bench_size('tiny', 'padir', batch_size=4, length=16, steps=1,
                                   dtype='float32', partitioner=partitioner, dropout_rate=0.0,
-                                  padir_stages=2)
+                                  padir_stages=2, profile=True)
   assert result.seconds_per_step > 0 and result.tokens_per_sec > 0
+  # --profile: the step's kernel time charged to padir's functions, the loss and the output
+  # projection among them, and the rows adding up to the total.
+  functions = {row.function for row in result.profile.rows}
+  assert {'token_cross_entropy', 'Decoder.__call__'} <= functions
+  assert sum(row.us_per_call for row in result.profile.rows) == pytest.approx(
+      result.profile.kernel_us_per_call)
   assert result.model_flops == pytest.approx(
       bench_train.model_flops_per_step(_model(2, 16), 4, 16, 16))
   # XLA's count of the compiled step includes softmax, norms and the optimizer, so it is a

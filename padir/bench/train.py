@@ -1,7 +1,8 @@
 r"""Training speed: tokens/s and model FLOPs utilisation (MFU) against a measured matmul peak.
 
   python -m padir.bench train --sizes=tiny,small --batch_size=16 --length=64 --steps=5 \
-      [--objective=padir|ar] [--dtype=float32|bfloat16] [--output=benchmarks/results/train.md]
+      [--objective=padir|ar] [--dtype=float32|bfloat16] [--profile] \
+      [--output=benchmarks/results/train.md]
 
 For each size it builds the model as ``padir.builders.build_model`` does (shipped 'bible'
 vocabulary, 8k pieces), compiles the real sharded train step (`padir.trainer.Trainer`, Adafactor)
@@ -15,7 +16,9 @@ step, and reports:
 * XLA FLOPs per step: what XLA's cost analysis counts for the compiled step;
 * peak: the best of several timed ``[N, N] x [N, N]`` matmuls in the benchmark dtype on the
   same devices (``--matmul_size``), i.e. what this machine really sustains;
-* MFU = model FLOPs per second / peak.
+* MFU = model FLOPs per second / peak;
+* with ``--profile``, where the step's kernel time goes, per source function
+  (`padir.bench.ops.op_profile`: the loss, the output projection, attention, the optimizer).
 
 On a shared machine other load only slows things down, so both the step time (fastest of
 ``--steps`` timed steps) and the peak (best matmul, measured before and after the models) are
@@ -45,6 +48,7 @@ from padir import optimizers
 from padir import partitioning
 from padir import trainer as trainer_lib
 from padir.bench import decode as bench_decode
+from padir.bench import ops as bench_ops
 
 
 @dataclasses.dataclass
@@ -120,6 +124,7 @@ class Result:
   model_flops: float
   xla_flops: float | None
   compile_seconds: float
+  profile: Any = None  # a padir.bench.ops.OpProfile of the step (--profile), or None
 
   def mfu(self, peak: Peak) -> float:
     """Model FLOPs per wall second / the best matmul FLOPs per wall second."""
@@ -132,7 +137,8 @@ class Result:
 
 def bench_size(size: str, objective: str, batch_size: int, length: int, steps: int,
                dtype: str, partitioner: partitioning.Partitioner,
-               dropout_rate: float = 0.1, padir_stages: int = 2) -> Result:
+               dropout_rate: float = 0.1, padir_stages: int = 2,
+               profile: bool = False) -> Result:
   model_cls = models.PadirModel if objective == 'padir' else models.EncoderDecoderModel
   network = {'size': size, 'overrides': {'dtype': dtype, 'dropout_rate': dropout_rate}}
   # padir_stages defaults to the 2 unrolled stages of objectives/padir.gin
@@ -164,10 +170,15 @@ def bench_size(size: str, objective: str, batch_size: int, length: int, steps: i
   # The fastest step: the machine may be shared, and other load only ever slows a step down.
   seconds = min(times)
   params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(trainer.abstract_params))
+  op_profile = None
+  if profile:  # the same step, without donation so that one state serves every call
+    with partitioner.context():
+      op_profile = bench_ops.op_profile(trainer.jitted_train_step(donate=False),
+                                        [(state, global_batch)] * 3)
   return Result(size, objective, params, batch_size, length, seconds, min(cpu_times),
                 2 * batch_size * length / seconds,
                 model_flops_per_step(model, batch_size, length, length),
-                trainer.train_step_flops, trainer.compile_seconds or 0.0)
+                trainer.train_step_flops, trainer.compile_seconds or 0.0, op_profile)
 
 
 def _report(results: list[Result], peak: float, args: argparse.Namespace, command: str) -> str:
@@ -194,6 +205,10 @@ def _report(results: list[Result], peak: float, args: argparse.Namespace, comman
                  f'{r.seconds_per_step:.3f} | {r.tokens_per_sec:,.0f} | '
                  f'{r.model_flops / 1e9:.1f} | {xla} | {100 * r.mfu(peak):.1f}% | '
                  f'{100 * r.mfu_cpu(peak):.1f}% | {r.compile_seconds:.0f} |')
+  for r in results:
+    if r.profile is not None:
+      lines += ['', f'### Where a {r.size} {r.objective} step\'s time goes (--profile, '
+                'three profiled steps)', '', r.profile.to_markdown()]
   return '\n'.join(lines) + '\n'
 
 
@@ -211,6 +226,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--padir_stages', type=int, default=2,
                       help='unrolled decoder stages of the PaDIR objective')
   parser.add_argument('--matmul_size', type=int, default=2048)
+  parser.add_argument('--profile', action='store_true',
+                      help='also profile the step: kernel time per source function '
+                           '(padir.bench.ops), e.g. the loss against the output projection')
   parser.add_argument('--output', default=None, help='also write the markdown report here')
   args = parser.parse_args(argv)
   command = 'python -m padir.bench train ' + ' '.join(argv if argv is not None else sys.argv[1:])
@@ -224,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       if objective not in ('padir', 'ar'):
         parser.error(f'--objectives: unknown {objective!r} (padir, ar)')
       r = bench_size(size, objective, args.batch_size, args.length, args.steps, args.dtype,
-                     partitioner, args.dropout_rate, args.padir_stages)
+                     partitioner, args.dropout_rate, args.padir_stages, args.profile)
       print(f'{size} {objective}: {r.seconds_per_step:.3f} s/step, {r.tokens_per_sec:,.0f} '
             f'tokens/s, MFU {100 * r.mfu(peak):.1f}% wall, {100 * r.mfu_cpu(peak):.1f}% CPU time '
             '(against the peak measured so far)')
