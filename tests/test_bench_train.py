@@ -1,4 +1,4 @@
-"""Tests for padir.bench.train: the FLOP model, the matmul peak and one timed, profiled tiny step."""
+"""Tests for padir.bench.train: the FLOP model, the matmul peak, one timed and profiled step."""
 
 import jax
 import pytest
