@@ -147,6 +147,11 @@ class RelativePositionBiases(nn.Module):
     return bias[None].astype(self.dtype)
 
 
+# Logical axis names of the [B, T, H, D] ('bshd') and heads-first [B, H, T, D] ('bhsd') layouts.
+_LAYOUT_AXES = {'bshd': ('batch', 'length', 'heads', 'kv'),
+                'bhsd': ('batch', 'heads', 'length', 'kv')}
+
+
 class MultiHeadAttention(nn.Module):
   """T5 multi-head dot-product attention (no 1/sqrt(D) at run time: it is in the query init).
 
@@ -218,11 +223,9 @@ class MultiHeadAttention(nn.Module):
           cv.value = jax.lax.dynamic_update_slice(cv.value, value.astype(cv.value.dtype), start)
           key, value = ck.value, cv.value
 
-    kv_axes = {'bshd': ('batch', 'length', 'heads', 'kv'),
-               'bhsd': ('batch', 'heads', 'length', 'kv')}
-    query = constrain(query, ('batch', 'length', 'heads', 'kv'))
-    key = constrain(key, kv_axes[kv])
-    value = constrain(value, kv_axes[kv])
+    query = constrain(query, _LAYOUT_AXES['bshd'])
+    key = constrain(key, _LAYOUT_AXES[kv])
+    value = constrain(value, _LAYOUT_AXES[kv])
     if self.float32_logits:
       query, key = query.astype(jnp.float32), key.astype(jnp.float32)
     logits = jnp.einsum(f'blhd,{kv}->bhls', query, key)  # [B, H, L, S]

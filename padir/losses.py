@@ -70,8 +70,8 @@ def check_loss_options(label_smoothing: float, z_loss: float,
 
 
 def _gold_logit(logits: Array, targets: Array) -> Array:
-  """logits[..., targets]: [...] (``targets`` int32 [...])."""
-  return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  """logits[..., targets]: [...] (``targets`` int [...])."""
+  return jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
 def token_cross_entropy(logits: Array, targets: Array, label_smoothing: float = 0.0,
@@ -90,7 +90,7 @@ def token_cross_entropy(logits: Array, targets: Array, label_smoothing: float = 
   logits = logits.astype(jnp.float32)
   vocab = logits.shape[-1]
   log_z = jax.nn.logsumexp(logits, axis=-1)  # [...]
-  gold = _gold_logit(logits, targets.astype(jnp.int32))  # [...]
+  gold = _gold_logit(logits, targets)  # [...]
   loss = log_z - gold  # -log p(gold)
   if label_smoothing > 0.0:
     confidence = 1.0 - label_smoothing
@@ -107,7 +107,7 @@ def token_cross_entropy(logits: Array, targets: Array, label_smoothing: float = 
 def token_log_probs(logits: Array, targets: Array) -> Array:
   """log p(target) per position: [...] float32 (no smoothing, no z-loss)."""
   logits = logits.astype(jnp.float32)
-  return _gold_logit(logits, targets.astype(jnp.int32)) - jax.nn.logsumexp(logits, axis=-1)
+  return _gold_logit(logits, targets) - jax.nn.logsumexp(logits, axis=-1)
 
 
 def normalizing_factor_and_weights(loss_normalizing_factor: Any, weights: Array,
@@ -186,7 +186,7 @@ def weighted_accuracy(logits: Array, targets: Array, weights: Array) -> tuple[Ar
   A prediction is correct when the gold logit is the largest (a tie counts as correct): a max
   and a gather, which cost a fraction of an argmax over [B, L, V] on a CPU.
   """
-  gold = _gold_logit(logits, targets.astype(jnp.int32))  # [B, L]
+  gold = _gold_logit(logits, targets)  # [B, L]
   hit = (gold >= jnp.max(logits, axis=-1)) & (weights > 0)
   return jnp.sum(hit).astype(jnp.float32), jnp.sum(weights > 0).astype(jnp.float32)
 
