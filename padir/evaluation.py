@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from padir import analysis
+from padir import decoding
 from padir import partitioning as partitioning_lib
 from padir import trainer as trainer_lib
 
@@ -77,7 +78,7 @@ class Predictor:
     replicated = partitioner.replicated()
     self._fn = jax.jit(predict,
                        in_shardings=(param_shardings, partitioner.batch_sharding(2), replicated),
-                       out_shardings=replicated)
+                       out_shardings=replicated, **decoding.jit_options())
 
   def __call__(self, params: Any, batch: Mapping[str, np.ndarray],
                batch_index: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:

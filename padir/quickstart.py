@@ -60,6 +60,8 @@ import gin
 import jax
 import numpy as np
 
+from padir import compile_time
+from padir import decoding
 from padir import errors
 from padir import gin_utils
 from padir import quickstart_eval as qs_eval
@@ -307,7 +309,8 @@ class Quickstart:
     """Runs (or resumes) the stages; returns the report's paths."""
     os.makedirs(self.out, exist_ok=True)
     self.check_config()
-    with self.compilation_cache():
+    with self.compilation_cache(), decoding.compiler_options(
+        xla_backend_optimization_level=self.cfg.decoder_optimization_level):
       return self._run(stages)
 
   def _run(self, stages: Sequence[str]) -> dict[str, str]:
@@ -331,7 +334,8 @@ class Quickstart:
         continue
       self.print(f'[{number}/{len(STAGES)}] {name}: {_STAGE_TEXT[name]}')
       began = time.time()
-      result = getattr(self, f'_stage_{name}')()
+      with compile_time.CompileTimer() as compiling:
+        result = getattr(self, f'_stage_{name}')()
       seconds = time.time() - began
       if name == 'report':
         self.print(f'[{number}/{len(STAGES)}] report: ' +
@@ -339,8 +343,10 @@ class Quickstart:
         paths = result
       else:
         qs_eval.write_json(marker, {'seconds': seconds, 'result': result,
+                             'compile': compiling.summary(),
                              'finished': datetime.datetime.now().isoformat(timespec='seconds')})
-        self.print(f'[{number}/{len(STAGES)}] {name}: finished in {seconds:.0f}s.')
+        self.print(f'[{number}/{len(STAGES)}] {name}: finished in {seconds:.0f}s '
+                   f'({compiling.total:.0f}s of it compiling {compiling.programs} programs).')
     self.print(f'quickstart: this invocation took {time.time() - start:.0f}s; report in '
                f'{self.path("report")}')
     return paths if 'report' in stages else {}

@@ -639,10 +639,17 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
                              if k not in ('return_history', 'return_all_candidates')}
   if bench.get('small'):
     setup['small-size latency networks'] = bench['small'].get('params')
-  seconds = {name: round(marker['seconds'], 1) for name in run.STAGES
-             if (marker := run.stage_result(name))}
+  markers = {name: marker for name in run.STAGES if (marker := run.stage_result(name))}
+  seconds = {name: round(marker['seconds'], 1) for name, marker in markers.items()}
   setup['stage seconds'] = seconds
   setup['total seconds (every stage but the report)'] = round(sum(seconds.values()), 1)
+  compiling = {name: marker['compile'] for name, marker in markers.items()
+               if 'compile' in marker}  # stages finished before padir recorded it have none
+  if compiling:
+    setup['of which compiling (seconds; programs, persistent-cache loads among them)'] = {
+        name: f'{c["seconds"]}; {c["programs"]}, {c["cache_hits"]}'
+        for name, c in compiling.items()}
+    setup['total compiling seconds'] = round(sum(c['seconds'] for c in compiling.values()), 1)
   if bench.get('load_average'):
     setup['load average (1 min) before / after the latency runs'] = bench['load_average']
   return setup

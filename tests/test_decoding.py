@@ -116,3 +116,25 @@ def test_models_predict_batch_with_aux(sources):
   assert greedy.shape == (6, L)
   with pytest.raises(ValueError, match='Unknown decode option'):
     padir_model.predict_batch_with_aux(p_params, batch, iterations=3)
+
+
+def test_compiler_options_reach_the_decoders_compiled_inside_the_block(sources):
+  cfg = T5Config.preset('tiny', num_encoder_layers=1, num_decoder_layers=1,
+                        vocab_size=96, decoder_mode='bidirectional',
+                        length_id=IDS.length, max_target_length=L, dropout_rate=0.0)
+  model = Transformer(cfg)
+  params = _init(model, L)
+  config = decoding.RefineConfig(num_iterations=2, length_beam=1)
+  default, _ = decoding.refine_decoder(model, config, IDS, L)(params, sources)
+  with decoding.compiler_options(xla_backend_optimization_level=1, unused=None) as options:
+    assert options == {'xla_backend_optimization_level': 1}   # None values are left out
+    assert decoding.jit_options() == {'compiler_options': options}
+    lower, _ = decoding.refine_decoder(model, config, IDS, L)(params, sources)
+    with decoding.compiler_options(xla_no_such_option=True):
+      # The options really reach XLA, which refuses one it does not know.
+      with pytest.raises(Exception, match='xla_no_such_option'):
+        decoding.ar_decoder(model, decoding.ARConfig(), L)(params, sources)
+    assert decoding.jit_options() == {'compiler_options': options}   # the outer block again
+  assert decoding.jit_options() == {}
+  # Less LLVM optimisation: the same program, the same tokens.
+  np.testing.assert_array_equal(default, lower)

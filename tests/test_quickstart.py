@@ -162,6 +162,13 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
       'ar_greedy', 'padir_t2']
   assert results['setup']['data']['train subset (students)'] == 24
   assert results['setup']['models']['teacher']['steps'] == 2
+  # Every stage records its compilation; the student stages after the first one load the
+  # programs the first compiled from the run's persistent cache.
+  compiling = {s: _load(os.path.join(out, 'stages', f'{s}.json'))['compile']
+               for s in ('teacher', 'student_distilled', 'student_raw', 'select')}
+  assert all(c['programs'] > 0 and c['seconds'] > 0 for c in compiling.values())
+  assert compiling['student_raw']['cache_hits'] > 0
+  assert results['setup']['total compiling seconds'] > 0
   md = open(os.path.join(out, 'report', 'report.md'), encoding='utf-8').read()
   assert '## Targets' in md and f'PaDIR {main}, 2 it.' in md
   assert '## Validation: choosing the PaDIR decoding' in md and '## Ablations (validation)' in md

@@ -150,3 +150,12 @@ def test_distill_choices_take_an_optional_ngram_ban():
   for bad in (((4, 1.0, -1),), ((4, 1.0, 2.5),), ((4,),), ((0, 1.0),)):
     with pytest.raises(ValueError, match='no_repeat_ngram'):
       quickstart_config.QuickstartConfig(distill_choices=bad)
+
+
+def test_decoder_optimization_level_is_checked():
+  from padir import quickstart_config  # pylint: disable=g-import-not-at-top
+  assert quickstart_config.QuickstartConfig(decoder_optimization_level=1)
+  assert quickstart_config.QuickstartConfig(decoder_optimization_level=None)
+  for bad in (4, -1, 1.0, '1'):
+    with pytest.raises(ValueError, match='decoder_optimization_level'):
+      quickstart_config.QuickstartConfig(decoder_optimization_level=bad)
