@@ -126,6 +126,16 @@ def _latest_step(model_dir: str) -> int:
   return max(steps, default=0)
 
 
+
+def machine_speed(size: int = 2048) -> float:
+  """GFLOP/s of a jitted [size, size] float32 matmul on this machine now (best of 3, ~1 s).
+
+  Recorded before every stage, so that a run's times can be compared with another machine's
+  or another day's: shared VMs of the same kind differ by up to 2x.
+  """
+  from padir.bench import train as bench_train  # pylint: disable=g-import-not-at-top
+  return round(bench_train.measure_matmul_peak(size, repeats=3).flops_per_sec / 1e9, 1)
+
 class Quickstart:
   """One quickstart run in ``output_dir`` (see the module docstring)."""
 
@@ -333,6 +343,7 @@ class Quickstart:
                    f'({qs_eval.read_json(marker)["seconds"]:.0f}s), skipped.')
         continue
       self.print(f'[{number}/{len(STAGES)}] {name}: {_STAGE_TEXT[name]}')
+      speed = machine_speed()  # outside the stage's seconds
       began = time.time()
       with compile_time.CompileTimer() as compiling:
         result = getattr(self, f'_stage_{name}')()
@@ -343,7 +354,7 @@ class Quickstart:
         paths = result
       else:
         qs_eval.write_json(marker, {'seconds': seconds, 'result': result,
-                             'compile': compiling.summary(),
+                             'compile': compiling.summary(), 'matmul_gflops': speed,
                              'finished': datetime.datetime.now().isoformat(timespec='seconds')})
         self.print(f'[{number}/{len(STAGES)}] {name}: finished in {seconds:.0f}s '
                    f'({compiling.total:.0f}s of it compiling {compiling.programs} programs).')

@@ -650,6 +650,10 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
         name: f'{c["seconds"]}; {c["programs"]}, {c["cache_hits"]}'
         for name, c in compiling.items()}
     setup['total compiling seconds'] = round(sum(c['seconds'] for c in compiling.values()), 1)
+  speed = {name: marker['matmul_gflops'] for name, marker in markers.items()
+           if marker.get('matmul_gflops')}
+  if speed:
+    setup['machine speed before each stage (2048 x 2048 float32 matmul, GFLOP/s)'] = speed
   if bench.get('load_average'):
     setup['load average (1 min) before / after the latency runs'] = bench['load_average']
   return setup

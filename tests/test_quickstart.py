@@ -169,6 +169,10 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert all(c['programs'] > 0 and c['seconds'] > 0 for c in compiling.values())
   assert compiling['student_raw']['cache_hits'] > 0
   assert results['setup']['total compiling seconds'] > 0
+  # ... and how fast the machine was just before it.
+  speed = results['setup']['machine speed before each stage (2048 x 2048 float32 matmul, GFLOP/s)']
+  assert set(speed) == {f[:-len('.json')] for f in STAGE_FILES}
+  assert all(v > 0 for v in speed.values())
   md = open(os.path.join(out, 'report', 'report.md'), encoding='utf-8').read()
   assert '## Targets' in md and f'PaDIR {main}, 2 it.' in md
   assert '## Validation: choosing the PaDIR decoding' in md and '## Ablations (validation)' in md
