@@ -145,12 +145,12 @@ _COMPILER_OPTIONS: dict[str, Any] = {}
 def compiler_options(**options: Any) -> Iterator[dict[str, Any]]:
   """XLA compiler options for every decoder jitted inside the block.
 
-  They reach ``jax.jit(..., compiler_options=...)`` of `ShardedDecoder` and
-  `padir.evaluation.Predictor` when those first compile (a decoder keeps what it compiled
-  with). Options whose value is None are left out. For example
+  They reach ``jax.jit(..., compiler_options=...)`` of a `ShardedDecoder` first called, or a
+  `padir.evaluation.Predictor` built, inside the block; the decoder keeps them for every
+  input shape it compiles later. Options whose value is None are left out. For example
   ``compiler_options(xla_backend_optimization_level=1)`` has LLVM optimise the generated
-  kernels less: on a 2-core CPU the quickstart's decoders compiled about a third faster at
-  the same speed and with the same outputs (docs/decoding.md, "Compilation").
+  kernels less: on a 2-core CPU each of the quickstart's decoders compiled about a third
+  faster, at the same speed and with the same outputs (docs/decoding.md, "Compilation").
 
   Args:
     **options: XLA debug options by name (``xla_backend_optimization_level``, ...).
