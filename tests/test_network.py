@@ -258,7 +258,9 @@ def test_bidirectional_cross_cache_and_logits_positions():
                      method=Transformer.decode)
   first, mut = model.apply({'params': params}, encoded, enc, canvas, enable_dropout=False,
                            decode=True, mutable=['cache'], method=Transformer.decode)
-  np.testing.assert_allclose(first, full, atol=1e-6)
+  # Two orders of the same float32 sums (the cached keys/values are laid out heads-first):
+  # equal to about 1e-6, so the tolerance leaves room for a few more roundings.
+  np.testing.assert_allclose(first, full, atol=1e-5)
   assert 'index' not in mut['cache']['decoder']  # no self-attention cache for PaDIR
   # A later iteration on a new canvas reads the cached cross-attention keys/values only.
   canvas2 = _tokens(rng, 2, 6)
@@ -272,4 +274,4 @@ def test_bidirectional_cross_cache_and_logits_positions():
   some = model.apply({'params': params}, encoded, enc, canvas2, enable_dropout=False,
                      logits_positions=positions, method=Transformer.decode)
   assert some.shape == (2, 2, V)
-  np.testing.assert_allclose(some, jnp.take_along_axis(ref, positions[..., None], 1), atol=1e-6)
+  np.testing.assert_allclose(some, jnp.take_along_axis(ref, positions[..., None], 1), atol=1e-5)
