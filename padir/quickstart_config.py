@@ -40,7 +40,7 @@ class QuickstartConfig:
       length_penalty)`` or ``(beam_size, length_penalty, no_repeat_ngram)`` (beam 1 =
       greedy; `padir.ar_decoding.ARConfig.no_repeat_ngram`, 0 = off); of those within ``select_margin`` validation BLEU
       of the best, the one whose outputs are closest to the reference length distills,
-      preferring those at least 0.95x as long
+      preferring those that loop at most a tenth of the time, then those at least 0.95x as long
       (`padir.quickstart_select.choose_distillation_row`).
     student_init: 'teacher' (the students start from the AR teacher's weights; only the
       length head starts fresh, `padir.init_from`) or 'scratch'.

@@ -3,7 +3,8 @@
 * :func:`distill` (the ``distill`` stage) and :func:`choose_distillation`: decodes the
   validation split with each candidate teacher decoding (greedy, beam with length penalties);
   of those within ``select_margin`` BLEU of the best, the one whose outputs are closest to the
-  reference length distills (the students copy its lengths), preferring those at least
+  reference length distills (the students copy its lengths), preferring those that loop
+  at most ``LOOPING_LIMIT`` of the time, then those at least
   ``SHORT_LENGTH_RATIO`` (0.95) times as long. Every candidate's BLEU and
   output-to-reference length ratio go into the record.
 * :func:`select` (the ``select`` stage): decodes the validation split at batch 1 with the AR
@@ -114,26 +115,36 @@ def choose_distillation(run: Any, teacher: Any, params: Any, shardings: Any,
 # write short outputs, which BLEU's brevity penalty punishes: the distill stage warns below
 # it, and the choice avoids such decodings when it can.
 SHORT_LENGTH_RATIO = 0.95
+# The students also learn the teacher's loops (a 4-gram written twice): a decoding with more
+# than this share of looping outputs on validation distils only when every near-best one does.
+LOOPING_LIMIT = 0.1
 
 
 def choose_distillation_row(rows: Sequence[Mapping[str, Any]],
                             margin: float = 1.0) -> tuple[int, str]:
   """Index of the teacher decoding that distills, and why.
 
-  The students copy the lengths of the distilled targets, and BLEU's brevity penalty punishes
-  short outputs only. So among the decodings within ``margin`` validation BLEU of the best,
-  those at least ``SHORT_LENGTH_RATIO`` of the references' length are preferred, and of them
-  the one whose outputs are closest to the references' length distills (of all near-best
-  ones, when every one is short).
+  The students copy the distilled targets' loops and lengths, and BLEU's brevity penalty
+  punishes short outputs only. So among the decodings within ``margin`` validation BLEU of the
+  best, those whose outputs loop at most ``LOOPING_LIMIT`` of the time (``looping_share``,
+  `padir.analysis.looping_share`; a row without it counts as loop-free) are preferred, then
+  those at least ``SHORT_LENGTH_RATIO`` of the references' length, and of what is left the one
+  whose outputs are closest to the references' length distills.
   """
   top = max(r['bleu'] for r in rows)
   close = [i for i, r in enumerate(rows) if r['bleu'] >= top - margin]
-  long_enough = [i for i in close if rows[i]['length_ratio'] >= SHORT_LENGTH_RATIO]
-  pool = long_enough or close
+  loop_free = [i for i in close if rows[i].get('looping_share', 0.0) <= LOOPING_LIMIT]
+  fewer_loops = loop_free if loop_free and len(loop_free) < len(close) else None
+  close_pool = loop_free or close
+  long_enough = [i for i in close_pool if rows[i]['length_ratio'] >= SHORT_LENGTH_RATIO]
+  pool = long_enough or close_pool
   best = min(pool, key=lambda i: (abs(1.0 - rows[i]['length_ratio']), -rows[i]['bleu']))
   why = (f'of the {len(close)} teacher decoding(s) within {margin:g} BLEU of the best '
          f'({top:.2f}), ')
-  if long_enough and len(long_enough) < len(close):
+  if fewer_loops:
+    why += (f'the {len(fewer_loops)} whose outputs loop at most {LOOPING_LIMIT:g} of the '
+            'time, and of those ')
+  if long_enough and len(long_enough) < len(close_pool):
     why += (f'the {len(long_enough)} at least {SHORT_LENGTH_RATIO:g}x the reference length, '
             'the one closest to it')
   elif long_enough:

@@ -335,7 +335,8 @@ def _distillation_lines(results: Mapping[str, Any]) -> list[str]:
   lines = ['', '## Distillation', '',
            'The teacher decoding that distills the students: of those within 1 BLEU of the '
            'best on validation, the one whose outputs are closest to the reference length, '
-           'preferring those at least 0.95x as long (shorter targets teach short outputs). '
+           'preferring those whose outputs loop at most a tenth of the time, then those at '
+           'least 0.95x as long (the students learn loops and short outputs). '
            'Length ratio = mean output length / mean reference length. Loops = share of '
            'outputs holding some 4-gram of pieces twice; `_norep4`: decoded with no repeated '
            '4-gram (`ARConfig.no_repeat_ngram`).', '',

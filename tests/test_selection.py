@@ -138,6 +138,18 @@ def test_distillation_prefers_reference_lengths_among_near_best_decodings():
           {'name': 'beam4_lp2', 'bleu': 12.75, 'length_ratio': 1.350}]
   best, why = quickstart_select.choose_distillation_row(rows, margin=1.0)
   assert rows[best]['name'] == 'beam4_lp1.5' and 'at least 0.95x' in why
+  # A near-best decoding whose outputs loop loses to a loop-free one, even a less long one
+  # (a teacher at 2x the learning rate, validation).
+  rows = [{'name': 'beam4_lp1.5', 'bleu': 24.32, 'length_ratio': 0.997, 'looping_share': 0.5},
+          {'name': 'beam4_lp1.5_norep4', 'bleu': 24.99, 'length_ratio': 0.950,
+           'looping_share': 0.0},
+          {'name': 'greedy', 'bleu': 20.74, 'length_ratio': 0.870, 'looping_share': 0.3}]
+  best, why = quickstart_select.choose_distillation_row(rows, margin=1.0)
+  assert rows[best]['name'] == 'beam4_lp1.5_norep4' and 'loop at most 0.1' in why
+  for row in rows:  # when every near-best one loops, the lengths decide as before
+    row['looping_share'] = 0.5
+  best, why = quickstart_select.choose_distillation_row(rows, margin=1.0)
+  assert rows[best]['name'] == 'beam4_lp1.5' and 'loop' not in why
   candidates = quickstart_select.distill_candidates([(1, 0.0), (4, 2.0), (4, 1.0, 3)])
   assert [n for n, _ in candidates] == ['greedy', 'beam4_lp2', 'beam4_lp1_norep3']
   assert [c.no_repeat_ngram for _, c in candidates] == [0, 0, 3]
