@@ -126,7 +126,6 @@ def _latest_step(model_dir: str) -> int:
   return max(steps, default=0)
 
 
-
 def machine_speed(size: int = 2048) -> float:
   """GFLOP/s of a jitted [size, size] float32 matmul on this machine now (best of 3, ~1 s).
 
@@ -135,6 +134,7 @@ def machine_speed(size: int = 2048) -> float:
   """
   from padir.bench import train as bench_train  # pylint: disable=g-import-not-at-top
   return round(bench_train.measure_matmul_peak(size, repeats=3).flops_per_sec / 1e9, 1)
+
 
 class Quickstart:
   """One quickstart run in ``output_dir`` (see the module docstring)."""
@@ -343,7 +343,7 @@ class Quickstart:
                    f'({qs_eval.read_json(marker)["seconds"]:.0f}s), skipped.')
         continue
       self.print(f'[{number}/{len(STAGES)}] {name}: {_STAGE_TEXT[name]}')
-      speed = machine_speed()  # outside the stage's seconds
+      speed = machine_speed() if name != 'report' else None  # outside the stage's seconds
       began = time.time()
       with compile_time.CompileTimer() as compiling:
         result = getattr(self, f'_stage_{name}')()
