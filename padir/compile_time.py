@@ -24,7 +24,7 @@ from jax import monitoring
 TRACE_EVENT = '/jax/core/compile/jaxpr_trace_duration'
 LOWER_EVENT = '/jax/core/compile/jaxpr_to_mlir_module_duration'
 BACKEND_EVENT = '/jax/core/compile/backend_compile_duration'
-_DURATION_EVENTS = (TRACE_EVENT, LOWER_EVENT, BACKEND_EVENT)
+_PHASES = {TRACE_EVENT: 'trace', LOWER_EVENT: 'lower', BACKEND_EVENT: 'backend'}
 CACHE_HIT_EVENT = '/jax/compilation_cache/cache_hits'
 
 
@@ -45,11 +45,11 @@ class CompileTimer:
     self._active = False
 
   def _on_duration(self, event: str, duration: float, **_: Any) -> None:
-    if event not in _DURATION_EVENTS:
+    phase = _PHASES.get(event)
+    if phase is None:
       return
-    key = {TRACE_EVENT: 'trace', LOWER_EVENT: 'lower', BACKEND_EVENT: 'backend'}[event]
-    self.seconds[key] += float(duration)
-    if event == BACKEND_EVENT:
+    self.seconds[phase] += float(duration)
+    if phase == 'backend':
       self.programs += 1
 
   def _on_event(self, event: str, **_: Any) -> None:

@@ -134,15 +134,14 @@ def choose_distillation_row(rows: Sequence[Mapping[str, Any]],
   top = max(r['bleu'] for r in rows)
   close = [i for i, r in enumerate(rows) if r['bleu'] >= top - margin]
   loop_free = [i for i in close if rows[i].get('looping_share', 0.0) <= LOOPING_LIMIT]
-  fewer_loops = loop_free if loop_free and len(loop_free) < len(close) else None
   close_pool = loop_free or close
   long_enough = [i for i in close_pool if rows[i]['length_ratio'] >= SHORT_LENGTH_RATIO]
   pool = long_enough or close_pool
   best = min(pool, key=lambda i: (abs(1.0 - rows[i]['length_ratio']), -rows[i]['bleu']))
   why = (f'of the {len(close)} teacher decoding(s) within {margin:g} BLEU of the best '
          f'({top:.2f}), ')
-  if fewer_loops:
-    why += (f'the {len(fewer_loops)} whose outputs loop at most {LOOPING_LIMIT:g} of the '
+  if loop_free and len(loop_free) < len(close):
+    why += (f'the {len(loop_free)} whose outputs loop at most {LOOPING_LIMIT:g} of the '
             'time, and of those ')
   if long_enough and len(long_enough) < len(close_pool):
     why += (f'the {len(long_enough)} at least {SHORT_LENGTH_RATIO:g}x the reference length, '
