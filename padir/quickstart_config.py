@@ -101,8 +101,8 @@ class QuickstartConfig:
   feature_lengths: Mapping[str, int] = dataclasses.field(
       default_factory=lambda: {'inputs': 40, 'targets': 40})
   overlong: str = 'filter'
-  teacher_steps: int = 1000
-  student_steps: int = 1000
+  teacher_steps: int = 750
+  student_steps: int = 750
   student_train_examples: int | None = None
   subset_seed: int = 0
   distill_choices: tuple[tuple[float, ...], ...] = ((1, 0.0), (1, 0.0, 4), (4, 1.0), (4, 1.0, 4),

@@ -34,6 +34,7 @@ from padir import datasets as datasets_lib
 from padir import decoding
 from padir import eval as eval_lib
 from padir import evaluation
+from padir import summaries
 from padir.ar_decoding import ARConfig
 from padir.network import T5Config
 from padir.quickstart_config import DATA_TEXT
@@ -599,6 +600,10 @@ def _summary(run: Any) -> str:
   return text
 
 
+def _significant(value: float | None, digits: int = 3) -> float | None:
+  return None if value is None else float(f'{value:.{digits}g}')
+
+
 def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[str, Any]:
   flags = [f'--gin_file={f}' for f in run.gin_files[1:]]
   flags += [f'--gin_bindings="{b}"' for b in run.gin_bindings]
@@ -624,6 +629,8 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
       models[stage] = {'model': r.get('model'), 'parameters': r.get('params'),
                        'steps': r.get('step'), 'network': r.get('network'),
                        'initialised from': r.get('init_from') or 'random weights',
+                       'peak learning rate': _significant(
+                           summaries.peak_learning_rate(run.path(stage))),
                        'final train loss': r.get('train_metrics', {}).get('loss'),
                        'validation loss': r.get('eval_metrics', {}).get('loss')}
   setup['models'] = models

@@ -71,6 +71,38 @@ def drop_records_after(path: str, step: int) -> int:
   return dropped
 
 
+def read_records(model_dir: str, split: str | None = None) -> list[dict[str, Any]]:
+  """The records of ``MODEL_DIR/metrics.jsonl`` in file order (an empty list without one).
+
+  Args:
+    model_dir: the training run's directory.
+    split: keep only the records of this split (``'train'``, ``'eval'``, ...); None keeps all.
+
+  Returns:
+    One dict per parsable line; a torn last line of a killed run is skipped.
+  """
+  path = os.path.join(model_dir, 'metrics.jsonl')
+  if not os.path.isfile(path):
+    return []
+  records = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict) and (split is None or record.get('split') == split):
+        records.append(record)
+  return records
+
+
+def peak_learning_rate(model_dir: str) -> float | None:
+  """The highest learning rate logged by a run's training records (None when none logged)."""
+  rates = [float(r['learning_rate']) for r in read_records(model_dir, 'train')
+           if isinstance(r.get('learning_rate'), (int, float))]
+  return max(rates) if rates else None
+
+
 class MetricWriter:
   """JSONL + optional TensorBoard writer (a no-op on processes other than 0).
 

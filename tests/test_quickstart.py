@@ -162,6 +162,7 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
       'ar_greedy', 'padir_t2']
   assert results['setup']['data']['train subset (students)'] == 24
   assert results['setup']['models']['teacher']['steps'] == 2
+  assert all(m['peak learning rate'] > 0 for m in models.values())  # from metrics.jsonl
   # Every stage records its compilation; the student stages after the first one load the
   # programs the first compiled from the run's persistent cache.
   compiling = {s: _load(os.path.join(out, 'stages', f'{s}.json'))['compile']

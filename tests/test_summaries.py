@@ -40,3 +40,17 @@ def test_format_duration():
   assert summaries.format_duration(185) == '3m05s'
   assert summaries.format_duration(3720) == '1h02m'
   assert summaries.format_duration(float('inf')) == '?'
+
+
+def test_read_records_and_peak_learning_rate(tmp_path):
+  assert summaries.read_records(str(tmp_path)) == []
+  assert summaries.peak_learning_rate(str(tmp_path)) is None
+  lines = [{'step': 10, 'split': 'train', 'learning_rate': 0.01},
+           {'step': 20, 'split': 'train', 'learning_rate': 0.03},
+           {'step': 20, 'split': 'eval', 'loss': 2.0, 'learning_rate': 0.5},
+           {'step': 30, 'split': 'train', 'learning_rate': 0.0}]
+  text = ''.join(json.dumps(r) + '\n' for r in lines) + '{"step": 40, "spl'  # torn last line
+  (tmp_path / 'metrics.jsonl').write_text(text)
+  assert [r['step'] for r in summaries.read_records(str(tmp_path), 'train')] == [10, 20, 30]
+  assert len(summaries.read_records(str(tmp_path))) == 4
+  assert summaries.peak_learning_rate(str(tmp_path)) == 0.03  # eval records do not count
