@@ -205,6 +205,16 @@ class Quickstart:
     name = stage[len('student_'):] if stage.startswith('student_') else ''
     return tuple(self.cfg.extra_ablations.get(name, ()))
 
+  def stage_bindings(self, stage: str) -> tuple[str, ...]:
+    """Every gin binding a training stage adds to the quickstart's files and flags, in order.
+
+    ``QuickstartConfig.stage_bindings['students']`` (student stages), then those of the stage
+    itself, then an ablation stage's own (``extra_ablations``).
+    """
+    per_stage = self.cfg.stage_bindings
+    shared = per_stage.get('students', ()) if stage.startswith('student_') else ()
+    return (*shared, *per_stage.get(stage, ()), *self.ablation_bindings(stage))
+
   def _stage_macros(self, stage: str, data_dir: str, steps: int) -> dict[str, Any]:
     macros = {'MODEL_DIR': self.path(stage), 'MIXTURE_OR_TASK_NAME': data_dir,
               'TRAIN_STEPS': steps}
@@ -219,7 +229,8 @@ class Quickstart:
 
   def teacher_model(self) -> Any:
     self._parse(self.cfg.teacher_gin_files,
-                self._stage_macros('teacher', self.full_data, self.cfg.teacher_steps))
+                self._stage_macros('teacher', self.full_data, self.cfg.teacher_steps),
+                self.stage_bindings('teacher'))
     return stage_model()
 
   @property
@@ -264,7 +275,7 @@ class Quickstart:
     data = self.student_data(stage)
     self._parse(self.cfg.student_gin_files,
                 self._stage_macros(stage, data, self.cfg.student_steps),
-                self.ablation_bindings(stage))
+                self.stage_bindings(stage))
     model = stage_model()
     scheme = getattr(getattr(model, 'corruption', None), 'decoder_input_scheme', None)
     if scheme is not None and scheme != self.cfg.refine.canvas_init:
@@ -417,7 +428,7 @@ class Quickstart:
              steps: int) -> dict[str, Any]:
     from padir import train as train_lib  # pylint: disable=g-import-not-at-top
     self._parse(base_files, self._stage_macros(stage, data_dir, steps),
-                self.ablation_bindings(stage))
+                self.stage_bindings(stage))
     model = stage_model()
     model_dir = self.path(stage)
     with self.bar(steps, stage, 'step', initial=min(_latest_step(model_dir), steps)) as bar:

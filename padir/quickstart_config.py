@@ -15,6 +15,9 @@ from padir.refine_decoding import RefineConfig
 STAGES = ('data', 'teacher', 'distill', 'student_distilled', 'student_raw', 'select',
           'student_scratch', 'student_ablations', 'ar_matched', 'ablations', 'evaluate',
           'benchmark', 'report')
+# The stages that train a model (QuickstartConfig.stage_bindings).
+TRAINING_STAGES = ('teacher', 'student_distilled', 'student_raw', 'student_scratch',
+                   'ar_matched')
 # The student stages that differ only in their training data; the select stage picks one.
 DATA_STUDENTS = ('student_distilled', 'student_raw')
 DATA_TEXT = {'student_distilled': 'distilled targets', 'student_raw': 'human references'}
@@ -78,6 +81,13 @@ class QuickstartConfig:
       ``student_<name>`` (e.g. ``{'slot_length_head':
       ("padir.builders.network_config.length_head = 'slot'",)}``). Off by default: each costs
       one more student training.
+    stage_bindings: gin bindings for some training stages only, added after the quickstart's
+      files and flags: ``{stage: (binding, ...)}`` with a stage among ``TRAINING_STAGES``,
+      ``'student_<name>'`` of ``extra_ablations`` or ``'students'`` (every student stage; a
+      stage's own bindings come after these). E.g. ``{'students':
+      ('padir.optimizers.rsqrt_schedule.base_learning_rate = 2.0',)}`` trains the students at
+      another rate than the teacher and ``ar_matched``. The two data students must keep one
+      network (the select stage decodes both with the distilled student's).
     bench_examples: test sentences timed at batch 1 (0: no latency measurement).
     small_preset: also time randomly initialised networks of this T5.1.1 preset with the same
       decoding settings ('' or None: skip).
@@ -129,6 +139,7 @@ class QuickstartConfig:
   select_margin: float = 1.0
   select_examples: int | None = None
   extra_ablations: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  stage_bindings: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
   bench_examples: int = 40
   small_preset: str | None = 'small'
   small_iterations: tuple[int, ...] = (1, 4)
@@ -158,6 +169,15 @@ class QuickstartConfig:
       if not re.fullmatch(r'[a-z0-9_]+', name) or f'student_{name}' in STAGES:
         raise ValueError(f'QuickstartConfig.extra_ablations: {name!r} must be a new name of '
                          'lowercase letters, digits and underscores.')
+    object.__setattr__(self, 'stage_bindings', {
+        str(k): tuple([v] if isinstance(v, str) else v)
+        for k, v in dict(self.stage_bindings).items()})
+    known = (*TRAINING_STAGES, 'students',
+             *(f'student_{name}' for name in self.extra_ablations))
+    for stage in self.stage_bindings:
+      if stage not in known:
+        raise ValueError(f'QuickstartConfig.stage_bindings: {stage!r} is not a training stage; '
+                         f'use one of {", ".join(known)}.')
     object.__setattr__(self, 'distill_choices',
                        tuple(tuple(c) for c in self.distill_choices))
     if not self.distill_choices or any(

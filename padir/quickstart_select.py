@@ -418,7 +418,7 @@ def ablations(run: Any) -> list[dict[str, Any]]:
     if not os.path.isdir(run.path(stage)) or (
         stage in (*DATA_TEXT, 'student_scratch') and run.stage_result(stage) is None):
       continue
-    model = run.student_model(stage) if run.ablation_bindings(stage) else student
+    model = run.student_model(stage) if run.stage_bindings(stage) else student
     params, _, _ = qs_eval.load_params(run, model, stage, tokenizer, partitioner)
     try:
       variants.append((label, what, padir_decoder(best, params, model=model)))

@@ -52,6 +52,9 @@ FLAGS = [
     "--gin.padir.quickstart.QuickstartConfig.overlong='truncate'",
     ('--gin.padir.quickstart.QuickstartConfig.extra_ablations='
      '{"slot_head": ("padir.builders.network_config.length_head = \'slot\'",)}'),
+    # The students train at two thirds of the teacher's rate.
+    ('--gin.padir.quickstart.QuickstartConfig.stage_bindings='
+     '{"students": ("padir.optimizers.rsqrt_schedule.base_learning_rate = 2.0",)}'),
     '--gin.padir.quickstart.QuickstartConfig.select_iterations=(1, 2)',
     '--gin.padir.quickstart.QuickstartConfig.select_length_beams=(3,)',
     '--gin.padir.quickstart.QuickstartConfig.select_rerank=(False, True)',
@@ -163,6 +166,11 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert results['setup']['data']['train subset (students)'] == 24
   assert results['setup']['models']['teacher']['steps'] == 2
   assert all(m['peak learning rate'] > 0 for m in models.values())  # from metrics.jsonl
+  # stage_bindings['students'] reached every student stage and no AR one.
+  teacher_rate = models['teacher']['peak learning rate']
+  assert models['ar_matched']['peak learning rate'] == teacher_rate
+  for stage in ('student_distilled', 'student_raw', 'student_scratch'):
+    assert models[stage]['peak learning rate'] == pytest.approx(teacher_rate * 2 / 3, rel=1e-2)
   # Every stage records its compilation; the student stages after the first one load the
   # programs the first compiled from the run's persistent cache.
   compiling = {s: _load(os.path.join(out, 'stages', f'{s}.json'))['compile']
@@ -279,6 +287,22 @@ def test_ablation_students_train_on_the_data_chosen_on_validation(tmp_path):
                                 {'seconds': 1.0, 'result': {'student': 'student_raw'}})
   assert fixed.main_student() == 'student_distilled'
   assert fixed.student_data('student_scratch') == fixed.distilled_data
+
+
+def test_stage_bindings_reach_their_stages_in_order(tmp_path):
+  config = quickstart.QuickstartConfig(
+      extra_ablations={'slot': ("padir.builders.network_config.length_head = 'slot'",)},
+      stage_bindings={'students': 'A = 1', 'student_raw': ('B = 2',), 'teacher': ('C = 3',),
+                      'student_slot': ('D = 4',)})
+  run = quickstart.Quickstart(config, str(tmp_path), [], [], progress=False)
+  assert run.stage_bindings('teacher') == ('C = 3',)
+  assert run.stage_bindings('ar_matched') == ()
+  assert run.stage_bindings('student_distilled') == ('A = 1',)
+  assert run.stage_bindings('student_raw') == ('A = 1', 'B = 2')
+  assert run.stage_bindings('student_slot') == (
+      'A = 1', 'D = 4', "padir.builders.network_config.length_head = 'slot'")
+  with pytest.raises(ValueError, match="'student' is not a training stage; use one of teacher"):
+    quickstart.QuickstartConfig(stage_bindings={'student': ('A = 1',)})
 
 
 def test_train_display_drives_the_bar_from_the_step_callback():
