@@ -174,10 +174,14 @@ class QuickstartConfig:
         for k, v in dict(self.stage_bindings).items()})
     known = (*TRAINING_STAGES, 'students',
              *(f'student_{name}' for name in self.extra_ablations))
-    for stage in self.stage_bindings:
+    for stage, bindings in self.stage_bindings.items():
       if stage not in known:
         raise ValueError(f'QuickstartConfig.stage_bindings: {stage!r} is not a training stage; '
                          f'use one of {", ".join(known)}.')
+      if not all(isinstance(b, str) for b in bindings):
+        raise ValueError(f'QuickstartConfig.stage_bindings[{stage!r}]={bindings!r} must be gin '
+                         "binding strings, e.g. ('padir.optimizers.rsqrt_schedule."
+                         "base_learning_rate = 2.0',).")
     object.__setattr__(self, 'distill_choices',
                        tuple(tuple(c) for c in self.distill_choices))
     if not self.distill_choices or any(

@@ -303,6 +303,8 @@ def test_stage_bindings_reach_their_stages_in_order(tmp_path):
       'A = 1', 'D = 4', "padir.builders.network_config.length_head = 'slot'")
   with pytest.raises(ValueError, match="'student' is not a training stage; use one of teacher"):
     quickstart.QuickstartConfig(stage_bindings={'student': ('A = 1',)})
+  with pytest.raises(ValueError, match='must be gin binding strings'):
+    quickstart.QuickstartConfig(stage_bindings={'teacher': (2.0,)})
 
 
 def test_train_display_drives_the_bar_from_the_step_callback():
