@@ -22,6 +22,11 @@ TRAINING_STAGES = ('teacher', 'student_distilled', 'student_raw', 'student_scrat
 DATA_STUDENTS = ('student_distilled', 'student_raw')
 DATA_TEXT = {'student_distilled': 'distilled targets', 'student_raw': 'human references'}
 
+def _bindings_by_name(value: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+  """``{name: bindings}`` with string keys and tuple values (one binding may be a string)."""
+  return {str(k): tuple([v] if isinstance(v, str) else v) for k, v in dict(value).items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class QuickstartConfig:
   """What the quickstart runs (gin: ``padir.quickstart.QuickstartConfig``).
@@ -162,16 +167,12 @@ class QuickstartConfig:
     if self.overlong not in ('filter', 'truncate'):
       raise ValueError(f"QuickstartConfig.overlong={self.overlong!r} must be 'filter' or "
                        "'truncate'.")
-    object.__setattr__(self, 'extra_ablations', {
-        str(k): tuple([v] if isinstance(v, str) else v)
-        for k, v in dict(self.extra_ablations).items()})
+    object.__setattr__(self, 'extra_ablations', _bindings_by_name(self.extra_ablations))
     for name in self.extra_ablations:
       if not re.fullmatch(r'[a-z0-9_]+', name) or f'student_{name}' in STAGES:
         raise ValueError(f'QuickstartConfig.extra_ablations: {name!r} must be a new name of '
                          'lowercase letters, digits and underscores.')
-    object.__setattr__(self, 'stage_bindings', {
-        str(k): tuple([v] if isinstance(v, str) else v)
-        for k, v in dict(self.stage_bindings).items()})
+    object.__setattr__(self, 'stage_bindings', _bindings_by_name(self.stage_bindings))
     known = (*TRAINING_STAGES, 'students',
              *(f'student_{name}' for name in self.extra_ablations))
     for stage, bindings in self.stage_bindings.items():
