@@ -26,6 +26,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from padir.network import DECODER_MODES
 
 Params = Any
 
@@ -41,6 +44,8 @@ class InitSummary:
     copied: number of parameters copied.
     fresh: paths of the parameters kept at their fresh initialisation.
     dropped: paths of source parameters the model does not have.
+    adapted: paths of the decoder's relative-position tables re-read for the model's decoder
+      mode (`adapt_relative_positions`; a causal source into a bidirectional model or back).
   """
   source: str
   kind: str
@@ -48,6 +53,7 @@ class InitSummary:
   copied: int
   fresh: tuple[str, ...]
   dropped: tuple[str, ...]
+  adapted: tuple[str, ...] = ()
 
   def describe(self) -> str:
     """One line for the log."""
@@ -57,6 +63,8 @@ class InitSummary:
       parts.append(f'{len(self.fresh)} new ({", ".join(self.fresh)})')
     if self.dropped:
       parts.append(f'{len(self.dropped)} not used ({", ".join(self.dropped)})')
+    if self.adapted:
+      parts.append(f'relative positions re-read for the decoder mode ({", ".join(self.adapted)})')
     return '; '.join(parts) + '.'
 
 
@@ -117,9 +125,12 @@ def check_hf_vocabulary(path: str, vocabulary: Any) -> None:
         f'{spm}, so its embeddings would be rows of other pieces. Set --gin.VOCABULARY="\'{spm}\'".')
 
 
-def read_source(path: str, vocabulary: Any = None,
-                network_config: Any = None) -> tuple[Params, str, int | None]:
-  """The source's params on the host: (params, kind, step).
+def read_source(path: str, vocabulary: Any = None, network_config: Any = None
+                ) -> tuple[Params, str, int | None, str | None]:
+  """The source's params on the host: (params, kind, step, decoder mode).
+
+  The decoder mode is 'causal' for a HF T5, a padir checkpoint's from its metadata (None
+  when the metadata does not say).
 
   Args:
     path: a padir model/step dir or a HF T5 directory.
@@ -139,13 +150,14 @@ def read_source(path: str, vocabulary: Any = None,
     source_config, params = hf.load_t5(path)
     if network_config is not None:
       check_hf_architecture(path, source_config, network_config)
-    return params, 'huggingface', None
+    return params, 'huggingface', None, 'causal'
   if not os.path.exists(path):
     raise ValueError(f'init_from={path!r} does not exist; give a padir MODEL_DIR (or '
                      'MODEL_DIR/<step>) or a Hugging Face T5 directory.')
   from padir import checkpoints  # pylint: disable=g-import-not-at-top
-  params, _, step = checkpoints.load_params(path, None, vocabulary=vocabulary)
-  return params, 'padir', step
+  params, meta, step = checkpoints.load_params(path, None, vocabulary=vocabulary)
+  mode = ((meta or {}).get('network_config') or {}).get('decoder_mode')
+  return params, 'padir', step, mode
 
 
 def merge_params(source: Params, fresh: Params, where: str = 'init_from'
@@ -187,6 +199,43 @@ def merge_params(source: Params, fresh: Params, where: str = 'init_from'
   return merged, len(fresh_flat) - len(new), new, dropped
 
 
+def adapt_relative_positions(table: Any, source_bidirectional: bool, bidirectional: bool,
+                             max_distance: int) -> np.ndarray:
+  """A relative-position bias table re-read for another decoder mode's bucketing.
+
+  A causal decoder's buckets all measure distances into the past; a bidirectional one spends
+  half of them on the future (`padir.layers.relative_position_bucket`). Copied as is, a causal
+  table would give a bidirectional decoder the teacher's far-past biases for its nearest
+  future positions. Instead every bucket of the new mode takes the source's bias for the
+  nearest relative position that falls into it, the sign dropped when the source saw only
+  the past (so the future mirrors the past).
+
+  Args:
+    table: [H, N] the source's biases.
+    source_bidirectional: whether the source bucketed both directions.
+    bidirectional: whether the new model does.
+    max_distance: ``relative_attention_max_distance`` of both.
+
+  Returns:
+    [H, N] the biases for the new bucketing.
+  """
+  from padir import layers  # pylint: disable=g-import-not-at-top
+  table = np.asarray(table)
+  n = table.shape[-1]
+  rel = np.arange(-4 * max_distance, 4 * max_distance + 1)
+  rel = rel[np.argsort(np.abs(rel), kind='stable')]  # nearest first: 0, -1, 1, -2, 2, ...
+  target = np.asarray(layers.relative_position_bucket(rel, bidirectional, n, max_distance))
+  read = rel if source_bidirectional else -np.abs(rel)
+  source = np.asarray(layers.relative_position_bucket(read, source_bidirectional, n,
+                                                      max_distance))
+  pick = np.arange(n)  # a bucket no position reaches keeps its own bias
+  seen = np.zeros((n,), bool)
+  for t, s in zip(target, source):
+    if not seen[t]:
+      pick[t], seen[t] = s, True
+  return table[..., pick]
+
+
 def init_params(path: str, fresh: Params, vocabulary: Any = None,
                 network_config: Any = None) -> tuple[Params, InitSummary]:
   """The new model's params started from ``path`` (see the module docstring).
@@ -200,9 +249,31 @@ def init_params(path: str, fresh: Params, vocabulary: Any = None,
   Returns:
     (params, `InitSummary`).
   """
-  source, kind, step = read_source(path, vocabulary, network_config)
+  source, kind, step, mode = read_source(path, vocabulary, network_config)
+  adapted = ()
+  if network_config is not None and mode in DECODER_MODES and mode != network_config.decoder_mode:
+    source, adapted = _adapt_decoder_positions(source, mode == 'bidirectional',
+                                               network_config)
   merged, copied, new, dropped = merge_params(source, fresh, where=f'init_from={path!r}')
-  return merged, InitSummary(path, kind, step, copied, new, dropped)
+  return merged, InitSummary(path, kind, step, copied, new, dropped, adapted)
+
+
+def _adapt_decoder_positions(source: Params, source_bidirectional: bool, network_config: Any
+                             ) -> tuple[Params, tuple[str, ...]]:
+  """``source`` with its decoder's relative-position tables re-read for the model's mode."""
+  adapted = []
+
+  def adapt(path, leaf):
+    key = jax.tree_util.keystr(path, simple=True, separator='/')
+    if not (key.startswith('decoder/') and key.endswith('relpos_bias/rel_embedding')):
+      return leaf
+    adapted.append(key)
+    return adapt_relative_positions(leaf, source_bidirectional,
+                                    network_config.decoder_mode == 'bidirectional',
+                                    network_config.relative_attention_max_distance)
+
+  source = jax.tree_util.tree_map_with_path(adapt, source)
+  return source, tuple(adapted)
 
 
 InitFn = Callable[[str, Params, Any], tuple[Params, InitSummary]]

@@ -74,6 +74,11 @@ class T5Config:
     length_id: the [LENGTH] token id (from padir.special_ids), required by the 'slot' head.
     max_target_length: number of length classes (and the positional-attention table size).
     positional_attention: PaDIR/NAT positional attention block in every decoder layer.
+    shift_decoder_input: (bidirectional only) position i of the decoder reads the canvas token
+      of position i-1 (position 0 reads id 0, T5's decoder start), as a causal decoder reads
+      its shifted targets; the key at position L (one past the last canvas token, EOS) stays
+      visible, so the canvas length is still seen. A student started from its AR teacher then
+      finds every known token where the teacher's layers look for it.
     remat_policy: 'none', 'full', 'dots' or 'dots_with_no_batch_dims' (jax.checkpoint policy).
     scan_layers: nn.scan over layers (one compiled layer; params get a leading 'layers' axis).
   """
@@ -98,6 +103,7 @@ class T5Config:
   length_id: int | None = None
   max_target_length: int = 128
   positional_attention: bool = False
+  shift_decoder_input: bool = False
   remat_policy: str = 'none'
   scan_layers: bool = False
 
@@ -158,6 +164,10 @@ class T5Config:
     if self.positional_attention:
       need(self.decoder_mode == 'bidirectional',
            'positional_attention is a PaDIR decoder option: set decoder_mode="bidirectional".')
+    if self.shift_decoder_input:
+      need(self.decoder_mode == 'bidirectional',
+           'shift_decoder_input is a PaDIR decoder option (a causal decoder is fed shifted '
+           'targets already): set decoder_mode="bidirectional" or shift_decoder_input=False.')
 
 
 def _layer_cls(cls: type[nn.Module], config: T5Config, static_argnums: tuple[int, ...]):
@@ -302,6 +312,10 @@ class Decoder(nn.Module):
     key_pos = jnp.arange(key_length, dtype=jnp.int32)[None, :]  # [1, L']
     if causal:
       self_mask = (key_pos <= query_pos)[None, None]  # [1, 1, L, L']
+    elif cfg.shift_decoder_input:
+      shifted = jnp.pad(tokens, ((0, 0), (1, 0)))[:, :length]  # [B, L]: start id 0, canvas
+      self_mask = ((tokens > 0) | (shifted > 0))[:, None, None, :]  # canvas and the EOS key
+      tokens = shifted
     else:
       self_mask = (tokens > 0)[:, None, None, :]  # [B, 1, 1, L]: padding only
     cross_mask = (encoder_tokens > 0)[:, None, None, :]  # [B, 1, 1, S]

@@ -8,6 +8,7 @@ import pytest
 
 from padir import checkpoints
 from padir import init_from
+from padir import layers
 from padir.network import T5Config, Transformer
 
 ENC = jnp.array([[5, 6, 7, 1, 0, 0], [5, 1, 0, 0, 0, 0]], jnp.int32)
@@ -137,3 +138,45 @@ def test_hf_vocabulary_must_be_the_checkpoints(tmp_path):
   init_from.check_hf_vocabulary(str(tmp_path), bible)  # the same file: accepted
   with pytest.raises(ValueError, match=r'is not the checkpoint\'s .*spiece.model.*VOCABULARY'):
     init_from.check_hf_vocabulary(str(tmp_path), vocab.load_tokenizer('byte'))
+
+
+def test_relative_positions_are_reread_for_the_decoder_mode():
+  n, max_distance = 32, 128
+  causal = np.random.default_rng(0).normal(size=(4, n))
+  both = init_from.adapt_relative_positions(causal, False, True, max_distance)
+  # The bucket of a relative position in each mode: the bias a decoder adds at that position.
+  rel = np.arange(-40, 41)
+  bucket_c = np.asarray(layers.relative_position_bucket(-np.abs(rel), False, n, max_distance))
+  bucket_b = np.asarray(layers.relative_position_bucket(rel, True, n, max_distance))
+  exact = np.abs(rel) < n // 4  # the bidirectional buckets that hold single distances
+  # Past and future at distance d both get the causal decoder's bias for d in the past.
+  np.testing.assert_array_equal(both[:, bucket_b[exact]], causal[:, bucket_c[exact]])
+  # Further out every bucket takes the bias of the nearest distance it holds.
+  assert both[0, bucket_b[rel == 12][0]] == causal[0, bucket_c[rel == 12][0]]
+  # Back to causal: the exact past buckets come back unchanged.
+  back = init_from.adapt_relative_positions(both, True, False, max_distance)
+  np.testing.assert_array_equal(back[:, :n // 4], causal[:, :n // 4])
+
+
+def test_init_params_rereads_the_decoder_positions_of_a_causal_source(tmp_path):
+  ar_cfg, padir_cfg = _configs()
+  ar = _params(ar_cfg, 0)
+  mgr = checkpoints.CheckpointManager(str(tmp_path), keep=1, async_save=False)
+  meta = checkpoints.make_metadata(3, None, ar, extra={'network_config': {'decoder_mode': 'causal'}})
+  mgr.save(3, ar, {'count': jnp.zeros((), jnp.int32)}, None, metadata=meta)
+  mgr.close()
+  merged, summary = init_from.init_params(str(tmp_path), _params(padir_cfg, 1),
+                                          network_config=padir_cfg)
+  key = 'decoder/relpos_bias/rel_embedding'
+  assert summary.adapted == (key,) and 'relative positions re-read' in summary.describe()
+  expected = init_from.adapt_relative_positions(
+      ar['decoder']['relpos_bias']['rel_embedding'], False, True,
+      padir_cfg.relative_attention_max_distance)
+  np.testing.assert_allclose(np.asarray(merged['decoder']['relpos_bias']['rel_embedding']),
+                             expected)
+  # The encoder's table is the same in both modes: copied as is.
+  np.testing.assert_array_equal(np.asarray(merged['encoder']['relpos_bias']['rel_embedding']),
+                                np.asarray(ar['encoder']['relpos_bias']['rel_embedding']))
+  # Into a causal model nothing is re-read.
+  _, same = init_from.init_params(str(tmp_path), _params(ar_cfg, 1), network_config=ar_cfg)
+  assert same.adapted == ()

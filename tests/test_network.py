@@ -70,6 +70,30 @@ def test_decoder_visibility_bidirectional_vs_causal():
       assert bool(jnp.all(delta[:4] > 1e-6)), 'earlier positions must see later tokens'
 
 
+def test_shifted_decoder_input_reads_the_previous_canvas_token():
+  rng = np.random.default_rng(5)
+  enc = _tokens(rng, 1, 5)
+  canvas = jnp.pad(_tokens(rng, 1, 5), ((0, 0), (0, 3)))  # [1, 8]: 5 tokens, then padding
+  kw = dict(decoder_mode='bidirectional', length_id=V - 3, max_target_length=8)
+  shifted_model, variables = _init(_cfg(shift_decoder_input=True, **kw), enc, canvas)
+  params = nn.unbox(variables['params'])
+  # The plain decoder fed [s, canvas] where id s embeds as T5's start id 0 computes the same:
+  # position i reads canvas token i-1, and the key after the last token stays visible.
+  start = V - 1
+  table = params['token_embedder']['embedding']
+  params_s = jax.tree_util.tree_map(lambda x: x, params)
+  params_s['token_embedder']['embedding'] = table.at[start].set(table[0])
+  plain = Transformer(_cfg(**kw))
+  fed = jnp.concatenate([jnp.full((1, 1), start, jnp.int32), canvas[:, :-1]], axis=1)
+  out_shifted = shifted_model.apply({'params': params_s}, enc, canvas, enable_dropout=False)
+  out_plain = plain.apply({'params': params_s}, enc, fed, enable_dropout=False)
+  np.testing.assert_allclose(np.asarray(out_shifted[0, :6]), np.asarray(out_plain[0, :6]),
+                             atol=1e-5)
+  # Without the shift the same canvas computes something else.
+  out_unshifted = plain.apply({'params': params_s}, enc, canvas, enable_dropout=False)
+  assert float(jnp.abs(out_unshifted[0, :5] - out_shifted[0, :5]).max()) > 1e-3
+
+
 @pytest.mark.parametrize('scan', [False, True])
 def test_kv_cache_matches_full_forward(scan):
   rng = np.random.default_rng(2)
@@ -226,6 +250,7 @@ def test_presets_match_published_t5_1_1_sizes():
     (dict(decoder_mode='bidirectional'), 'length_id'),
     (dict(remat_policy='sometimes'), 'remat_policy'),
     (dict(positional_attention=True), 'positional_attention'),
+    (dict(shift_decoder_input=True), 'shift_decoder_input'),
     (dict(dropout_rate=1.5), 'dropout_rate'),
 ])
 def test_invalid_config_is_reported(kw, match):
