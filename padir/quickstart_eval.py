@@ -640,7 +640,8 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
       + ', '.join(f'{c["name"]} {c["bleu"]:.2f}' for c in choice.get('candidates', []))
       + f'); distilled / reference length {distill.get("length_ratio", float("nan")):.3f}; '
       f'{distill.get("num_empty", 0)} empty outputs dropped')
-  setup['student initialisation'] = ('the AR teacher\'s weights (length head new)'
+  setup['student initialisation'] = ('the AR teacher\'s weights (length head new, decoder '
+                                     'relative positions mirrored to the future)'
                                      if run.cfg.student_init == 'teacher' else 'random')
   setup['PaDIR decoding'] = {k: v for k, v in dataclasses.asdict(run.cfg.refine).items()
                              if k not in ('return_history', 'return_all_candidates')}
