@@ -643,8 +643,11 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
   setup['student initialisation'] = ('the AR teacher\'s weights (length head new, decoder '
                                      'relative positions mirrored to the future)'
                                      if run.cfg.student_init == 'teacher' else 'random')
-  setup['PaDIR decoding'] = {k: v for k, v in dataclasses.asdict(run.cfg.refine).items()
-                             if k not in ('return_history', 'return_all_candidates')}
+  chosen = chosen_setting(run)
+  setup['PaDIR decoding (the validation choice applied to the gin RefineConfig)'] = dict(
+      {k: v for k, v in dataclasses.asdict(chosen.refine_config(run.cfg.refine)).items()
+       if k not in ('return_history', 'return_all_candidates')},
+      teacher_reranks=chosen.rerank)
   if bench.get('small'):
     setup['small-size latency networks'] = bench['small'].get('params')
   markers = {name: marker for name in run.STAGES if (marker := run.stage_result(name))}

@@ -164,6 +164,12 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert small['config'] == 'tiny' and [s['name'] for s in small['systems']] == [
       'ar_greedy', 'padir_t2']
   assert results['setup']['data']['train subset (students)'] == 24
+  # The set-up names the decoding the report's PaDIR rows used: the validation choice.
+  used = results['setup']['PaDIR decoding (the validation choice applied to the gin RefineConfig)']
+  assert used['remask']['rule'] == selection['chosen']['rule']
+  assert used['num_iterations'] == selection['chosen']['iterations']
+  assert used['length_beam'] == selection['chosen']['length_beam']
+  assert used['teacher_reranks'] == selection['chosen']['rerank']
   assert results['setup']['models']['teacher']['steps'] == 2
   assert all(m['peak learning rate'] > 0 for m in models.values())  # from metrics.jsonl
   # stage_bindings['students'] reached every student stage and no AR one.
