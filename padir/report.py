@@ -96,6 +96,17 @@ def _padir_by_iterations(results: Mapping[str, Any], model: str) -> list[dict[st
   return sorted(rows, key=lambda s: s['iterations'])
 
 
+def _validation_gap(results: Mapping[str, Any]) -> float | None:
+  """The teacher's greedy validation BLEU minus the chosen PaDIR setting's, from the
+  quickstart's validation selection; None without one."""
+  sel = results.get('selection') or {}
+  chosen = [c for c in sel.get('candidates', []) if c.get('name') == sel.get('chosen_name')]
+  teacher = (sel.get('teacher') or {}).get('bleu')
+  if not chosen or teacher is None:
+    return None
+  return float(teacher) - float(chosen[0]['bleu'])
+
+
 def check_targets(results: Mapping[str, Any],
                   headline_iterations: int | None = None,
                   max_gap: float = MAX_BLEU_GAP) -> dict[str, Any]:
@@ -168,6 +179,11 @@ def check_targets(results: Mapping[str, Any],
       entry['speedup'] = t_lat / s_lat
       entry['detail'] += (f' Batch-1 latency (median): PaDIR {s_lat:.1f} ms, AR greedy '
                           f'{t_lat:.1f} ms: speedup {t_lat / s_lat:.2f}x.')
+    val = _validation_gap(results)
+    if val is not None:
+      entry['validation_gap_bleu'] = val
+      entry['detail'] += (' On the validation split (where the setting was chosen) the gap '
+                          f'is {val:+.2f} BLEU.')
     out['padir_vs_teacher'] = entry
   else:
     out['padir_vs_teacher'] = {'met': None, 'detail': 'not measured (needs the AR teacher '

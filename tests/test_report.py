@@ -87,6 +87,16 @@ def test_targets_follow_the_main_student_chosen_on_validation():
   assert vs_teacher['met'] is True and vs_teacher['student_bleu'] == pytest.approx(19.6)
   assert 'PaDIR (reference-trained, 4 iterations)' in vs_teacher['detail']
   assert 'The distilled student: 16.00 BLEU, gap +4.00.' in vs_teacher['detail']
+  assert 'validation_gap_bleu' not in vs_teacher  # no validation selection in these results
+  # With one, the target also states the gap on the split the setting was chosen on.
+  results['selection'] = {'chosen_name': 'student_raw/b', 'teacher': {'bleu': 20.5},
+                          'candidates': [{'name': 'student_raw/a', 'bleu': 19.9},
+                                         {'name': 'student_raw/b', 'bleu': 18.25}]}
+  vs_teacher = report.check_targets(results)['padir_vs_teacher']
+  assert vs_teacher['validation_gap_bleu'] == pytest.approx(2.25)
+  assert 'On the validation split (where the setting was chosen) the gap is +2.25 BLEU.' in (
+      vs_teacher['detail'])
+  del results['selection']
   assert targets['distillation_helps']['met'] is False  # still distilled vs raw
   assert targets['distillation_helps']['margin_bleu'] == pytest.approx(-3.6)
   # The raw student's repetition doubles the distilled one's and still falls.
