@@ -383,11 +383,45 @@ def sequence_log_prob(fns: Any, params: Any, encoder_tokens: Array, targets: Arr
   return jnp.sum(jnp.where(targets > 0, lp, 0.0), axis=1)
 
 
-def make_reranker(fns: Any):
-  """``reranker(params, encoder_tokens, tokens) -> [N]`` for `refine_decode`'s reranker."""
+def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
+                        candidates: Array) -> Array:
+  """Teacher-forced log-likelihood of N candidates per source: [B, N] float32.
 
-  def reranker(params, encoder_tokens, tokens):
-    return sequence_log_prob(fns, params, encoder_tokens, tokens)
+  The sources are encoded once and their states shared by the candidates (scoring
+  ``B * N`` repeated sources through `sequence_log_prob` would run the encoder N times).
+
+  Args:
+    fns: `ARFns` of a causal Transformer.
+    params: its parameters.
+    encoder_tokens: [B, S] int32 sources, 0 = pad.
+    candidates: [B, N, W] int32 tokens up to EOS, pad after (any width W up to the
+      network's longest target: a causal decoder scores position i from positions <= i, so
+      the pad on the right changes nothing).
+
+  Returns:
+    [B, N] sums of log p(token) over the non-pad candidate tokens.
+  """
+  from padir.network import Transformer  # pylint: disable=g-import-not-at-top
+  batch, n, width = candidates.shape
+  encoded = fns.encode(params, encoder_tokens)  # [B, S, E]
+  flat = candidates.reshape(batch * n, width)
+  inputs = jnp.pad(flat[:, :-1], ((0, 0), (1, 0)))  # shifted right, as in training
+  logits = fns.model.apply({'params': params}, jnp.repeat(encoded, n, axis=0),
+                           jnp.repeat(encoder_tokens, n, axis=0), inputs,
+                           enable_dropout=False, method=Transformer.decode)  # [B*N, W, V]
+  lp = sampling.log_prob_of(logits, flat)
+  return jnp.sum(jnp.where(flat > 0, lp, 0.0), axis=1).reshape(batch, n)
+
+
+def make_reranker(fns: Any):
+  """``reranker(params, encoder_tokens [B, S], candidates [B, N, W]) -> [B, N]``.
+
+  The AR model's teacher-forced log-likelihood (`candidate_log_probs`), for
+  `padir.refine_decoding.refine_decode`'s ``reranker``.
+  """
+
+  def reranker(params, encoder_tokens, candidates):
+    return candidate_log_probs(fns, params, encoder_tokens, candidates)
 
   return reranker
 

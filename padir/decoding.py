@@ -25,15 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from padir.ar_decoding import ARConfig, ARFns, ar_decode, make_reranker, sequence_log_prob
+from padir.ar_decoding import ARConfig, ARFns, ar_decode, candidate_log_probs, make_reranker
+from padir.ar_decoding import sequence_log_prob
 from padir.refine_decoding import RefineConfig, TransformerFns, refine_decode, with_overrides
 from padir.remasking import RemaskConfig
 from padir.special_ids import SpecialIds
 
 __all__ = [
     'ARConfig', 'ARFns', 'RefineConfig', 'RemaskConfig', 'TransformerFns', 'ar_decode',
-    'ar_decoder', 'make_reranker', 'predict_ar', 'predict_refine', 'refine_decode',
-    'refine_decoder', 'sequence_log_prob', 'ShardedDecoder',
+    'ar_decoder', 'candidate_log_probs', 'make_reranker', 'predict_ar', 'predict_refine',
+    'refine_decode', 'refine_decoder', 'sequence_log_prob', 'ShardedDecoder',
 ]
 
 Array = jax.Array
@@ -95,9 +96,7 @@ def predict_refine(model,
     lengths = jnp.repeat(lengths[:, None], config.top_k_lengths, axis=1)
   reranker = None
   if rerank_model is not None:
-    def reranker(p, enc, tokens):
-      return rerank_model.score_batch(p, {'encoder_input_tokens': enc,
-                                          'decoder_target_tokens': tokens})
+    reranker = make_reranker(ARFns(rerank_model.module))
   return refine_decode(TransformerFns(model.module), params,
                        batch['encoder_input_tokens'].astype(jnp.int32), config=config, ids=ids,
                        max_length=max_length, rng=rng, lengths=lengths, reranker=reranker,

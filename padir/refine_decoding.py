@@ -504,9 +504,11 @@ def refine_decode(fns: Any,
     max_length: canvas width L (longest output, EOS included).
     rng: PRNG key for random canvases and sampling (default PRNGKey(0)).
     lengths: [B] or [B, k] target lengths (EOS included) to use instead of the length head.
-    reranker: optional ``reranker(reranker_params, encoder_tokens [N, S], tokens [N, L]) ->
-      [N]`` log-likelihoods (e.g. `padir.ar_decoding.sequence_log_prob` of an AR model),
-      used instead of the candidates' own log-probabilities (CMLM's external re-ranker). Not
+    reranker: optional ``reranker(reranker_params, encoder_tokens [B, S], candidates
+      [B, N, W]) -> [B, N]`` log-likelihoods (e.g. `padir.ar_decoding.make_reranker` of an
+      AR model), used instead of the candidates' own log-probabilities (CMLM's external
+      re-ranker). W is the canvas width the candidates were refined at (a
+      ``canvas_buckets`` width or ``max_length``); they hold tokens up to EOS, pad after. Not
       run when there is one candidate per source (it could not change the output).
     reranker_params: parameters passed to the reranker.
 
@@ -559,9 +561,15 @@ def refine_decode(fns: Any,
   flat_len = cand_len.reshape(-1)
   flat_keys = cand_keys.reshape(-1, 2)
 
+  rerank = reranker is not None and n_cand > 1  # one candidate: nothing to re-rank
+
   def run(width: int) -> dict[str, Array]:
     res = _refine_width(fns, params, encoded_rep, enc_rep, cross_kv, flat_len, flat_keys,
                         width, config, ids)
+    if rerank:  # at the canvas width: the candidates end within it
+      res['log_prob'] = reranker(reranker_params, encoder_tokens,
+                                 res['tokens'].reshape(batch, n_cand, width)
+                                 ).reshape(-1).astype(jnp.float32)
     for name in ('tokens',):
       res[name] = _pad_width(res[name], max_length, 1)
     for name in ('hist_tokens', 'hist_conf'):
@@ -577,10 +585,7 @@ def refine_decode(fns: Any,
     index = jnp.sum(jnp.asarray(buckets, jnp.int32) < longest).astype(jnp.int32)
     res = jax.lax.switch(index, [lambda w=w: run(w) for w in buckets])
 
-  log_prob = res['log_prob']
-  if reranker is not None and n_cand > 1:  # one candidate: nothing to re-rank
-    log_prob = reranker(reranker_params, enc_rep, res['tokens']).astype(jnp.float32)
-  scores = normalized_score(log_prob, res['length'], config).reshape(batch, n_cand)
+  scores = normalized_score(res['log_prob'], res['length'], config).reshape(batch, n_cand)
   # First best on ties, among the candidates that ran to the end (all without pruning).
   alive = res['alive'].reshape(batch, n_cand)
   best = jnp.argmax(jnp.where(alive, scores, -jnp.inf), axis=1)

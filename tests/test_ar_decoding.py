@@ -79,6 +79,25 @@ def test_cache_greedy_equals_full_forward_greedy_and_beam_one(tiny):
   assert not bool(jnp.array_equal(s1, s3))
 
 
+def test_candidate_log_probs_encode_once_and_ignore_the_width(tiny):
+  """The reranker's [B, N, W] scores equal `sequence_log_prob` of each candidate row."""
+  fns, params, sources = tiny
+  rng = np.random.RandomState(1)
+  cands = rng.randint(3, VOCAB, (4, 3, L)).astype(np.int32)
+  ends = rng.randint(2, 7, (4, 3))  # every candidate ends (EOS) within 7 positions
+  for b in range(4):
+    for n in range(3):
+      cands[b, n, ends[b, n]] = 1
+      cands[b, n, ends[b, n] + 1:] = 0
+  want = np.stack([_seq_log_prob(fns, params, sources, jnp.asarray(cands[:, n]))
+                   for n in range(3)], axis=1)  # [B, N]
+  score = jax.jit(ad.make_reranker(fns))
+  np.testing.assert_allclose(score(params, sources, jnp.asarray(cands)), want, rtol=1e-5)
+  # Cut to a narrower canvas that still holds every candidate: the same scores.
+  np.testing.assert_allclose(score(params, sources, jnp.asarray(cands[:, :, :8])), want,
+                             rtol=1e-5)
+
+
 def test_beam_search_scores_are_consistent(tiny):
   fns, params, sources = tiny
   alpha = 0.6

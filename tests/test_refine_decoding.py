@@ -148,9 +148,10 @@ def test_reranker_and_sum_scoring_pick_candidates():
   config = rd.RefineConfig(num_iterations=1, canvas_init='mask', length_beam=3,
                            scoring='sum', clamp_eos=False, return_all_candidates=True)
 
-  def prefer_short(params, enc, tokens):
-    del params, enc
-    return -jnp.sum(tokens > 0, axis=1).astype(jnp.float32)
+  def prefer_short(params, enc, candidates):
+    del params
+    assert enc.shape[0] == candidates.shape[0] and candidates.ndim == 3  # [B, S], [B, N, W]
+    return -jnp.sum(candidates > 0, axis=2).astype(jnp.float32)
 
   _, aux = _decode(CopyOracle(), config, reranker=prefer_short)
   lengths = (np.asarray(aux['candidates']) > 0).sum(-1)
@@ -386,7 +387,7 @@ def test_prune_after_keeps_the_best_proposal_and_refines_it_alone(tiny):
   np.testing.assert_array_equal(aux['best_candidate'], [1, 1, 1])
   np.testing.assert_array_equal(aux['candidate_iterations'], [[1, 3, 1]] * 3)
   with pytest.raises(ValueError, match='prune_after=1 keeps one candidate'):
-    _decode(CopyOracle(), config, reranker=lambda p, e, t: jnp.zeros(t.shape[:1]))
+    _decode(CopyOracle(), config, reranker=lambda p, e, t: jnp.zeros(t.shape[:2]))
   # A tiny network: the kept candidate decodes exactly as it does without pruning, and
   # pruning at or after the last pass changes nothing.
   fns, params, sources = tiny
