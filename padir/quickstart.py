@@ -7,20 +7,24 @@ On the embedded Bible corpus (Spanish -> English), one command:
   1. data               filters the task to sentences that fit the feature lengths and exports
                         train / validation / test as arrays (with every reference), plus the
                         random training subset the students use
-  2. teacher            trains the AR teacher (padir.train on the full filtered train split)
+  2. teacher            trains the AR teacher (padir.train on the full filtered train split);
+                        with QuickstartConfig.student_start_steps in two legs, the first kept
+                        in OUTPUT_DIR/teacher_start, where the students start
   3. distill            picks the teacher decoding on validation (closest to the reference
                         length among those within 1 BLEU of the best, preferring those at
                         least 0.95x as long), then decodes the
                         subset's sources into a distilled task (padir.distill)
-  4. student_distilled  trains PaDIR on the distilled subset, from the teacher's weights
+  4. student_distilled  trains PaDIR on the distilled subset, from the teacher's weights (its
+                        first leg's, with student_start_steps)
   5. student_raw        the same on the human references
   6. select             validation, batch 1: the students' training data (distilled or human
                         references) and the PaDIR decoding setting, jointly (the fastest within
                         1 BLEU of the teacher, else the best); the winner is the main student
   7. student_scratch    the main student's recipe from random weights (ablation)
   8. student_ablations  more ablation students (QuickstartConfig.extra_ablations; off by default)
-  9. ar_matched         the AR teacher trained on for as many steps as the students, on the
-                        main student's data: the AR baseline at equal training
+  9. ar_matched         without student_start_steps: the AR teacher trained on for as many
+                        steps as the students, on the main student's data: the AR baseline at
+                        equal training (with it, the teacher itself is that baseline)
   10. ablations         validation, batch 1: the chosen student and setting with one choice
                         switched off at a time
   11. evaluate          test split: multi-reference BLEU / chrF, repetition rate, length error
@@ -34,7 +38,7 @@ when it finishes; rerunning the same command skips finished stages and resumes t
 (training from its last checkpoint, distillation from its last saved chunk, evaluation from its
 last finished system). A rerun with a different configuration in the same directory is refused.
 
-Configuration is gin: ``gin/runs/quickstart.gin`` (CPU-sized defaults, 37 to 44 minutes
+Configuration is gin: ``gin/runs/quickstart.gin`` (CPU-sized defaults, about 50 minutes
 measured on two cores) is always read first; ``--gin_file`` files and ``--gin.NAME=VALUE``
 bindings come after it, e.g. ``--gin_file=gin/experiments/quickstart_small.gin`` (T5.1.1
 small, for a GPU) or ``--gin.TEACHER_STEPS=3000``. Each training stage parses its experiment gin
@@ -71,6 +75,8 @@ from padir.quickstart_config import DATA_STUDENTS, STAGES, QuickstartConfig
 DEFAULT_OUTPUT_DIR = 'padir_quickstart'
 DEFAULT_GIN_FILE = 'gin/runs/quickstart.gin'
 CACHE_DIR = 'jax_cache'  # under the output dir (QuickstartConfig.compilation_cache)
+# The teacher's first leg, where the students start (QuickstartConfig.student_start_steps).
+TEACHER_START = 'teacher_start'
 _STEP_LINE = re.compile(r'^step (\d+)/(\d+) \| (.*)$')
 SIGTERM_EXIT_CODE = 143
 
@@ -218,14 +224,31 @@ class Quickstart:
   def _stage_macros(self, stage: str, data_dir: str, steps: int) -> dict[str, Any]:
     macros = {'MODEL_DIR': self.path(stage), 'MIXTURE_OR_TASK_NAME': data_dir,
               'TRAIN_STEPS': steps}
-    if stage.startswith('student') or stage == 'ar_matched':
-      init = self.path('teacher') if self.student_starts_from_teacher(stage) else None
-      macros['padir.checkpoints.CheckpointConfig.init_from'] = init
+    if stage.startswith('student') or stage in ('ar_matched', 'teacher'):
+      init = self.init_dir(stage)
+      macros['padir.checkpoints.CheckpointConfig.init_from'] = (
+          None if init is None else self.path(init))
     return macros
 
   def student_starts_from_teacher(self, stage: str) -> bool:
     """Whether a student stage (or ``ar_matched``) starts from the teacher's weights."""
     return self.cfg.student_init == 'teacher' and stage != 'student_scratch'
+
+  def init_dir(self, stage: str) -> str | None:
+    """The output subdir whose weights a training stage starts from (None: random weights).
+
+    The students start from the teacher, or from its first leg (``teacher_start``) with
+    ``student_start_steps``; the teacher's second leg continues its first; ``ar_matched``
+    continues the teacher.
+    """
+    split = self.cfg.student_start_steps is not None
+    if stage == 'teacher':
+      return TEACHER_START if split else None
+    if stage == 'ar_matched':
+      return 'teacher'
+    if stage.startswith('student') and self.student_starts_from_teacher(stage):
+      return TEACHER_START if split else 'teacher'
+    return None
 
   def teacher_model(self) -> Any:
     self._parse(self.cfg.teacher_gin_files,
@@ -236,7 +259,8 @@ class Quickstart:
   @property
   def trains_matched_ar(self) -> bool:
     """Whether the ``ar_matched`` stage runs (the AR model trained as long as the students)."""
-    return self.cfg.matched_ar and self.cfg.student_init == 'teacher'
+    return (self.cfg.matched_ar and self.cfg.student_init == 'teacher' and
+            self.cfg.student_start_steps is None)
 
   @property
   def selects_data(self) -> bool:
@@ -425,10 +449,13 @@ class Quickstart:
   # ------------------------------------------------------------------ 2, 4, 5. training
 
   def _train(self, stage: str, base_files: Sequence[str], data_dir: str,
-             steps: int) -> dict[str, Any]:
+             steps: int, macros: Mapping[str, Any] | None = None,
+             bindings: Sequence[str] | None = None) -> dict[str, Any]:
+    """Trains ``stage`` (its dir, data and steps); ``macros`` / ``bindings`` replace the
+    stage's own (`_stage_macros`, `stage_bindings`) when given."""
     from padir import train as train_lib  # pylint: disable=g-import-not-at-top
-    self._parse(base_files, self._stage_macros(stage, data_dir, steps),
-                self.stage_bindings(stage))
+    self._parse(base_files, self._stage_macros(stage, data_dir, steps) if macros is None
+                else macros, self.stage_bindings(stage) if bindings is None else bindings)
     model = stage_model()
     model_dir = self.path(stage)
     with self.bar(steps, stage, 'step', initial=min(_latest_step(model_dir), steps)) as bar:
@@ -450,13 +477,31 @@ class Quickstart:
                              'num_encoder_layers', 'num_decoder_layers', 'dropout_rate',
                              'positional_attention', 'vocab_size', 'max_target_length')},
         'data': data_dir,
-        'init_from': 'teacher' if (stage.startswith('student') or stage == 'ar_matched') and
-                     self.student_starts_from_teacher(stage) else None,
+        'init_from': self.init_dir(stage) if macros is None else None,
     }
 
   def _stage_teacher(self) -> dict[str, Any]:
-    return self._train('teacher', self.cfg.teacher_gin_files, self.full_data,
-                       self.cfg.teacher_steps)
+    start = self.cfg.student_start_steps
+    if start is None:
+      return self._train('teacher', self.cfg.teacher_gin_files, self.full_data,
+                         self.cfg.teacher_steps)
+    # Two legs: the first (with its cooldown) is where the students start; the second
+    # continues it to teacher_steps. Both take the teacher's stage bindings.
+    first = self._train(TEACHER_START, self.cfg.teacher_gin_files, self.full_data, start,
+                        macros={'MODEL_DIR': self.path(TEACHER_START),
+                                'MIXTURE_OR_TASK_NAME': self.full_data, 'TRAIN_STEPS': start},
+                        bindings=self.stage_bindings('teacher'))
+    self.print(f'  {TEACHER_START}: step {first["step"]}, where the students start; the '
+               f'teacher trains on for {self.cfg.teacher_steps - start} steps.')
+    result = self._train('teacher', self.cfg.teacher_gin_files, self.full_data,
+                         self.cfg.teacher_steps - start)
+    # The teacher's step counter restarted with its second leg: count both legs.
+    result['step'] = first['step'] + result['step']
+    result['init_from'] = None  # the first leg started from random weights
+    result['legs'] = {TEACHER_START: {k: first[k] for k in ('step', 'train_metrics',
+                                                             'eval_metrics')},
+                      'teacher': {'step': result['step'] - first['step']}}
+    return result
 
   def _stage_student_distilled(self) -> dict[str, Any]:
     self.student_model('student_distilled')  # checks the canvas settings before training

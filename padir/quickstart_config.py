@@ -52,6 +52,14 @@ class QuickstartConfig:
       (`padir.quickstart_select.choose_distillation_row`).
     student_init: 'teacher' (the students start from the AR teacher's weights; only the
       length head starts fresh, `padir.init_from`) or 'scratch'.
+    student_start_steps: with ``student_init='teacher'``, the teacher trains in two legs: the
+      first ``student_start_steps`` steps (a run of its own, with its cooldown, kept in
+      ``OUTPUT_DIR/teacher_start``), from which the students start, then ``teacher_steps -
+      student_start_steps`` more from there. With ``student_start_steps + student_steps ==
+      teacher_steps`` the students and the teacher that distills and re-ranks have trained
+      as many steps, on the same start, and the teacher is the AR baseline at equal training
+      (``matched_ar`` is then not needed and is ignored). None: the students start from the
+      finished teacher.
     distill_batch_size: sentences per distillation batch.
     eval_batch_size: sentences per evaluation batch.
     eval_examples: test sentences to decode (None: the whole filtered test split).
@@ -68,9 +76,9 @@ class QuickstartConfig:
       the main one, as in the paper's recipe.
     scratch_ablation: also train the main student's recipe from random weights (ablation of
       ``student_init='teacher'``).
-    matched_ar: with ``student_init='teacher'``, also continue the AR teacher for
-      ``student_steps`` on the main student's data (``ar_matched``): the students have trained
-      ``teacher_steps + student_steps`` steps, and this AR model as many.
+    matched_ar: with ``student_init='teacher'`` and no ``student_start_steps``, also continue
+      the AR teacher for ``student_steps`` on the main student's data (``ar_matched``): the
+      students have trained ``teacher_steps + student_steps`` steps, and this AR model as many.
     select_rules, select_iterations, select_length_beams, select_rerank, select_stutter,
       select_prune, select_collapse, select_avoid_repeats: the grid of PaDIR decoding settings
       tried on the validation split (`padir.selection.grid`; ``select_prune``: passes after
@@ -123,6 +131,7 @@ class QuickstartConfig:
   distill_choices: tuple[tuple[float, ...], ...] = ((1, 0.0), (1, 0.0, 4), (4, 1.0), (4, 1.0, 4),
                                                   (4, 1.5), (4, 1.5, 4), (4, 2.0, 4))
   student_init: str = 'teacher'
+  student_start_steps: int | None = None
   distill_batch_size: int = 64
   eval_batch_size: int = 64
   eval_examples: int | None = None
@@ -211,6 +220,16 @@ class QuickstartConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f'QuickstartConfig.{name}={value!r} must be an integer >= 1.')
+    start = self.student_start_steps
+    if start is not None:
+      if not isinstance(start, int) or not 1 <= start < self.teacher_steps:
+        raise ValueError(f'QuickstartConfig.student_start_steps={start!r} must be an integer '
+                         f'between 1 and teacher_steps - 1 ({self.teacher_steps - 1}), or None '
+                         '(the students start from the finished teacher).')
+      if self.student_init != 'teacher':
+        raise ValueError(f'QuickstartConfig.student_start_steps={start} is the teacher\'s step '
+                         f"the students start from, but student_init={self.student_init!r}: "
+                         "set student_init='teacher' or student_start_steps=None.")
     for name in ('eval_beam_size', 'bench_examples', 'small_bench_examples'):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 0:

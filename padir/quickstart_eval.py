@@ -550,8 +550,7 @@ def collect_results(run: Any) -> dict[str, Any]:
       f'{bench.get("bench_examples", 0)} test sentences, systems interleaved. PaDIR decodes '
       f'with the setting chosen on the validation split ({chosen_setting(run).label}; the '
       'sweep over iterations keeps its other choices), '
-      f'{refine.canvas_init} canvas. The students start from '
-      f'{"the AR teacher" if run.cfg.student_init == "teacher" else "random weights"}.')
+      f'{refine.canvas_init} canvas. The students start from {_student_start(run)}.')
   small = bench.get('small')
   if small:
     results['latency_small'] = {
@@ -590,14 +589,32 @@ def _summary(run: Any) -> str:
   text = f'The PaDIR student of the targets was trained on the {DATA_TEXT[main]}: ' + (
       f'the validation split chose it over the other student, with its decoding ({setting}).'
       if run.selects_data else f'the validation split chose its decoding ({setting}).')
-  if run.cfg.student_init == 'teacher':
-    total = run.cfg.teacher_steps + run.cfg.student_steps
+  cfg = run.cfg
+  if cfg.student_init == 'teacher' and cfg.student_start_steps is not None:
+    total = cfg.student_start_steps + cfg.student_steps
+    text += (f' It continues from the AR teacher\'s weights at step {cfg.student_start_steps} '
+             f'of {cfg.teacher_steps}, so it has trained {total} steps against the teacher\'s '
+             f'{cfg.teacher_steps}' + (
+                 ': the teacher (which distills and re-ranks) is the AR baseline at equal '
+                 'training.' if total == cfg.teacher_steps else '.'))
+  elif cfg.student_init == 'teacher':
+    total = cfg.teacher_steps + cfg.student_steps
     text += (f' It continues from the AR teacher\'s weights, so it has trained {total} steps '
-             f'against the teacher\'s {run.cfg.teacher_steps}: the comparison with the teacher '
+             f'against the teacher\'s {cfg.teacher_steps}: the comparison with the teacher '
              'favours PaDIR' + ('; the AR model trained as long (the same start, data, steps and '
                                 'schedule) is the fair baseline.' if run.trains_matched_ar
                                 else '.'))
   return text
+
+
+def _student_start(run: Any) -> str:
+  """Where the students' weights come from, in words."""
+  if run.cfg.student_init != 'teacher':
+    return 'random weights'
+  if run.cfg.student_start_steps is None:
+    return 'the AR teacher'
+  return (f'the AR teacher at step {run.cfg.student_start_steps} of {run.cfg.teacher_steps} '
+          '(the end of its first leg)')
 
 
 def _significant(value: float | None, digits: int = 3) -> float | None:
@@ -640,7 +657,7 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
       + ', '.join(f'{c["name"]} {c["bleu"]:.2f}' for c in choice.get('candidates', []))
       + f'); distilled / reference length {distill.get("length_ratio", float("nan")):.3f}; '
       f'{distill.get("num_empty", 0)} empty outputs dropped')
-  setup['student initialisation'] = ('the AR teacher\'s weights (length head new, decoder '
+  setup['student initialisation'] = (f'{_student_start(run)} (length head new, decoder '
                                      'relative positions mirrored to the future)'
                                      if run.cfg.student_init == 'teacher' else 'random')
   chosen = chosen_setting(run)

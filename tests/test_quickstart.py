@@ -16,7 +16,8 @@ from padir.data import vocab
 
 TASK = 'quickstart_test_tiny'
 LENGTH = 16
-STAGE_FILES = [f'{s}.json' for s in quickstart.STAGES if s != 'report']
+# The teacher trains in two legs (STUDENT_START_STEPS), so no ar_matched stage runs.
+STAGE_FILES = [f'{s}.json' for s in quickstart.STAGES if s not in ('report', 'ar_matched')]
 
 
 def _register_tiny_task(root):
@@ -37,7 +38,8 @@ def _register_tiny_task(root):
 FLAGS = [
     f"--gin.padir.quickstart.QuickstartConfig.task='{TASK}'",
     f'--gin.MAX_LENGTH={LENGTH}',
-    '--gin.TEACHER_STEPS=2', '--gin.STUDENT_STEPS=2', '--gin.STUDENT_TRAIN_EXAMPLES=24',
+    '--gin.TEACHER_STEPS=4', '--gin.STUDENT_START_STEPS=2', '--gin.STUDENT_STEPS=2',
+    '--gin.STUDENT_TRAIN_EXAMPLES=24',
     '--gin.BATCH_SIZE=8', '--gin.EVAL_BATCH_SIZE=8', '--gin.EVAL_STEPS=1',
     '--gin.CHECKPOINT_PERIOD=2', '--gin.LOG_PERIOD=1',
     '--gin.padir.builders.network_config.emb_dim=32',
@@ -104,10 +106,12 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   names = [s['name'] for s in results['systems']]
   chosen = results['selection']['chosen']['iterations']
   main, other = _main_and_other(results)
-  assert names == ['ar_greedy', 'ar_matched_greedy', f'padir_{main}_t1', f'padir_{main}_t2',
+  assert names == ['ar_greedy', f'padir_{main}_t1', f'padir_{main}_t2',
                    f'padir_{other}_t{chosen}', f'padir_scratch_t{chosen}']
   assert results['headline_iterations'] == chosen
-  assert "it has trained 4 steps against the teacher's 2" in results['summary']
+  assert ("weights at step 2 of 4, so it has trained 4 steps against the teacher's 4: the "
+          'teacher (which distills and re-ranks) is the AR baseline at equal training.'
+          ) in results['summary']
   # The run kept its compiled programs in its own cache and gave the process's setting back.
   assert os.listdir(os.path.join(out, quickstart.CACHE_DIR))
   assert jax.config.jax_compilation_cache_dir is None
@@ -123,9 +127,8 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert [c['student'] for c in chosen_row] == [selection['student']]
   # The scratch student trains on the data of the student chosen on validation.
   stage_data = {s: _load(os.path.join(out, 'stages', f'{s}.json'))['result']['data']
-                for s in ('student_distilled', 'student_raw', 'student_scratch', 'ar_matched')}
+                for s in ('student_distilled', 'student_raw', 'student_scratch')}
   assert stage_data['student_scratch'] == stage_data[selection['student']]
-  assert stage_data['ar_matched'] == stage_data[selection['student']]
   labels = [a['label'] for a in selection['ablations']]
   assert labels[0].startswith('chosen:')
   assert {'distilled': 'no distillation: trained on the human references',
@@ -144,20 +147,25 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert distillation['chosen'] in ('greedy', 'beam2_lp0.6')
   assert distillation['length_ratio'] > 0
   models = results['setup']['models']
-  assert models['student_distilled']['initialised from'] == 'teacher'
-  assert models['student_raw']['initialised from'] == 'teacher'
+  # The students start where the teacher's first leg ended; the teacher trained on from there.
+  assert models['student_distilled']['initialised from'] == 'teacher_start'
+  assert models['student_raw']['initialised from'] == 'teacher_start'
   assert models['student_scratch']['initialised from'] == 'random weights'
-  # The AR baseline at equal training: the teacher trained on, on the main student's data.
-  assert models['ar_matched']['initialised from'] == 'teacher'
-  assert models['ar_matched']['steps'] == 2
-  assert models['ar_matched']['model'] == 'EncoderDecoderModel'
+  assert 'ar_matched' not in models
+  teacher_stage = _load(os.path.join(out, 'stages', 'teacher.json'))['result']
+  assert teacher_stage['legs']['teacher_start']['step'] == 2
+  assert teacher_stage['legs']['teacher']['step'] == 2
+  assert teacher_stage['init_from'] is None
+  assert os.path.isdir(os.path.join(out, 'teacher_start'))
+  assert results['setup']['student initialisation'].startswith(
+      'the AR teacher at step 2 of 4 (the end of its first leg)')
   for system in results['systems']:
     for key in ('bleu', 'chrf', 'repetition_rate', 'mean_length_error', 'num_examples'):
       assert isinstance(system[key], (int, float)), (system['name'], key)
     assert system['num_examples'] == 16
     assert system['latency_ms']['median'] > 0
   assert set(results['targets']) == {'padir_vs_teacher', 'padir_faster', 'distillation_helps',
-                                     'repetition_falls', 'padir_vs_matched_ar'}
+                                     'repetition_falls'}
   assert all(t['met'] in (True, False) for t in results['targets'].values())
   assert [r['iteration'] for r in results['per_iteration'][f'student_{main}']] == [1, 2]
   small = results['latency_small']
@@ -170,11 +178,10 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert used['num_iterations'] == selection['chosen']['iterations']
   assert used['length_beam'] == selection['chosen']['length_beam']
   assert used['teacher_reranks'] == selection['chosen']['rerank']
-  assert results['setup']['models']['teacher']['steps'] == 2
+  assert results['setup']['models']['teacher']['steps'] == 4  # both legs
   assert all(m['peak learning rate'] > 0 for m in models.values())  # from metrics.jsonl
   # stage_bindings['students'] reached every student stage and no AR one.
   teacher_rate = models['teacher']['peak learning rate']
-  assert models['ar_matched']['peak learning rate'] == teacher_rate
   for stage in ('student_distilled', 'student_raw', 'student_scratch'):
     assert models[stage]['peak learning rate'] == pytest.approx(teacher_rate * 2 / 3, rel=1e-2)
   # Every stage records its compilation; the student stages after the first one load the
@@ -371,3 +378,26 @@ def test_ablations_of_a_pruned_choice(run, tmp_path):
   labels = [a['label'] for a in _load(os.path.join(copy, 'stages', 'ablations.json'))['result']]
   assert 'no length pruning (every candidate runs every pass)' in labels
   assert 'teacher re-ranking on (instead of length pruning)' in labels
+
+
+def test_students_start_where_the_teachers_first_leg_ends(tmp_path):
+  split = quickstart.Quickstart(quickstart.QuickstartConfig(teacher_steps=10,
+                                                            student_start_steps=4),
+                                str(tmp_path), [], [], progress=False)
+  assert split.init_dir('teacher') == quickstart.TEACHER_START
+  assert split.init_dir('student_raw') == split.init_dir('student_distilled') == 'teacher_start'
+  assert split.init_dir('student_scratch') is None
+  assert not split.trains_matched_ar  # the teacher is the AR model trained as long
+  macros = split._stage_macros('teacher', 'data', 6)  # pylint: disable=protected-access
+  assert macros['padir.checkpoints.CheckpointConfig.init_from'] == split.path('teacher_start')
+  assert macros['TRAIN_STEPS'] == 6
+  whole = quickstart.Quickstart(quickstart.QuickstartConfig(teacher_steps=10), str(tmp_path),
+                                [], [], progress=False)
+  assert whole.init_dir('teacher') is None
+  assert whole.init_dir('student_raw') == whole.init_dir('ar_matched') == 'teacher'
+  assert whole.trains_matched_ar
+  with pytest.raises(ValueError, match=r'student_start_steps=10 must be an integer between 1 '
+                                       r'and teacher_steps - 1 \(9\)'):
+    quickstart.QuickstartConfig(teacher_steps=10, student_start_steps=10)
+  with pytest.raises(ValueError, match="set student_init='teacher' or student_start_steps=None"):
+    quickstart.QuickstartConfig(teacher_steps=10, student_start_steps=4, student_init='scratch')
