@@ -124,6 +124,13 @@ class ARFns:
                                        method=Transformer.decode)
     return logits[:, 0].astype(jnp.float32), mutated['cache']
 
+  def decode_logits(self, params, encoded: Array, encoder_tokens: Array,
+                    decoder_input_tokens: Array) -> Array:
+    """Teacher-forced logits [B, L, V] from encoder states ``encoded`` [B, S, E] (no cache)."""
+    from padir.network import Transformer  # pylint: disable=g-import-not-at-top
+    return self.model.apply({'params': params}, encoded, encoder_tokens, decoder_input_tokens,
+                            enable_dropout=False, method=Transformer.decode)
+
   def full_logits(self, params, encoder_tokens: Array, decoder_input_tokens: Array) -> Array:
     """Teacher-forced logits [B, L, V] (no cache)."""
     return self.model.apply({'params': params}, encoder_tokens, decoder_input_tokens,
@@ -375,12 +382,10 @@ def sequence_log_prob(fns: Any, params: Any, encoder_tokens: Array, targets: Arr
   """Sum of log p(target token) over the non-pad targets: [B] float32 (teacher forcing).
 
   ``targets`` [B, L] hold tokens up to EOS and pad after; the decoder input is the targets
-  shifted right (first position 0), as in T5X. Used to re-rank refinement candidates.
+  shifted right (first position 0), as in T5X. One candidate per source of
+  `candidate_log_probs`.
   """
-  inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
-  logits = fns.full_logits(params, encoder_tokens, inputs)
-  lp = sampling.log_prob_of(logits, targets)
-  return jnp.sum(jnp.where(targets > 0, lp, 0.0), axis=1)
+  return candidate_log_probs(fns, params, encoder_tokens, targets[:, None])[:, 0]
 
 
 def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
@@ -388,10 +393,10 @@ def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
   """Teacher-forced log-likelihood of N candidates per source: [B, N] float32.
 
   The sources are encoded once and their states shared by the candidates (scoring
-  ``B * N`` repeated sources through `sequence_log_prob` would run the encoder N times).
+  ``B * N`` repeated sources would run the encoder N times).
 
   Args:
-    fns: `ARFns` of a causal Transformer.
+    fns: `ARFns` of a causal Transformer (``encode`` and ``decode_logits``).
     params: its parameters.
     encoder_tokens: [B, S] int32 sources, 0 = pad.
     candidates: [B, N, W] int32 tokens up to EOS, pad after (any width W up to the
@@ -401,14 +406,14 @@ def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
   Returns:
     [B, N] sums of log p(token) over the non-pad candidate tokens.
   """
-  from padir.network import Transformer  # pylint: disable=g-import-not-at-top
   batch, n, width = candidates.shape
   encoded = fns.encode(params, encoder_tokens)  # [B, S, E]
+  if n > 1:
+    encoded = jnp.repeat(encoded, n, axis=0)
+    encoder_tokens = jnp.repeat(encoder_tokens, n, axis=0)
   flat = candidates.reshape(batch * n, width)
   inputs = jnp.pad(flat[:, :-1], ((0, 0), (1, 0)))  # shifted right, as in training
-  logits = fns.model.apply({'params': params}, jnp.repeat(encoded, n, axis=0),
-                           jnp.repeat(encoder_tokens, n, axis=0), inputs,
-                           enable_dropout=False, method=Transformer.decode)  # [B*N, W, V]
+  logits = fns.decode_logits(params, encoded, encoder_tokens, inputs)  # [B*N, W, V]
   lp = sampling.log_prob_of(logits, flat)
   return jnp.sum(jnp.where(flat > 0, lp, 0.0), axis=1).reshape(batch, n)
 

@@ -449,13 +449,12 @@ class Quickstart:
   # ------------------------------------------------------------------ 2, 4, 5. training
 
   def _train(self, stage: str, base_files: Sequence[str], data_dir: str,
-             steps: int, macros: Mapping[str, Any] | None = None,
-             bindings: Sequence[str] | None = None) -> dict[str, Any]:
-    """Trains ``stage`` (its dir, data and steps); ``macros`` / ``bindings`` replace the
-    stage's own (`_stage_macros`, `stage_bindings`) when given."""
+             steps: int, bindings: Sequence[str] | None = None) -> dict[str, Any]:
+    """Trains ``stage`` (its dir, data and steps); ``bindings`` replace the stage's own
+    (`stage_bindings`) when given."""
     from padir import train as train_lib  # pylint: disable=g-import-not-at-top
-    self._parse(base_files, self._stage_macros(stage, data_dir, steps) if macros is None
-                else macros, self.stage_bindings(stage) if bindings is None else bindings)
+    self._parse(base_files, self._stage_macros(stage, data_dir, steps),
+                self.stage_bindings(stage) if bindings is None else bindings)
     model = stage_model()
     model_dir = self.path(stage)
     with self.bar(steps, stage, 'step', initial=min(_latest_step(model_dir), steps)) as bar:
@@ -477,7 +476,7 @@ class Quickstart:
                              'num_encoder_layers', 'num_decoder_layers', 'dropout_rate',
                              'positional_attention', 'vocab_size', 'max_target_length')},
         'data': data_dir,
-        'init_from': self.init_dir(stage) if macros is None else None,
+        'init_from': self.init_dir(stage),
     }
 
   def _stage_teacher(self) -> dict[str, Any]:
@@ -488,19 +487,17 @@ class Quickstart:
     # Two legs: the first (with its cooldown) is where the students start; the second
     # continues it to teacher_steps. Both take the teacher's stage bindings.
     first = self._train(TEACHER_START, self.cfg.teacher_gin_files, self.full_data, start,
-                        macros={'MODEL_DIR': self.path(TEACHER_START),
-                                'MIXTURE_OR_TASK_NAME': self.full_data, 'TRAIN_STEPS': start},
                         bindings=self.stage_bindings('teacher'))
     self.print(f'  {TEACHER_START}: step {first["step"]}, where the students start; the '
                f'teacher trains on for {self.cfg.teacher_steps - start} steps.')
     result = self._train('teacher', self.cfg.teacher_gin_files, self.full_data,
                          self.cfg.teacher_steps - start)
     # The teacher's step counter restarted with its second leg: count both legs.
-    result['step'] = first['step'] + result['step']
-    result['init_from'] = None  # the first leg started from random weights
     result['legs'] = {TEACHER_START: {k: first[k] for k in ('step', 'train_metrics',
                                                              'eval_metrics')},
-                      'teacher': {'step': result['step'] - first['step']}}
+                      'teacher': {'step': result['step']}}
+    result['step'] += first['step']
+    result['init_from'] = None  # the first leg started from random weights
     return result
 
   def _stage_student_distilled(self) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def test_cache_greedy_equals_full_forward_greedy_and_beam_one(tiny):
 
 
 def test_candidate_log_probs_encode_once_and_ignore_the_width(tiny):
-  """The reranker's [B, N, W] scores equal `sequence_log_prob` of each candidate row."""
+  """The reranker's [B, N, W] scores (and `sequence_log_prob`'s) equal a full forward pass."""
   fns, params, sources = tiny
   rng = np.random.RandomState(1)
   cands = rng.randint(3, VOCAB, (4, 3, L)).astype(np.int32)
@@ -89,8 +89,15 @@ def test_candidate_log_probs_encode_once_and_ignore_the_width(tiny):
     for n in range(3):
       cands[b, n, ends[b, n]] = 1
       cands[b, n, ends[b, n] + 1:] = 0
-  want = np.stack([_seq_log_prob(fns, params, sources, jnp.asarray(cands[:, n]))
-                   for n in range(3)], axis=1)  # [B, N]
+  def full_forward(targets):  # the whole network at full width, one candidate per source
+    logits = fns.full_logits(params, sources, jnp.pad(targets[:, :-1], ((0, 0), (1, 0))))
+    lp = jax.nn.log_softmax(logits, -1)
+    picked = jnp.take_along_axis(lp, targets[..., None], -1)[..., 0]
+    return jnp.sum(jnp.where(targets > 0, picked, 0.0), axis=1)
+
+  want = np.stack([full_forward(jnp.asarray(cands[:, n])) for n in range(3)], axis=1)  # [B, N]
+  np.testing.assert_allclose(_seq_log_prob(fns, params, sources, jnp.asarray(cands[:, 0])),
+                             want[:, 0], rtol=1e-5)
   score = jax.jit(ad.make_reranker(fns))
   np.testing.assert_allclose(score(params, sources, jnp.asarray(cands)), want, rtol=1e-5)
   # Cut to a narrower canvas that still holds every candidate: the same scores.
