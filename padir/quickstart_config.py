@@ -80,12 +80,14 @@ class QuickstartConfig:
       the AR teacher for ``student_steps`` on the main student's data (``ar_matched``): the
       students have trained ``teacher_steps + student_steps`` steps, and this AR model as many.
     select_rules, select_iterations, select_length_beams, select_rerank, select_stutter,
-      select_prune, select_collapse, select_avoid_repeats: the grid of PaDIR decoding settings
+      select_prune, select_collapse, select_avoid_repeats, select_length_offsets: the grid of
+      PaDIR decoding settings
       tried on the validation split (`padir.selection.grid`; ``select_prune``: passes after
       which only the best length candidate goes on, 0 = none; ``select_collapse``: merge
       adjacent repeated tokens of the output, `RefineConfig.collapse_repeats`;
       ``select_avoid_repeats``: a proposal equal to its neighbour's takes its runner-up,
-      `RefineConfig.avoid_repeats`).
+      `RefineConfig.avoid_repeats`; ``select_length_offsets``: tokens added to each predicted
+      length, `RefineConfig.length_offset`).
     select_margin: the chosen setting is the fastest within this many BLEU of the teacher on
       validation, else the best.
     select_examples: validation sentences used for the choice (None: all).
@@ -150,6 +152,7 @@ class QuickstartConfig:
   select_prune: tuple[int, ...] = (0,)
   select_collapse: tuple[bool, ...] = (False,)
   select_avoid_repeats: tuple[bool, ...] = (False,)
+  select_length_offsets: tuple[int, ...] = (0,)
   select_margin: float = 1.0
   select_examples: int | None = None
   extra_ablations: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -164,7 +167,8 @@ class QuickstartConfig:
   def __post_init__(self):
     for name in ('teacher_gin_files', 'student_gin_files', 'iterations', 'small_iterations',
                  'select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
-                 'select_stutter', 'select_prune', 'select_collapse', 'select_avoid_repeats'):
+                 'select_stutter', 'select_prune', 'select_collapse', 'select_avoid_repeats',
+                 'select_length_offsets'):
       value = getattr(self, name)
       if isinstance(value, (list, str)):
         object.__setattr__(self, name, tuple([value] if isinstance(value, str) else value))
@@ -204,12 +208,16 @@ class QuickstartConfig:
       raise ValueError(f"QuickstartConfig.student_init={self.student_init!r} must be 'teacher' "
                        "or 'scratch'.")
     for name in ('select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
-                 'select_stutter', 'select_prune', 'select_collapse', 'select_avoid_repeats'):
+                 'select_stutter', 'select_prune', 'select_collapse', 'select_avoid_repeats',
+                 'select_length_offsets'):
       if not getattr(self, name):
         raise ValueError(f'QuickstartConfig.{name} is empty; give at least one value.')
     if any(not isinstance(t, int) or not 1 <= t for t in self.select_iterations):
       raise ValueError(f'QuickstartConfig.select_iterations={self.select_iterations} must be '
                        'integers >= 1.')
+    if any(not isinstance(o, int) or isinstance(o, bool) for o in self.select_length_offsets):
+      raise ValueError(f'QuickstartConfig.select_length_offsets={self.select_length_offsets} '
+                       'must be integers (tokens added to each predicted length).')
     if any(not isinstance(p, int) or p < 0 for p in self.select_prune):
       raise ValueError(f'QuickstartConfig.select_prune={self.select_prune} must be integers '
                        '>= 0 (0 = no pruning).')

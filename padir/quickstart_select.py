@@ -298,7 +298,8 @@ def select(run: Any) -> dict[str, Any]:
   settings = selection.grid(cfg.select_rules, cfg.select_iterations, cfg.select_length_beams,
                             cfg.select_rerank, cfg.select_stutter, cfg.select_prune,
                             candidates_per_length=cfg.refine.top_k_lengths * cfg.refine.restarts,
-                            collapse=cfg.select_collapse, avoid=cfg.select_avoid_repeats)
+                            collapse=cfg.select_collapse, avoid=cfg.select_avoid_repeats,
+                            length_offsets=cfg.select_length_offsets)
   padir_decoder = _Decoders(run, student, teacher, t_params)
   decoders = {TEACHER: padir_decoder.teacher()}
   for stage in students:
@@ -345,6 +346,8 @@ def write_decoding_file(model_dir: str, setting: selection.DecodeSetting,
     value['avoid_repeats'] = True
   if setting.prune:
     value['prune_after'] = setting.prune
+  if setting.length_offset:
+    value['length_offset'] = setting.length_offset
   if setting.rerank:
     value['rerank_model_dir'] = os.path.join('..', teacher_dir_name)
   path = os.path.join(model_dir, interactive.DECODING_FILE)
@@ -402,6 +405,9 @@ def ablations(run: Any) -> list[dict[str, Any]]:
                    'avoid_repeats', padir_decoder(
                        dataclasses.replace(best, avoid_repeats=not best.avoid_repeats),
                        s_params)))
+  if best.length_offset:
+    variants.append(('no length offset (the predicted lengths as they are)', 'length_offset',
+                     padir_decoder(dataclasses.replace(best, length_offset=0), s_params)))
   variants.append((f'adjacent repeats {"kept" if best.collapse_repeats else "merged"}',
                    'collapse', padir_decoder(
                        dataclasses.replace(best, collapse_repeats=not best.collapse_repeats),

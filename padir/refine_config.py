@@ -26,6 +26,10 @@ class RefineConfig:
     num_iterations: maximum number of decoder passes ``T``.
     top_k_lengths: decode the k most likely predicted lengths.
     length_beam: odd number of lengths around each predicted one (offsets -b//2..b//2).
+    length_offset: tokens added to every length the length head predicts before the length
+      beam is laid around it (lengths passed to the decoder are used as given). A student
+      trained on short distilled targets predicts short lengths; a positive offset centres
+      its candidates longer. Chosen on validation like the other knobs.
     restarts: parallel restarts per length (different random canvases / samples).
     canvas_init: 'mask' ([MASK] everywhere), 'random' (random real pieces) or 'mask_range'
       ([MASK_i] at position i; needs SpecialIds with mask_range_length >= the canvas width);
@@ -71,6 +75,7 @@ class RefineConfig:
   num_iterations: int = 4
   top_k_lengths: int = 1
   length_beam: int = 1
+  length_offset: int = 0
   restarts: int = 1
   canvas_init: str | None = None
   remask: RemaskConfig = dataclasses.field(default_factory=RemaskConfig)
@@ -102,6 +107,9 @@ class RefineConfig:
     if not isinstance(self.prune_after, int) or self.prune_after < 0:
       raise ValueError(f'RefineConfig.prune_after={self.prune_after!r} must be an integer >= 0 '
                        '(0 = no pruning).')
+    if not isinstance(self.length_offset, int) or isinstance(self.length_offset, bool):
+      raise ValueError(f'RefineConfig.length_offset={self.length_offset!r} must be an integer '
+                       '(tokens added to each predicted length).')
     if self.length_beam % 2 == 0:
       raise ValueError(f'RefineConfig.length_beam={self.length_beam} must be odd (offsets '
                        '-b//2..b//2 around each predicted length).')

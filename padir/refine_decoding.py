@@ -503,7 +503,8 @@ def refine_decode(fns: Any,
     ids: special ids of the vocabulary.
     max_length: canvas width L (longest output, EOS included).
     rng: PRNG key for random canvases and sampling (default PRNGKey(0)).
-    lengths: [B] or [B, k] target lengths (EOS included) to use instead of the length head.
+    lengths: [B] or [B, k] target lengths (EOS included) to use instead of the length head
+      (``config.length_offset`` is not added to them).
     reranker: optional ``reranker(reranker_params, encoder_tokens [B, S], candidates
       [B, N, W]) -> [B, N]`` log-likelihoods (e.g. `padir.ar_decoding.make_reranker` of an
       AR model), used instead of the candidates' own log-probabilities (CMLM's external
@@ -540,7 +541,7 @@ def refine_decode(fns: Any,
       raise ValueError(f'top_k_lengths={config.top_k_lengths} exceeds the '
                        f'{length_logits.shape[-1]} length classes.')
     _, classes = jax.lax.top_k(length_logits, config.top_k_lengths)
-    lengths = classes + 1
+    lengths = classes + 1 + config.length_offset  # clipped to [1, max_length] below
   else:
     lengths = jnp.asarray(lengths, jnp.int32)
     if lengths.ndim == 1:

@@ -46,6 +46,8 @@ class DecodeSetting:
       (`RefineConfig.collapse_repeats`).
     avoid_repeats: a proposal equal to its neighbour's takes its runner-up in every pass
       (`RefineConfig.avoid_repeats`).
+    length_offset: tokens added to each length the length head predicts
+      (`RefineConfig.length_offset`).
   """
   rule: str = 'mask_predict'
   iterations: int = 4
@@ -55,6 +57,7 @@ class DecodeSetting:
   prune: int = 0
   collapse_repeats: bool = False
   avoid_repeats: bool = False
+  length_offset: int = 0
 
   def __post_init__(self):
     if self.rerank and self.prune:
@@ -67,7 +70,8 @@ class DecodeSetting:
             f'{"_rerank" if self.rerank else ""}{"_stutter" if self.stutter else ""}'
             f'{f"_prune{self.prune}" if self.prune else ""}'
             f'{"_collapse" if self.collapse_repeats else ""}'
-            f'{"_norepeat" if self.avoid_repeats else ""}')
+            f'{"_norepeat" if self.avoid_repeats else ""}'
+            f'{f"_len{self.length_offset:+d}" if self.length_offset else ""}')
 
   @property
   def label(self) -> str:
@@ -75,18 +79,20 @@ class DecodeSetting:
                                                                  self.stutter),
                               (f'best length kept after pass {self.prune}', self.prune),
                               ('repeats avoided', self.avoid_repeats),
-                              ('repeats merged', self.collapse_repeats)) if on]
+                              ('repeats merged', self.collapse_repeats),
+                              (f'lengths {self.length_offset:+d}', self.length_offset)) if on]
     return (f'{self.rule}, {self.iterations} it., length beam {self.length_beam}' +
             ''.join(f', {e}' for e in extras))
 
   def refine_config(self, base: RefineConfig) -> RefineConfig:
     """``base`` with this setting's rule, passes, length beam, pruning, stutter removal,
-    merging of repeats and avoiding them."""
+    merging of repeats, avoiding them and length offset."""
     remask = RemaskConfig(rule=self.rule, stutter=self.stutter)
     return dataclasses.replace(base, num_iterations=self.iterations,
                                length_beam=self.length_beam, remask=remask,
                                prune_after=self.prune, collapse_repeats=self.collapse_repeats,
-                               avoid_repeats=self.avoid_repeats)
+                               avoid_repeats=self.avoid_repeats,
+                               length_offset=self.length_offset)
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -100,7 +106,8 @@ def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence
          rerank: Sequence[bool], stutter: Sequence[bool], prune: Sequence[int] = (0,),
          candidates_per_length: int = 1,
          collapse: Sequence[bool] = (False,),
-         avoid: Sequence[bool] = (False,)) -> list[DecodeSetting]:
+         avoid: Sequence[bool] = (False,),
+         length_offsets: Sequence[int] = (0,)) -> list[DecodeSetting]:
   """Every combination, without duplicates.
 
   One pass is the same under every rule, so it is kept once; re-ranking and pruning need two
@@ -120,12 +127,13 @@ def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence
             for s in stutter:
               for c in collapse:
                 for a in avoid:
-                  setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many,
-                                          s and t > 1, p, c, a)
-                  key = dataclasses.replace(setting, rule='*') if t == 1 else setting
-                  if key not in seen:
-                    seen.add(key)
-                    out.append(setting)
+                  for o in length_offsets:
+                    setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many,
+                                            s and t > 1, p, c, a, o)
+                    key = dataclasses.replace(setting, rule='*') if t == 1 else setting
+                    if key not in seen:
+                      seen.add(key)
+                      out.append(setting)
   return out
 
 

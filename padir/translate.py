@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--iterations', type=int, default=None, help='PaDIR decoder passes')
   parser.add_argument('--length_beam', type=int, default=None,
                       help='PaDIR: lengths tried around the predicted one (odd)')
+  parser.add_argument('--length_offset', type=int, default=None,
+                      help='PaDIR: tokens added to each predicted length (0: as predicted)')
   parser.add_argument('--prune_after', type=int, default=None,
                       help='PaDIR: after this pass only the best length candidate goes on '
                       '(0: every candidate runs every pass)')
@@ -78,7 +80,8 @@ def _read_input(path: str | None, stdin: TextIO) -> list[str]:
 def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any]:
   """The decoding overrides the flags ask for; PaDIR-only and AR-only flags are checked."""
   padir_only = {'iterations': flags.iterations, 'length_beam': flags.length_beam,
-                'prune_after': flags.prune_after, 'rule': flags.rule}
+                'prune_after': flags.prune_after, 'length_offset': flags.length_offset,
+                'rule': flags.rule}
   if not is_padir:
     given = [f'--{k}' for k, v in padir_only.items() if v is not None]
     given += [f'--{k}' for k in ('show_refinement', 'no_rerank', 'keep_repeats',

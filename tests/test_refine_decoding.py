@@ -170,6 +170,15 @@ def test_given_lengths_and_errors():
   tokens, aux = _decode(CopyOracle(), config, lengths=jnp.array([3, 3, 3]))
   np.testing.assert_array_equal(aux['candidate_lengths'][:, 0], [3, 3, 3])
   assert tokens[0, 2] == IDS.eos and tokens[0, 3] == 0
+  # length_offset moves the length head's predictions (clipped to the canvas), not given ones.
+  predicted = (SOURCES > 0).sum(1) + 1
+  for offset in (2, -1, 20):
+    shifted = dataclasses.replace(config, length_offset=offset, length_beam=3)
+    _, aux = _decode(CopyOracle(), shifted)
+    np.testing.assert_array_equal(aux['candidate_lengths'],
+                                  np.clip(predicted[:, None] + offset + np.arange(-1, 2), 1, L))
+    _, aux = _decode(CopyOracle(), shifted, lengths=jnp.array([3, 3, 3]))
+    np.testing.assert_array_equal(aux['candidate_lengths'], [[2, 3, 4]] * 3)
   with pytest.raises(ValueError, match='lengths must have shape'):
     _decode(CopyOracle(), config, lengths=jnp.ones((3, 2), jnp.int32))
   few = special_ids(40, 40, 96)
@@ -186,6 +195,7 @@ def test_given_lengths_and_errors():
     (dict(scoring='max'), 'scoring'),
     (dict(canvas_buckets=(0, 4)), 'canvas_buckets'),
     (dict(prune_after=-1), 'prune_after'),
+    (dict(length_offset=0.5), 'length_offset'),
 ])
 def test_config_validation(kwargs, match):
   with pytest.raises(ValueError, match=match):

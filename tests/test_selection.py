@@ -40,6 +40,10 @@ def test_grid_keeps_one_single_pass_setting_per_beam_and_reranker():
                          collapse=(True,), avoid=(False, True))
   assert [(s.iterations, s.avoid_repeats) for s in avoid] == [
       (1, False), (1, True), (2, False), (2, True)]
+  offsets = selection.grid(('mask_predict',), (1, 2), (3,), (True,), (False,),
+                           length_offsets=(0, 1))
+  assert [(s.iterations, s.length_offset) for s in offsets] == [
+      (1, 0), (1, 1), (2, 0), (2, 1)]
 
 
 def test_setting_builds_the_refine_config_and_round_trips():
@@ -66,11 +70,18 @@ def test_setting_builds_the_refine_config_and_round_trips():
   assert not merged.refine_config(RefineConfig(avoid_repeats=True)).avoid_repeats
   assert avoided.name.endswith('_norepeat') and 'repeats avoided' in avoided.label
   assert selection.DecodeSetting.from_json(avoided.to_json()) == avoided
+  longer = selection.DecodeSetting('mask_predict', 4, 3, rerank=True, length_offset=1)
+  assert longer.refine_config(RefineConfig()).length_offset == 1
+  assert not setting.refine_config(RefineConfig(length_offset=2)).length_offset
+  assert longer.name.endswith('_len+1') and 'lengths +1' in longer.label
+  assert selection.DecodeSetting.from_json(longer.to_json()) == longer
   # Records written before the fields existed read as neither merging nor avoiding.
   old = {k: v for k, v in pruned.to_json().items()
          if k not in ('collapse_repeats', 'avoid_repeats')}
   assert not selection.DecodeSetting.from_json(old).collapse_repeats
   assert not selection.DecodeSetting.from_json(old).avoid_repeats
+  assert not selection.DecodeSetting.from_json(
+      {k: v for k, v in longer.to_json().items() if k != 'length_offset'}).length_offset
 
 
 def test_choose_fastest_within_margin_else_best():
@@ -171,3 +182,13 @@ def test_decoder_optimization_level_is_checked():
   for bad in (4, -1, 1.0, '1'):
     with pytest.raises(ValueError, match='decoder_optimization_level'):
       quickstart_config.QuickstartConfig(decoder_optimization_level=bad)
+
+
+def test_select_length_offsets_are_checked():
+  from padir import quickstart_config  # pylint: disable=g-import-not-at-top
+  ok = quickstart_config.QuickstartConfig(select_length_offsets=[0, 1])
+  assert ok.select_length_offsets == (0, 1)
+  for bad, match in (((0.5,), 'must be integers'), ((True,), 'must be integers'),
+                     ((), 'is empty')):
+    with pytest.raises(ValueError, match=match):
+      quickstart_config.QuickstartConfig(select_length_offsets=bad)
