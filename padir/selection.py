@@ -18,6 +18,7 @@ is one teacher-forced pass over all candidates in parallel, not an AR decode.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -116,24 +117,17 @@ def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence
   it and is not combined with re-ranking (which needs every candidate finished).
   """
   out, seen = [], set()
-  for rule in rules:
-    for t in iterations:
-      for b in length_beams:
-        many = b * candidates_per_length > 1
-        for r in rerank:
-          for p in prune:
-            if p and not (many and not r and p < t):
-              continue
-            for s in stutter:
-              for c in collapse:
-                for a in avoid:
-                  for o in length_offsets:
-                    setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many,
-                                            s and t > 1, p, c, a, o)
-                    key = dataclasses.replace(setting, rule='*') if t == 1 else setting
-                    if key not in seen:
-                      seen.add(key)
-                      out.append(setting)
+  for rule, t, b, r, p, s, c, a, o in itertools.product(
+      rules, iterations, length_beams, rerank, prune, stutter, collapse, avoid, length_offsets):
+    many = b * candidates_per_length > 1
+    if p and not (many and not r and p < t):
+      continue
+    setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many, s and t > 1, p, c,
+                            a, o)
+    key = dataclasses.replace(setting, rule='*') if t == 1 else setting
+    if key not in seen:
+      seen.add(key)
+      out.append(setting)
   return out
 
 
