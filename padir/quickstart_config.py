@@ -20,6 +20,10 @@ TRAINING_STAGES = ('teacher', 'student_distilled', 'student_raw', 'student_scrat
                    'ar_matched')
 # The student stages that differ only in their training data; the select stage picks one.
 DATA_STUDENTS = ('student_distilled', 'student_raw')
+# The QuickstartConfig fields that make up the select stage's grid (`padir.selection.grid`).
+SELECT_GRID_FIELDS = ('select_rules', 'select_iterations', 'select_length_beams',
+                      'select_rerank', 'select_stutter', 'select_prune', 'select_collapse',
+                      'select_avoid_repeats', 'select_length_offsets')
 DATA_TEXT = {'student_distilled': 'distilled targets', 'student_raw': 'human references'}
 
 def _bindings_by_name(value: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -166,9 +170,7 @@ class QuickstartConfig:
 
   def __post_init__(self):
     for name in ('teacher_gin_files', 'student_gin_files', 'iterations', 'small_iterations',
-                 'select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
-                 'select_stutter', 'select_prune', 'select_collapse', 'select_avoid_repeats',
-                 'select_length_offsets'):
+                 *SELECT_GRID_FIELDS):
       value = getattr(self, name)
       if isinstance(value, (list, str)):
         object.__setattr__(self, name, tuple([value] if isinstance(value, str) else value))
@@ -207,9 +209,7 @@ class QuickstartConfig:
     if self.student_init not in ('teacher', 'scratch'):
       raise ValueError(f"QuickstartConfig.student_init={self.student_init!r} must be 'teacher' "
                        "or 'scratch'.")
-    for name in ('select_rules', 'select_iterations', 'select_length_beams', 'select_rerank',
-                 'select_stutter', 'select_prune', 'select_collapse', 'select_avoid_repeats',
-                 'select_length_offsets'):
+    for name in SELECT_GRID_FIELDS:
       if not getattr(self, name):
         raise ValueError(f'QuickstartConfig.{name} is empty; give at least one value.')
     if any(not isinstance(t, int) or not 1 <= t for t in self.select_iterations):
