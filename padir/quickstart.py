@@ -81,6 +81,21 @@ _STEP_LINE = re.compile(r'^step (\d+)/(\d+) \| (.*)$')
 SIGTERM_EXIT_CODE = 143
 
 
+# The gin parameter whose value each training stage's record keeps (the report lists it).
+COOLDOWN_BINDING = 'padir.optimizers.linear_cooldown.cooldown_steps'
+
+
+def bound_value(name: str) -> Any:
+  """The value gin binds to ``name`` now (a macro reference resolved); None when unbound."""
+  try:
+    value = gin.query_parameter(name)
+  except (ValueError, KeyError):
+    return None
+  if isinstance(value, gin.config.ConfigurableReference):
+    return value.scoped_configurable_fn() if value.configurable.name.endswith('macro') else None
+  return value
+
+
 def stage_model(model: Any = gin.REQUIRED) -> Any:
   """The ``MODEL`` of the gin config parsed for a stage (bound in quickstart.gin)."""
   return model
@@ -214,11 +229,14 @@ class Quickstart:
   def stage_bindings(self, stage: str) -> tuple[str, ...]:
     """Every gin binding a training stage adds to the quickstart's files and flags, in order.
 
-    ``QuickstartConfig.stage_bindings['students']`` (student stages), then those of the stage
-    itself, then an ablation stage's own (``extra_ablations``).
+    ``QuickstartConfig.stage_bindings['students']`` (student stages) or ``['teacher']`` (the
+    teacher's first leg, ``teacher_start``), then those of the stage itself, then an ablation
+    stage's own (``extra_ablations``).
     """
     per_stage = self.cfg.stage_bindings
     shared = per_stage.get('students', ()) if stage.startswith('student_') else ()
+    if stage == TEACHER_START:
+      shared = per_stage.get('teacher', ())
     return (*shared, *per_stage.get(stage, ()), *self.ablation_bindings(stage))
 
   def _stage_macros(self, stage: str, data_dir: str, steps: int) -> dict[str, Any]:
@@ -467,6 +485,7 @@ class Quickstart:
                      128 + int(result.stop_signal or signal.SIGTERM))
     return {
         'step': result.step,
+        'cooldown_steps': bound_value(COOLDOWN_BINDING),
         'train_metrics': result.train_metrics,
         'eval_metrics': result.eval_metrics,
         'params': _count_params(result.state.params),
@@ -485,16 +504,16 @@ class Quickstart:
       return self._train('teacher', self.cfg.teacher_gin_files, self.full_data,
                          self.cfg.teacher_steps)
     # Two legs: the first (with its cooldown) is where the students start; the second
-    # continues it to teacher_steps. Both take the teacher's stage bindings.
-    first = self._train(TEACHER_START, self.cfg.teacher_gin_files, self.full_data, start,
-                        bindings=self.stage_bindings('teacher'))
+    # continues it to teacher_steps. Both take the teacher's stage bindings, the first then
+    # its own (stage_bindings['teacher_start']).
+    first = self._train(TEACHER_START, self.cfg.teacher_gin_files, self.full_data, start)
     self.print(f'  {TEACHER_START}: step {first["step"]}, where the students start; the '
                f'teacher trains on for {self.cfg.teacher_steps - start} steps.')
     result = self._train('teacher', self.cfg.teacher_gin_files, self.full_data,
                          self.cfg.teacher_steps - start)
     # The teacher's step counter restarted with its second leg: count both legs.
-    result['legs'] = {TEACHER_START: {k: first[k] for k in ('step', 'train_metrics',
-                                                             'eval_metrics')},
+    result['legs'] = {TEACHER_START: {k: first[k] for k in ('step', 'cooldown_steps',
+                                                             'train_metrics', 'eval_metrics')},
                       'teacher': {'step': result['step']}}
     result['step'] += first['step']
     result['init_from'] = None  # the first leg started from random weights

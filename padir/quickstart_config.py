@@ -102,8 +102,9 @@ class QuickstartConfig:
       one more student training.
     stage_bindings: gin bindings for some training stages only, added after the quickstart's
       files and flags: ``{stage: (binding, ...)}`` with a stage among ``TRAINING_STAGES``,
-      ``'student_<name>'`` of ``extra_ablations`` or ``'students'`` (every student stage; a
-      stage's own bindings come after these). E.g. ``{'students':
+      ``'student_<name>'`` of ``extra_ablations``, ``'students'`` (every student stage; a
+      stage's own bindings come after these) or ``'teacher_start'`` (the teacher's first leg,
+      with ``student_start_steps``; after the teacher's). E.g. ``{'students':
       ('padir.optimizers.rsqrt_schedule.base_learning_rate = 2.0',)}`` trains the students at
       another rate than the teacher and ``ar_matched``. The two data students must keep one
       network (the select stage decodes both with the distilled student's).
@@ -188,7 +189,7 @@ class QuickstartConfig:
         raise ValueError(f'QuickstartConfig.extra_ablations: {name!r} must be a new name of '
                          'lowercase letters, digits and underscores.')
     object.__setattr__(self, 'stage_bindings', _bindings_by_name(self.stage_bindings))
-    known = (*TRAINING_STAGES, 'students',
+    known = (*TRAINING_STAGES, 'students', 'teacher_start',
              *(f'student_{name}' for name in self.extra_ablations))
     for stage, bindings in self.stage_bindings.items():
       if stage not in known:

@@ -617,6 +617,10 @@ def _student_start(run: Any) -> str:
           '(the end of its first leg)')
 
 
+def _steps_text(steps: int) -> str:
+  return f'{steps} step{"" if steps == 1 else "s"}'
+
+
 def _significant(value: float | None, digits: int = 3) -> float | None:
   return None if value is None else float(f'{value:.{digits}g}')
 
@@ -650,6 +654,12 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
                            summaries.peak_learning_rate(run.path(stage))),
                        'final train loss': r.get('train_metrics', {}).get('loss'),
                        'validation loss': r.get('eval_metrics', {}).get('loss')}
+      if r.get('cooldown_steps') is not None:  # stages recorded before it was kept have none
+        models[stage]['learning-rate cooldown'] = (
+            f'linear to 0 over the last {_steps_text(r["cooldown_steps"])}' + (
+                f' (first leg: {_steps_text(r["legs"]["teacher_start"]["cooldown_steps"])})'
+                if r.get('legs', {}).get('teacher_start', {}).get('cooldown_steps') is not None
+                else ''))
   setup['models'] = models
   choice = distill.get('choice', {})
   setup['distillation'] = (

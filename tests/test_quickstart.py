@@ -54,9 +54,12 @@ FLAGS = [
     "--gin.padir.quickstart.QuickstartConfig.overlong='truncate'",
     ('--gin.padir.quickstart.QuickstartConfig.extra_ablations='
      '{"slot_head": ("padir.builders.network_config.length_head = \'slot\'",)}'),
-    # The students train at two thirds of the teacher's rate.
+    # The students train at two thirds of the teacher's rate; each leg of the teacher and the
+    # students have their own cooldown.
+    '--gin.COOLDOWN_STEPS=3',
     ('--gin.padir.quickstart.QuickstartConfig.stage_bindings='
-     '{"students": ("padir.optimizers.rsqrt_schedule.base_learning_rate = 2.0",)}'),
+     '{"students": ("padir.optimizers.rsqrt_schedule.base_learning_rate = 2.0", '
+     '"COOLDOWN_STEPS = 1"), "teacher_start": ("COOLDOWN_STEPS = 2",)}'),
     '--gin.padir.quickstart.QuickstartConfig.select_iterations=(1, 2)',
     '--gin.padir.quickstart.QuickstartConfig.select_length_beams=(3,)',
     '--gin.padir.quickstart.QuickstartConfig.select_rerank=(False, True)',
@@ -152,6 +155,11 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   assert models['student_raw']['initialised from'] == 'teacher_start'
   assert models['student_scratch']['initialised from'] == 'random weights'
   assert 'ar_matched' not in models
+  # Each model's cooldown is the one its stage bound (stage_bindings).
+  assert models['teacher']['learning-rate cooldown'] == (
+      'linear to 0 over the last 3 steps (first leg: 2 steps)')
+  for stage in ('student_distilled', 'student_raw', 'student_scratch'):
+    assert models[stage]['learning-rate cooldown'] == 'linear to 0 over the last 1 step'
   teacher_stage = _load(os.path.join(out, 'stages', 'teacher.json'))['result']
   assert teacher_stage['legs']['teacher_start']['step'] == 2
   assert teacher_stage['legs']['teacher']['step'] == 2
@@ -306,9 +314,10 @@ def test_stage_bindings_reach_their_stages_in_order(tmp_path):
   config = quickstart.QuickstartConfig(
       extra_ablations={'slot': ("padir.builders.network_config.length_head = 'slot'",)},
       stage_bindings={'students': 'A = 1', 'student_raw': ('B = 2',), 'teacher': ('C = 3',),
-                      'student_slot': ('D = 4',)})
+                      'student_slot': ('D = 4',), 'teacher_start': ('E = 5',)})
   run = quickstart.Quickstart(config, str(tmp_path), [], [], progress=False)
   assert run.stage_bindings('teacher') == ('C = 3',)
+  assert run.stage_bindings('teacher_start') == ('C = 3', 'E = 5')  # the first leg's after
   assert run.stage_bindings('ar_matched') == ()
   assert run.stage_bindings('student_distilled') == ('A = 1',)
   assert run.stage_bindings('student_raw') == ('A = 1', 'B = 2')
