@@ -310,6 +310,23 @@ def test_ablation_students_train_on_the_data_chosen_on_validation(tmp_path):
   assert fixed.student_data('student_scratch') == fixed.distilled_data
 
 
+def test_bound_value_reads_what_a_stage_trains_with():
+  from padir import optimizers  # pylint: disable=g-import-not-at-top,unused-import
+  gin.clear_config()
+  assert quickstart.bound_value(quickstart.COOLDOWN_BINDING) is None  # unbound
+  gin.parse_config(['COOLDOWN_STEPS = 100',
+                    'padir.optimizers.linear_cooldown.cooldown_steps = %COOLDOWN_STEPS'])
+  assert quickstart.bound_value(quickstart.COOLDOWN_BINDING) == 100
+  gin.parse_config('COOLDOWN_STEPS = 250')  # a later macro value wins, as in a stage's parse
+  assert quickstart.bound_value(quickstart.COOLDOWN_BINDING) == 250
+  gin.parse_config('padir.optimizers.linear_cooldown.cooldown_steps = 7')
+  assert quickstart.bound_value(quickstart.COOLDOWN_BINDING) == 7
+  # A configurable (not a macro) has no value to report.
+  gin.parse_config('padir.optimizers.linear_cooldown.schedule = '
+                   '@padir.optimizers.rsqrt_schedule()')
+  assert quickstart.bound_value('padir.optimizers.linear_cooldown.schedule') is None
+
+
 def test_stage_bindings_reach_their_stages_in_order(tmp_path):
   config = quickstart.QuickstartConfig(
       extra_ablations={'slot': ("padir.builders.network_config.length_head = 'slot'",)},
