@@ -70,13 +70,11 @@ from padir import errors
 from padir import gin_utils
 from padir import quickstart_eval as qs_eval
 from padir import summaries
-from padir.quickstart_config import DATA_STUDENTS, STAGES, QuickstartConfig
+from padir.quickstart_config import DATA_STUDENTS, STAGES, TEACHER_START, QuickstartConfig
 
 DEFAULT_OUTPUT_DIR = 'padir_quickstart'
 DEFAULT_GIN_FILE = 'gin/runs/quickstart.gin'
 CACHE_DIR = 'jax_cache'  # under the output dir (QuickstartConfig.compilation_cache)
-# The teacher's first leg, where the students start (QuickstartConfig.student_start_steps).
-TEACHER_START = 'teacher_start'
 _STEP_LINE = re.compile(r'^step (\d+)/(\d+) \| (.*)$')
 SIGTERM_EXIT_CODE = 143
 

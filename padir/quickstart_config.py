@@ -15,6 +15,8 @@ from padir.refine_decoding import RefineConfig
 STAGES = ('data', 'teacher', 'distill', 'student_distilled', 'student_raw', 'select',
           'student_scratch', 'student_ablations', 'ar_matched', 'ablations', 'evaluate',
           'benchmark', 'report')
+# The teacher's first leg, where the students start (QuickstartConfig.student_start_steps).
+TEACHER_START = 'teacher_start'
 # The stages that train a model (QuickstartConfig.stage_bindings).
 TRAINING_STAGES = ('teacher', 'student_distilled', 'student_raw', 'student_scratch',
                    'ar_matched')
@@ -189,7 +191,7 @@ class QuickstartConfig:
         raise ValueError(f'QuickstartConfig.extra_ablations: {name!r} must be a new name of '
                          'lowercase letters, digits and underscores.')
     object.__setattr__(self, 'stage_bindings', _bindings_by_name(self.stage_bindings))
-    known = (*TRAINING_STAGES, 'students', 'teacher_start',
+    known = (*TRAINING_STAGES, 'students', TEACHER_START,
              *(f'student_{name}' for name in self.extra_ablations))
     for stage, bindings in self.stage_bindings.items():
       if stage not in known:

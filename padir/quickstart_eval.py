@@ -37,7 +37,7 @@ from padir import evaluation
 from padir import summaries
 from padir.ar_decoding import ARConfig
 from padir.network import T5Config
-from padir.quickstart_config import DATA_TEXT
+from padir.quickstart_config import DATA_TEXT, TEACHER_START
 from padir.refine_decoding import RefineConfig
 
 SIZE_FIELDS = ('emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_layers',
@@ -654,12 +654,12 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
                            summaries.peak_learning_rate(run.path(stage))),
                        'final train loss': r.get('train_metrics', {}).get('loss'),
                        'validation loss': r.get('eval_metrics', {}).get('loss')}
-      if r.get('cooldown_steps') is not None:  # stages recorded before it was kept have none
+      cooldown = r.get('cooldown_steps')  # stages recorded before it was kept have none
+      first_leg = r.get('legs', {}).get(TEACHER_START, {}).get('cooldown_steps')
+      if cooldown is not None:
         models[stage]['learning-rate cooldown'] = (
-            f'linear to 0 over the last {_steps_text(r["cooldown_steps"])}' + (
-                f' (first leg: {_steps_text(r["legs"]["teacher_start"]["cooldown_steps"])})'
-                if r.get('legs', {}).get('teacher_start', {}).get('cooldown_steps') is not None
-                else ''))
+            f'linear to 0 over the last {_steps_text(cooldown)}'
+            + ('' if first_leg is None else f' (first leg: {_steps_text(first_leg)})'))
   setup['models'] = models
   choice = distill.get('choice', {})
   setup['distillation'] = (
