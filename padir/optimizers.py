@@ -118,11 +118,14 @@ def linear_cooldown(schedule: float | Schedule, total_steps: int,
   The rate is unchanged until ``total_steps - cooldown_steps``, then falls linearly and reaches 0
   at ``total_steps`` (the "cooldown" of warmup-stable-decay schedules). Bind ``total_steps`` to
   the run's ``TRAIN_STEPS``: a run continued to more steps then cools down at its new end. A run
-  shorter than ``cooldown_steps`` cools down over all its steps.
+  shorter than ``cooldown_steps`` cools down over all its steps; ``cooldown_steps=0`` leaves
+  ``schedule`` as it is (a checkpoint that others continue at the full rate).
   """
   schedule = _as_schedule(schedule)
   _positive('linear_cooldown.total_steps', total_steps)
-  _positive('linear_cooldown.cooldown_steps', cooldown_steps)
+  _positive('linear_cooldown.cooldown_steps', cooldown_steps, allow_zero=True)
+  if cooldown_steps == 0:
+    return schedule
   span = float(min(cooldown_steps, total_steps))
 
   def scaled(step):

@@ -621,6 +621,12 @@ def _steps_text(steps: int) -> str:
   return f'{steps} step{"" if steps == 1 else "s"}'
 
 
+def _cooldown_text(steps: int, short: bool = False) -> str:
+  if steps == 0:
+    return 'none'
+  return _steps_text(steps) if short else f'linear to 0 over the last {_steps_text(steps)}'
+
+
 def _significant(value: float | None, digits: int = 3) -> float | None:
   return None if value is None else float(f'{value:.{digits}g}')
 
@@ -658,8 +664,8 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
       first_leg = r.get('legs', {}).get(TEACHER_START, {}).get('cooldown_steps')
       if cooldown is not None:
         models[stage]['learning-rate cooldown'] = (
-            f'linear to 0 over the last {_steps_text(cooldown)}'
-            + ('' if first_leg is None else f' (first leg: {_steps_text(first_leg)})'))
+            _cooldown_text(cooldown)
+            + ('' if first_leg is None else f' (first leg: {_cooldown_text(first_leg, True)})'))
   setup['models'] = models
   choice = distill.get('choice', {})
   setup['distillation'] = (

@@ -40,6 +40,8 @@ def test_linear_cooldown_scales_the_last_steps_to_zero():
   np.testing.assert_allclose(_values(constant, [0, 5]), [0.5, 0.25], rtol=1e-6)
   short = optimizers.linear_cooldown(0.5, total_steps=10, cooldown_steps=100)  # the whole run
   np.testing.assert_allclose(_values(short, [0, 5]), [0.5, 0.25], rtol=1e-6)
+  none = optimizers.linear_cooldown(base, total_steps=1000, cooldown_steps=0)  # no cooldown
+  np.testing.assert_allclose(_values(none, [0, 999, 1000]), [0.01, 0.01, 0.01], rtol=1e-5)
 
 
 @pytest.mark.parametrize('make, message', [
@@ -47,7 +49,7 @@ def test_linear_cooldown_scales_the_last_steps_to_zero():
     (lambda: optimizers.rsqrt_schedule(warmup_steps=0), 'positive'),
     (lambda: optimizers.adamw(-1.0), 'positive'),
     (lambda: optimizers.adafactor(max_grad_norm=0.0), 'positive'),
-    (lambda: optimizers.linear_cooldown(1.0, total_steps=10, cooldown_steps=0), 'positive'),
+    (lambda: optimizers.linear_cooldown(1.0, total_steps=10, cooldown_steps=-1), 'non-negative'),
 ])
 def test_bad_settings_fail_clearly(make, message):
   with pytest.raises(ValueError, match=message):
