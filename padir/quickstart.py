@@ -69,6 +69,7 @@ from padir import decoding
 from padir import errors
 from padir import gin_utils
 from padir import quickstart_eval as qs_eval
+from padir import quickstart_results
 from padir import summaries
 from padir.quickstart_config import DATA_STUDENTS, STAGES, TEACHER_START, QuickstartConfig
 
@@ -576,7 +577,7 @@ class Quickstart:
 
   def results(self) -> dict[str, Any]:
     """The report's results dict (`padir.report`), from the stage markers and eval files."""
-    return qs_eval.collect_results(self)
+    return quickstart_results.collect_results(self)
 
   def _stage_report(self) -> dict[str, str]:
     from padir import report  # pylint: disable=g-import-not-at-top

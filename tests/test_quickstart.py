@@ -327,14 +327,6 @@ def test_bound_value_reads_what_a_stage_trains_with():
   assert quickstart.bound_value('padir.optimizers.linear_cooldown.schedule') is None
 
 
-def test_the_report_names_each_cooldown():
-  from padir import quickstart_eval  # pylint: disable=g-import-not-at-top
-  assert quickstart_eval._cooldown_text(250) == 'linear to 0 over the last 250 steps'
-  assert quickstart_eval._cooldown_text(1) == 'linear to 0 over the last 1 step'
-  assert quickstart_eval._cooldown_text(100, short=True) == '100 steps'  # the first leg's
-  assert quickstart_eval._cooldown_text(0) == quickstart_eval._cooldown_text(0, True) == 'none'
-
-
 def test_stage_bindings_reach_their_stages_in_order(tmp_path):
   config = quickstart.QuickstartConfig(
       extra_ablations={'slot': ("padir.builders.network_config.length_head = 'slot'",)},
