@@ -70,6 +70,7 @@ class Predictor:
     self.partitioner = partitioner
     self.seed = seed
     kwargs = dict(decode_kwargs or {})
+    self.gold_lengths = bool(kwargs.get('use_gold_lengths'))
 
     def predict(params, batch, key):
       tokens, aux = model.predict_batch_with_aux(params, batch, rng=key, **kwargs)
@@ -82,8 +83,18 @@ class Predictor:
 
   def __call__(self, params: Any, batch: Mapping[str, np.ndarray],
                batch_index: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Decodes this process's rows; returns (tokens [B_global, L], aux) as host arrays."""
+    """Decodes this process's rows; returns (tokens [B_global, L], aux) as host arrays.
+
+    Only ``encoder_input_tokens`` reach the decoder, and ``decoder_target_tokens`` too when
+    the decode keywords ask for ``use_gold_lengths`` (the oracle lengths are read from them).
+    """
     inputs = {'encoder_input_tokens': np.asarray(batch['encoder_input_tokens'], np.int32)}
+    if self.gold_lengths:
+      if 'decoder_target_tokens' not in batch:
+        raise ValueError('use_gold_lengths=True decodes at the lengths of the batch\'s '
+                         'decoder_target_tokens, and this batch has none: decode a split with '
+                         'references, or drop use_gold_lengths.')
+      inputs['decoder_target_tokens'] = np.asarray(batch['decoder_target_tokens'], np.int32)
     global_batch = self.partitioner.shard_batch(inputs)
     key = jax.random.fold_in(jax.random.key(self.seed), batch_index)
     with self.partitioner.context():

@@ -1,4 +1,4 @@
-"""Tests of padir.evaluation.decode_split's statistics (a fake decoder: no compilation)."""
+"""Tests of padir.evaluation: decode_split's statistics (a fake decoder) and the Predictor."""
 
 import numpy as np
 import pytest
@@ -55,3 +55,42 @@ def test_decode_split_without_merges_reports_only_the_repetition_rate():
   assert 'repetition_before_collapse' not in stats
   assert 'mean_repeats_removed' not in stats
   assert 'mean_iterations' not in stats
+
+
+def test_predictor_decodes_at_the_gold_lengths_when_asked():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from padir import models, partitioning  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from padir.network import T5Config  # pylint: disable=g-import-not-at-top
+  from padir.special_ids import special_ids  # pylint: disable=g-import-not-at-top
+  ids = special_ids(40, 40, 96)
+  width = 10
+  cfg = T5Config.preset('tiny', num_encoder_layers=1, num_decoder_layers=1, vocab_size=96,
+                        decoder_mode='bidirectional', length_id=ids.length,
+                        max_target_length=width, dropout_rate=0.0)
+  model = models.PadirModel(cfg, ids)
+  params = jax.jit(lambda k: nn.unbox(model.module.init(
+      {'params': k}, jnp.ones((1, 6), jnp.int32), jnp.ones((1, width), jnp.int32),
+      enable_dropout=False)['params']))(jax.random.PRNGKey(0))
+  part = partitioning.Partitioner(mesh_shape=(-1, 1, 1))
+  shardings = jax.tree_util.tree_map(lambda _: part.replicated(), params)
+  sources = np.full((8, 6), 5, np.int32)
+  sources[:, -1] = 1
+  gold = np.array([2, 3, 4, 5, 6, 7, 8, 9])  # EOS included
+  targets = np.zeros((8, width), np.int32)
+  for r, n in enumerate(gold):
+    targets[r, :n - 1] = 7
+    targets[r, n - 1] = ids.eos
+  batch = {'encoder_input_tokens': sources, 'decoder_target_tokens': targets}
+  kwargs = {'num_iterations': 2, 'canvas_init': 'mask'}
+  oracle = evaluation.Predictor(model, part, shardings, dict(kwargs, use_gold_lengths=True))
+  tokens, aux = oracle(params, batch)
+  np.testing.assert_array_equal(aux['candidate_lengths'][:, 0], gold)
+  assert tokens.shape == (8, width)
+  # Without the flag only the sources are read: the length head picks the lengths.
+  _, head_aux = evaluation.Predictor(model, part, shardings, kwargs)(
+      params, {'encoder_input_tokens': sources})
+  assert head_aux['candidate_lengths'].shape == (8, 1)
+  with pytest.raises(ValueError, match='decoder_target_tokens'):
+    oracle(params, {'encoder_input_tokens': sources})
