@@ -91,6 +91,10 @@ def predict_refine(model,
   max_length = _decode_length(model, batch)
   lengths = None
   if use_gold_lengths:
+    if 'decoder_target_tokens' not in batch:
+      raise ValueError('use_gold_lengths=True decodes at the lengths of the batch\'s '
+                       'decoder_target_tokens, and this batch has none: decode a split with '
+                       'references, or drop use_gold_lengths.')
     targets = batch['decoder_target_tokens']
     lengths = jnp.maximum(jnp.sum(targets > 0, axis=1), 1).astype(jnp.int32)
     lengths = jnp.repeat(lengths[:, None], config.top_k_lengths, axis=1)

@@ -17,24 +17,17 @@ from typing import Any, Mapping
 import jax
 
 from padir import summaries
+from padir.bench.decode import cpu_model
 from padir.quickstart_config import DATA_TEXT, TEACHER_START
 from padir.quickstart_eval import chosen_setting, decoded_systems, read_json
 
 
 def environment() -> dict[str, Any]:
   """Hardware and software facts for the report."""
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    if names:
-      cpu = names[0]
-  except OSError:
-    pass
   import flax  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   return {
-      'cpu': cpu,
+      'cpu': cpu_model(),
       'cpu_count': os.cpu_count(),
       'jax_backend': jax.default_backend(),
       'devices': f'{jax.device_count()} x {getattr(device, "device_kind", device.platform)}',
@@ -63,10 +56,11 @@ def collect_results(run: Any) -> dict[str, Any]:
       per_iteration[row['model']] = row.pop('per_iteration')
     systems.append(row)
   refine = run.cfg.refine
+  chosen = chosen_setting(run)
   results: dict[str, Any] = {
       'title': f'padir quickstart: {run.cfg.task} (AR teacher -> distillation -> PaDIR)',
       'systems': systems,
-      'headline_iterations': chosen_setting(run).iterations,
+      'headline_iterations': chosen.iterations,
       'per_iteration': per_iteration,
       'plot_title': f'{run.cfg.task} test, batch-1 latency on {jax.default_backend()}',
   }
@@ -79,14 +73,14 @@ def collect_results(run: Any) -> dict[str, Any]:
       'of tokens equal to the previous one; length error = predicted minus reference '
       'length in tokens (first reference). Latency: batch 1, median over '
       f'{bench.get("bench_examples", 0)} test sentences, systems interleaved. PaDIR decodes '
-      f'with the setting chosen on the validation split ({chosen_setting(run).label}; the '
+      f'with the setting chosen on the validation split ({chosen.label}; the '
       'sweep over iterations keeps its other choices), '
       f'{refine.canvas_init} canvas. The students start from {_student_start(run)}.')
   small = bench.get('small')
   if small:
     results['latency_small'] = {
         'config': small['config'], 'output_length': small['output_length'],
-        'length_beam': chosen_setting(run).length_beam,
+        'length_beam': chosen.length_beam,
         'systems': [{'name': name, 'label': 'AR greedy' if name == 'ar_greedy' else
                      f'PaDIR {name.split("_t")[-1]} it.',
                      'iterations': None if name == 'ar_greedy' else int(name.split('_t')[-1]),
