@@ -69,6 +69,12 @@ class CompileTimer:
     monitoring.unregister_event_listener(self._on_event)
     self._active = False
 
+  def absorb(self, summary: dict[str, float | int]) -> None:
+    """Adds another timer's `summary` (e.g. of a worker process) to this one's counts."""
+    self.seconds['backend'] += float(summary['seconds'])
+    self.programs += int(summary['programs'])
+    self.cache_hits += int(summary['cache_hits'])
+
   @property
   def total(self) -> float:
     """All compilation seconds of the block (trace + lower + backend)."""

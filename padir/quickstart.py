@@ -52,6 +52,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import os
 import re
 import shutil
@@ -71,6 +72,7 @@ from padir import gin_utils
 from padir import quickstart_eval as qs_eval
 from padir import quickstart_results
 from padir import summaries
+from padir import workers
 from padir.quickstart_config import DATA_STUDENTS, STAGES, TEACHER_START, QuickstartConfig
 
 DEFAULT_OUTPUT_DIR = 'padir_quickstart'
@@ -163,20 +165,34 @@ class Quickstart:
 
   def __init__(self, config: QuickstartConfig, output_dir: str, gin_files: Sequence[str],
                gin_bindings: Sequence[str], *, progress: bool = True,
-               print_fn: Callable[[str], Any] = print):
+               print_fn: Callable[[str], Any] = print, gin_search_paths: Sequence[str] = ()):
     self.cfg = config
     self.out = os.path.abspath(os.path.expanduser(output_dir))
     self.output_dir = output_dir  # as the user gave it: the report's commands use it
     self.gin_files = list(gin_files)
     self.gin_bindings = list(gin_bindings)
+    self.gin_search_paths = list(gin_search_paths)
     self.progress = progress
+    # on_step(stage, step, metrics) after every training step (a worker process reports it).
+    self.on_step: Callable[[str, int, Mapping[str, float] | None], Any] | None = None
+    self._compiling: compile_time.CompileTimer | None = None  # the running stage's
+    self._concurrent_with: str | None = None  # run_stage's argument while the stage runs
+    self._requested: set[str] = set(STAGES)  # the stages this invocation runs
     self.print = print_fn
     self.lengths = dict(config.feature_lengths)
-    from padir.data import tasks  # pylint: disable=g-import-not-at-top
-    self.filtered_task = config.task in tasks.BIBLE_TASKS
-    self.task_name = f'quickstart_{config.task}' if self.filtered_task else config.task
 
   # ------------------------------------------------------------------ paths and plumbing
+
+  @functools.cached_property
+  def filtered_task(self) -> bool:
+    """Whether the task is a Bible direction the quickstart re-registers with ``overlong``."""
+    # Imported here: padir.data.tasks loads TensorFlow, which a training worker never needs.
+    from padir.data import tasks  # pylint: disable=g-import-not-at-top
+    return self.cfg.task in tasks.BIBLE_TASKS
+
+  @functools.cached_property
+  def task_name(self) -> str:
+    return f'quickstart_{self.cfg.task}' if self.filtered_task else self.cfg.task
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.out, *parts)
@@ -377,6 +393,7 @@ class Quickstart:
 
   def _run(self, stages: Sequence[str]) -> dict[str, str]:
     start = time.time()
+    self._requested = set(stages)
     for number, name in enumerate(STAGES, 1):
       if name not in stages:
         continue
@@ -389,30 +406,54 @@ class Quickstart:
         continue
       if name == 'ar_matched' and not self.trains_matched_ar:
         continue
-      marker = self.path('stages', f'{name}.json')
-      if name != 'report' and os.path.isfile(marker):
-        self.print(f'[{number}/{len(STAGES)}] {name}: done '
-                   f'({qs_eval.read_json(marker)["seconds"]:.0f}s), skipped.')
+      if name == 'student_scratch':
+        self._set_aside_stale_scratch()
+      marker = self.stage_result(name)
+      if name != 'report' and marker is not None:
+        alongside = (f', alongside {marker["concurrent_with"]}'
+                     if marker.get('concurrent_with') else '')
+        self.print(f'[{number}/{len(STAGES)}] {name}: done ({marker["seconds"]:.0f}s'
+                   f'{alongside}), skipped.')
         continue
-      self.print(f'[{number}/{len(STAGES)}] {name}: {_STAGE_TEXT[name]}')
-      speed = machine_speed() if name != 'report' else None  # outside the stage's seconds
-      began = time.time()
-      with compile_time.CompileTimer() as compiling:
-        result = getattr(self, f'_stage_{name}')()
-      seconds = time.time() - began
+      result = self.run_stage(name)
       if name == 'report':
-        self.print(f'[{number}/{len(STAGES)}] report: ' +
-                   ', '.join(f'{k} {v}' for k, v in result.items()))
         paths = result
-      else:
-        qs_eval.write_json(marker, {'seconds': seconds, 'result': result,
-                             'compile': compiling.summary(), 'matmul_gflops': speed,
-                             'finished': datetime.datetime.now().isoformat(timespec='seconds')})
-        self.print(f'[{number}/{len(STAGES)}] {name}: finished in {seconds:.0f}s '
-                   f'({compiling.total:.0f}s of it compiling {compiling.programs} programs).')
     self.print(f'quickstart: this invocation took {time.time() - start:.0f}s; report in '
                f'{self.path("report")}')
     return paths if 'report' in stages else {}
+
+  def run_stage(self, name: str, concurrent_with: str | None = None) -> Any:
+    """Runs one stage and writes its marker (the report stage: returns its paths).
+
+    ``concurrent_with``: the stage it runs alongside, in a worker process (the marker says so:
+    the report counts its seconds once, inside that stage's).
+    """
+    number = STAGES.index(name) + 1
+    self.print(f'[{number}/{len(STAGES)}] {name}: {_STAGE_TEXT[name]}')
+    speed = machine_speed() if name != 'report' else None  # outside the stage's seconds
+    began = time.time()
+    self._concurrent_with = concurrent_with
+    try:
+      with compile_time.CompileTimer() as compiling:
+        self._compiling = compiling
+        result = getattr(self, f'_stage_{name}')()
+    finally:
+      self._compiling = None
+      self._concurrent_with = None
+    seconds = time.time() - began
+    if name == 'report':
+      self.print(f'[{number}/{len(STAGES)}] report: ' +
+                 ', '.join(f'{k} {v}' for k, v in result.items()))
+      return result
+    marker = {'seconds': seconds, 'result': result, 'compile': compiling.summary(),
+              'matmul_gflops': speed,
+              'finished': datetime.datetime.now().isoformat(timespec='seconds')}
+    if concurrent_with:
+      marker['concurrent_with'] = concurrent_with
+    qs_eval.write_json(self.path('stages', f'{name}.json'), marker)
+    self.print(f'[{number}/{len(STAGES)}] {name}: finished in {seconds:.0f}s '
+               f'({compiling.total:.0f}s of it compiling {compiling.programs} programs).')
+    return result
 
   def stage_result(self, name: str) -> dict[str, Any] | None:
     marker = self.path('stages', f'{name}.json')
@@ -477,7 +518,13 @@ class Quickstart:
     with self.bar(steps, stage, 'step', initial=min(_latest_step(model_dir), steps)) as bar:
 
       display = TrainDisplay(bar, self.progress, lambda line: self.say(bar, line))
-      result = train_lib.train(print_fn=display.print, step_callback=display.on_step)
+
+      def on_step(step: int, metrics: Mapping[str, float] | None) -> None:
+        display.on_step(step, metrics)
+        if self.on_step is not None:
+          self.on_step(stage, step, metrics)
+
+      result = train_lib.train(print_fn=display.print, step_callback=on_step)
     if result.stopped_by_signal:
       name = 'Ctrl-C' if result.stop_signal == signal.SIGINT else 'SIGTERM'
       raise _Stopped(f'{stage} stopped by {name} at step {result.step}; rerun to resume.',
@@ -497,6 +544,72 @@ class Quickstart:
         'init_from': self.init_dir(stage),
     }
 
+  def trains_alongside(self, stage: str) -> bool:
+    """Whether ``stage`` trains alongside its partner now, in two pinned worker processes.
+
+    The partners start from the same checkpoint and do not wait for each other: the teacher's
+    second leg and ``student_raw`` (both from ``teacher_start``), ``student_distilled`` and
+    ``student_scratch`` (both on the distilled data). Only with ``concurrent_training``, on
+    CPU cores that `padir.workers.cpu_shares` can split, when this invocation runs the
+    partner's stage and it has not finished.
+    """
+    partner = _PARTNERS.get(stage)
+    if (partner is None or not self.cfg.concurrent_training or partner not in self._requested
+        or self.stage_result(partner) is not None):
+      return False
+    if stage == 'teacher' and (self.cfg.student_start_steps is None or
+                               not self.cfg.raw_ablation):
+      return False
+    if stage == 'student_distilled' and not (self.cfg.scratch_ablation and
+                                             self.cfg.student_init == 'teacher'):
+      return False
+    return workers.cpu_shares(2) is not None
+
+  def _alongside(self, method: str, stage: str, partner: str) -> dict[str, Any]:
+    """``getattr(self, method)()`` (training ``stage``) and the ``partner`` stage at once.
+
+    Each runs in a worker process on half of the cores (`padir.workers.run_pinned`); the
+    partner writes its own marker. Returns the method's result; its compilation counts in the
+    running stage's.
+    """
+    spec = {'config': self.cfg.to_json(), 'output_dir': self.out, 'gin_files': self.gin_files,
+            'gin_bindings': self.gin_bindings, 'gin_search_paths': self.gin_search_paths}
+    totals = {stage: self.cfg.teacher_steps - (self.cfg.student_start_steps or 0)
+                     if stage == 'teacher' else self.cfg.student_steps,
+              partner: self.cfg.student_steps}
+    with contextlib.ExitStack() as stack:
+      displays = {}
+      for name, total in totals.items():
+        bar = stack.enter_context(self.bar(total, name, 'step',
+                                           initial=min(_latest_step(self.path(name)), total)))
+        displays[name] = TrainDisplay(bar, self.progress,
+                                      functools.partial(self._say_as, bar, name))
+
+      def on_message(name: str, kind: str, payload: Any) -> None:
+        if kind == 'line':
+          displays[name].print(payload)
+        elif kind == 'step':
+          displays[name].on_step(*payload)
+
+      try:
+        main, other = workers.run_pinned(
+            [workers.Job(stage, _worker_job, (spec, method, ())),
+             workers.Job(partner, _worker_job, (spec, 'run_stage', (partner, stage)))],
+            on_message)
+      except workers.JobStopped as err:
+        raise _Stopped(f'{stage} and {partner} stopped by '
+                       f'{"Ctrl-C" if err.signum == signal.SIGINT else "SIGTERM"}; rerun to '
+                       'resume.', 128 + err.signum) from err
+    for outcome in (main, other):
+      if 'stopped' in outcome:
+        raise _Stopped(outcome['stopped'], outcome['code'])
+    if self._compiling is not None:
+      self._compiling.absorb(main['compile'])
+    return main['result']
+
+  def _say_as(self, bar: Any, name: str, line: str) -> None:
+    self.say(bar, f'  [{name}] {line}')
+
   def _stage_teacher(self) -> dict[str, Any]:
     start = self.cfg.student_start_steps
     if start is None:
@@ -508,8 +621,12 @@ class Quickstart:
     first = self._train(TEACHER_START, self.cfg.teacher_gin_files, self.full_data, start)
     self.print(f'  {TEACHER_START}: step {first["step"]}, where the students start; the '
                f'teacher trains on for {self.cfg.teacher_steps - start} steps.')
-    result = self._train('teacher', self.cfg.teacher_gin_files, self.full_data,
-                         self.cfg.teacher_steps - start)
+    if self.trains_alongside('teacher'):
+      self.print('  student_raw starts from there too: it trains alongside the teacher, each '
+                 'in a process on half of the CPU cores (QuickstartConfig.concurrent_training).')
+      result = self._alongside('_train_teacher_leg', 'teacher', 'student_raw')
+    else:
+      result = self._train_teacher_leg()
     # The teacher's step counter restarted with its second leg: count both legs.
     result['legs'] = {TEACHER_START: {k: first[k] for k in ('step', 'cooldown_steps',
                                                              'train_metrics', 'eval_metrics')},
@@ -518,8 +635,21 @@ class Quickstart:
     result['init_from'] = None  # the first leg started from random weights
     return result
 
+  def _train_teacher_leg(self) -> dict[str, Any]:
+    """The teacher's second leg (from its first, ``teacher_start``)."""
+    return self._train('teacher', self.cfg.teacher_gin_files, self.full_data,
+                       self.cfg.teacher_steps - self.cfg.student_start_steps)
+
   def _stage_student_distilled(self) -> dict[str, Any]:
     self.student_model('student_distilled')  # checks the canvas settings before training
+    if self.trains_alongside('student_distilled'):
+      self.print('  student_scratch trains alongside, on the distilled data, each in a process '
+                 'on half of the CPU cores (QuickstartConfig.concurrent_training).')
+      return self._alongside('_train_student_distilled', 'student_distilled',
+                             'student_scratch')
+    return self._train_student_distilled()
+
+  def _train_student_distilled(self) -> dict[str, Any]:
     return self._train('student_distilled', self.cfg.student_gin_files, self.distilled_data,
                        self.cfg.student_steps)
 
@@ -529,10 +659,35 @@ class Quickstart:
                        self.cfg.student_steps)
 
   def _stage_student_scratch(self) -> dict[str, Any]:
-    self._check_data_chosen('student_scratch')
+    if self._concurrent_with == 'student_distilled':
+      data = self.distilled_data  # before the select stage: see _set_aside_stale_scratch
+    else:
+      self._check_data_chosen('student_scratch')
+      data = self.student_data('student_scratch')
     self.student_model('student_scratch')
-    return self._train('student_scratch', self.cfg.student_gin_files,
-                       self.student_data('student_scratch'), self.cfg.student_steps)
+    return self._train('student_scratch', self.cfg.student_gin_files, data,
+                       self.cfg.student_steps)
+
+  def _set_aside_stale_scratch(self) -> None:
+    """Sets aside a ``student_scratch`` trained on other data than the main student's.
+
+    Trained alongside ``student_distilled``, the scratch student learns from the distilled
+    data before the select stage has chosen; when it chose the human references, the scratch
+    student is moved to ``student_scratch_on_distilled`` (nothing is deleted) and retrained.
+    """
+    marker = self.stage_result('student_scratch')
+    if marker is None or not self.selects_data or self.stage_result('select') is None:
+      return
+    wanted = os.path.relpath(self.student_data('student_scratch'), self.out)
+    if os.path.normpath(marker['result'].get('data', '')).endswith(wanted):
+      return
+    aside, suffix = self.path('student_scratch_on_distilled'), 1
+    while os.path.exists(aside) or os.path.exists(aside + '.json'):
+      aside, suffix = self.path(f'student_scratch_on_distilled.{suffix}'), suffix + 1
+    shutil.move(self.path('student_scratch'), aside)
+    shutil.move(self.path('stages', 'student_scratch.json'), aside + '.json')
+    self.print(f'  student_scratch learnt from the distilled data, but the select stage chose '
+               f'the human references: moved to {os.path.basename(aside)}, trained again.')
 
   def _stage_student_ablations(self) -> dict[str, Any]:
     self._check_data_chosen('student_ablations')
@@ -601,6 +756,36 @@ _STAGE_TEXT = {
 }
 
 
+# The training stage each stage may train alongside (Quickstart.trains_alongside).
+_PARTNERS = {'teacher': 'student_raw', 'student_distilled': 'student_scratch'}
+
+
+def _worker_job(spec: Mapping[str, Any], method: str, args: Sequence[Any],
+                emit: workers.Emit) -> dict[str, Any]:
+  """A worker process of `Quickstart._alongside`: ``Quickstart.<method>(*args)`` there.
+
+  Returns ``{'result': ..., 'compile': summary}``, or ``{'stopped': message, 'code': n}`` when
+  a signal stopped the training (its checkpoint is saved).
+  """
+  gin_utils._register_search_paths(spec['gin_search_paths'])  # pylint: disable=protected-access
+  config = load_config(spec['gin_files'], spec['gin_bindings'])
+  if config.to_json() != spec['config']:
+    raise ValueError('The worker process parsed another QuickstartConfig than its parent '
+                     f'from the same gin: {config.to_json()} vs {spec["config"]}.')
+  run = Quickstart(config, spec['output_dir'], spec['gin_files'], spec['gin_bindings'],
+                   progress=False, print_fn=lambda line: emit('line', line),
+                   gin_search_paths=spec['gin_search_paths'])
+  run.on_step = lambda stage, step, metrics: emit('step', (step, dict(metrics or {})))
+  try:
+    with run.compilation_cache(), decoding.compiler_options(
+        xla_backend_optimization_level=config.decoder_optimization_level), \
+        compile_time.CompileTimer() as compiling:
+      result = getattr(run, method)(*args)
+  except _Stopped as err:
+    return {'stopped': str(err), 'code': err.code}
+  return {'result': result, 'compile': compiling.summary()}
+
+
 class _Stopped(RuntimeError):
   """A stage stopped on SIGTERM or Ctrl-C after saving its state."""
 
@@ -656,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(gin_files, gin_args.gin_bindings)
     gin_utils.check_command_line_bindings(gin_args.gin_bindings)  # typos before any stage runs
     run = Quickstart(config, flags.output_dir, gin_files, gin_args.gin_bindings,
-                     progress=not flags.no_progress)
+                     progress=not flags.no_progress, gin_search_paths=gin_args.gin_search_paths)
     run.run(stages)
   except _Stopped as err:
     print(f'padir quickstart: {err}', file=sys.stderr)
@@ -664,7 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     print('\npadir quickstart: interrupted; rerun the same command to resume.', file=sys.stderr)
     return 130
-  except (gin_utils.GinFlagError, ValueError, FileNotFoundError) as err:
+  except (gin_utils.GinFlagError, ValueError, FileNotFoundError, workers.JobError) as err:
     print(f'padir quickstart: {err}', file=sys.stderr)
     return 1
   return 0

@@ -124,6 +124,13 @@ class QuickstartConfig:
       ``xla_backend_optimization_level``, 0-3) of the decoders the run compiles (distillation,
       validation choices, evaluation, latency); None: XLA's default. Training is not affected.
       The AR and PaDIR decoders that are timed against each other compile alike.
+    concurrent_training: on a CPU backend (Linux, at least 2 cores), train two stages that do
+      not wait for each other at once, each in a process pinned to half of the cores
+      (`padir.workers`): the teacher's second leg with ``student_raw``, ``student_distilled``
+      with ``student_scratch`` (on the distilled data; if the select stage then chooses the
+      human references, it is set aside and retrained). Small models keep the cores busier
+      that way. False, or on an accelerator: one stage at a time. Latency is never measured
+      while another job runs.
   """
 
   teacher_gin_files: tuple[str, ...] = ('gin/experiments/bible_es_en_ar.gin',)
@@ -170,6 +177,7 @@ class QuickstartConfig:
   small_bench_examples: int = 10
   compilation_cache: bool = True
   decoder_optimization_level: int | None = None
+  concurrent_training: bool = True
 
   def __post_init__(self):
     for name in ('teacher_gin_files', 'student_gin_files', 'iterations', 'small_iterations',
@@ -254,6 +262,9 @@ class QuickstartConfig:
     if level is not None and (not isinstance(level, int) or not 0 <= level <= 3):
       raise ValueError(f'QuickstartConfig.decoder_optimization_level={level!r} must be 0, 1, 2, '
                        "3 or None (XLA's default).")
+    if not isinstance(self.concurrent_training, bool):
+      raise ValueError(f'QuickstartConfig.concurrent_training={self.concurrent_training!r} '
+                       'must be True or False.')
     if not isinstance(self.refine, RefineConfig):
       raise ValueError('QuickstartConfig.refine must be a padir.refine_decoding.RefineConfig '
                        '(@padir.refine_decoding.RefineConfig() in gin).')

@@ -212,7 +212,13 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
   markers = {name: marker for name in run.STAGES if (marker := run.stage_result(name))}
   seconds = {name: round(marker['seconds'], 1) for name, marker in markers.items()}
   setup['stage seconds'] = seconds
-  setup['total seconds (every stage but the report)'] = round(sum(seconds.values()), 1)
+  alongside = {name: marker['concurrent_with'] for name, marker in markers.items()
+               if marker.get('concurrent_with')}
+  if alongside:
+    setup['stages trained alongside another (each on half of the CPU cores; their seconds '
+          'are inside that stage\'s)'] = alongside
+  setup['total seconds (every stage but the report)'] = round(
+      sum(s for name, s in seconds.items() if name not in alongside), 1)
   compiling = {name: marker['compile'] for name, marker in markers.items()
                if 'compile' in marker}  # stages finished before padir recorded it have none
   if compiling:

@@ -10,6 +10,7 @@ import jax
 import pytest
 
 from padir import quickstart
+from padir import workers
 from padir.data import corpus
 from padir.data import tasks
 from padir.data import vocab
@@ -193,11 +194,22 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   for stage in ('student_distilled', 'student_raw', 'student_scratch'):
     assert models[stage]['peak learning rate'] == pytest.approx(teacher_rate * 2 / 3, rel=1e-2)
   # Every stage records its compilation; the student stages after the first one load the
-  # programs the first compiled from the run's persistent cache.
-  compiling = {s: _load(os.path.join(out, 'stages', f'{s}.json'))['compile']
-               for s in ('teacher', 'student_distilled', 'student_raw', 'select')}
+  # programs the first compiled from the run's persistent cache. With two cores or more the
+  # reference-trained student trains alongside the teacher's second leg (the first student),
+  # the scratch one alongside the distilled one.
+  markers = {s: _load(os.path.join(out, 'stages', f'{s}.json'))
+             for s in ('teacher', 'student_distilled', 'student_raw', 'student_scratch',
+                       'select')}
+  compiling = {s: m['compile'] for s, m in markers.items()}
   assert all(c['programs'] > 0 and c['seconds'] > 0 for c in compiling.values())
-  assert compiling['student_raw']['cache_hits'] > 0
+  together = workers.cpu_shares(2) is not None
+  assert compiling['student_distilled' if together else 'student_raw']['cache_hits'] > 0
+  alongside = {s: m['concurrent_with'] for s, m in markers.items() if 'concurrent_with' in m}
+  assert alongside == ({'student_raw': 'teacher', 'student_scratch': 'student_distilled'}
+                       if together else {})
+  stage_seconds = results['setup']['stage seconds']
+  assert results['setup']['total seconds (every stage but the report)'] == pytest.approx(
+      sum(v for k, v in stage_seconds.items() if k not in alongside), abs=0.2)
   assert results['setup']['total compiling seconds'] > 0
   # ... and how fast the machine was just before it.
   speed = results['setup']['machine speed before each stage (2048 x 2048 float32 matmul, GFLOP/s)']
@@ -308,6 +320,51 @@ def test_ablation_students_train_on_the_data_chosen_on_validation(tmp_path):
                                 {'seconds': 1.0, 'result': {'student': 'student_raw'}})
   assert fixed.main_student() == 'student_distilled'
   assert fixed.student_data('student_scratch') == fixed.distilled_data
+
+
+def test_a_scratch_student_on_data_the_select_stage_did_not_choose_is_retrained(tmp_path):
+  run = quickstart.Quickstart(quickstart.QuickstartConfig(), str(tmp_path), [], [],
+                              progress=False, print_fn=lambda line: None)
+  os.makedirs(run.path('stages'))
+  os.makedirs(run.path('student_scratch', '4'))
+  # Trained alongside the distilled student, on the distilled data, in another directory.
+  scratch = {'seconds': 1.0, 'concurrent_with': 'student_distilled',
+             'result': {'data': os.path.join('/elsewhere', 'distill', 'arrays')}}
+  quickstart.qs_eval.write_json(run.path('stages', 'student_scratch.json'), scratch)
+  select = run.path('stages', 'select.json')
+  quickstart.qs_eval.write_json(select, {'seconds': 1.0,
+                                         'result': {'student': 'student_distilled'}})
+  run._set_aside_stale_scratch()  # pylint: disable=protected-access
+  assert run.stage_result('student_scratch') == scratch  # the chosen data: kept
+  quickstart.qs_eval.write_json(select, {'seconds': 1.0, 'result': {'student': 'student_raw'}})
+  run._set_aside_stale_scratch()  # pylint: disable=protected-access
+  assert run.stage_result('student_scratch') is None
+  assert not os.path.exists(run.path('student_scratch'))
+  assert os.path.isdir(run.path('student_scratch_on_distilled', '4'))
+  assert quickstart.qs_eval.read_json(run.path('student_scratch_on_distilled.json')) == scratch
+
+
+def test_trains_alongside_only_partners_that_are_still_to_train(tmp_path, monkeypatch):
+  monkeypatch.setattr(workers, 'cpu_shares', lambda n: [{0}, {1}])
+  config = quickstart.QuickstartConfig(teacher_steps=10, student_start_steps=4)
+  run = quickstart.Quickstart(config, str(tmp_path), [], [], progress=False)
+  assert run.trains_alongside('teacher') and run.trains_alongside('student_distilled')
+  assert not run.trains_alongside('student_raw') and not run.trains_alongside('select')
+  run._requested = {'teacher', 'student_distilled'}  # pylint: disable=protected-access
+  assert not run.trains_alongside('teacher') and not run.trains_alongside('student_distilled')
+  run._requested = set(quickstart.STAGES)  # pylint: disable=protected-access
+  os.makedirs(run.path('stages'))
+  quickstart.qs_eval.write_json(run.path('stages', 'student_raw.json'), {'seconds': 1.0})
+  assert not run.trains_alongside('teacher')  # already trained
+  for off in (dict(concurrent_training=False), dict(scratch_ablation=False)):
+    other = quickstart.Quickstart(dataclasses.replace(config, **off), str(tmp_path), [], [],
+                                  progress=False)
+    assert not other.trains_alongside('student_distilled')
+  monkeypatch.setattr(workers, 'cpu_shares', lambda n: None)  # one core, or an accelerator
+  assert not quickstart.Quickstart(config, str(tmp_path), [], [],
+                                   progress=False).trains_alongside('student_distilled')
+  with pytest.raises(ValueError, match='concurrent_training=1 must be True or False'):
+    quickstart.QuickstartConfig(concurrent_training=1)
 
 
 def test_bound_value_reads_what_a_stage_trains_with():
