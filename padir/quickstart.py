@@ -33,12 +33,16 @@ On the embedded Bible corpus (Spanish -> English), one command:
                         of random networks at the T5.1.1 'small' size
   13. report            OUTPUT_DIR/report/report.{md,json,png} (padir.report)
 
+On a CPU with two cores or more (``QuickstartConfig.concurrent_training``), student_raw trains
+alongside the teacher's second leg and student_scratch alongside student_distilled, each in a
+process pinned to half of the cores (`padir.workers`): small models keep the cores busier so.
+
 Every stage shows a progress bar with an ETA and leaves a marker in ``OUTPUT_DIR/stages/``
 when it finishes; rerunning the same command skips finished stages and resumes the current one
 (training from its last checkpoint, distillation from its last saved chunk, evaluation from its
 last finished system). A rerun with a different configuration in the same directory is refused.
 
-Configuration is gin: ``gin/runs/quickstart.gin`` (CPU-sized defaults, about 36 minutes
+Configuration is gin: ``gin/runs/quickstart.gin`` (CPU-sized defaults, about 32 minutes
 measured on two cores) is always read first; ``--gin_file`` files and ``--gin.NAME=VALUE``
 bindings come after it, e.g. ``--gin_file=gin/experiments/quickstart_small.gin`` (T5.1.1
 small, for a GPU) or ``--gin.TEACHER_STEPS=3000``. Each training stage parses its experiment gin

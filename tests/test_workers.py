@@ -1,6 +1,9 @@
 """Tests of padir.workers: jobs in processes of their own, each pinned to its cores."""
 
 import os
+import signal
+import threading
+import time
 
 import pytest
 
@@ -15,6 +18,17 @@ def _report_cores(tag, emit):
   """A job: tells the parent its tag and the cores it may run on."""
   emit('hello', tag)
   return {'tag': tag, 'cores': sorted(os.sched_getaffinity(0)), 'pid': os.getpid()}
+
+
+def _wait_for_sigterm(emit):
+  """A job that works until SIGTERM, then stops cleanly (as training saves and stops)."""
+  stop = []
+  signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+  emit('ready', os.getpid())
+  deadline = time.time() + 60
+  while not stop and time.time() < deadline:
+    time.sleep(0.05)
+  return {'stopped': bool(stop)}
 
 
 def _fail(emit):  # pylint: disable=unused-argument
@@ -62,3 +76,21 @@ def test_jobs_need_distinct_names_and_cores_of_their_own():
   with pytest.raises(ValueError, match='cannot give each of 2 jobs cores'):
     workers.run_pinned([workers.Job('a', _fail), workers.Job('b', _fail)], lambda *_: None,
                        cores=[{0}])
+
+
+@needs_two_cores
+def test_sigterm_in_the_parent_stops_every_job_cleanly():
+  ready = []
+
+  def on_message(name, kind, payload):
+    ready.append(name)
+    if len(ready) == 2:  # both jobs wait: a scheduler sends SIGTERM to the parent only
+      threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+  before, start = signal.getsignal(signal.SIGTERM), time.time()
+  with pytest.raises(workers.JobStopped) as stopped:
+    workers.run_pinned([workers.Job('a', _wait_for_sigterm), workers.Job('b', _wait_for_sigterm)],
+                       on_message)
+  assert stopped.value.signum == signal.SIGTERM
+  assert time.time() - start < 30  # the jobs stopped on the forwarded signal, not the deadline
+  assert signal.getsignal(signal.SIGTERM) == before  # the parent's handler is restored
