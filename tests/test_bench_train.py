@@ -50,3 +50,22 @@ def test_bench_size_times_a_step_and_xla_agrees_with_the_flop_model():
   # little larger (1.08 here); an analytic model that missed a stage would be off by ~1.6x.
   assert result.xla_flops is not None
   assert 0.9 < result.xla_flops / result.model_flops < 1.3
+
+
+def test_network_overrides_change_the_timed_model_and_bad_json_is_refused(capsys):
+  partitioner = partitioning.Partitioner((-1, 1, 1), devices=jax.local_devices()[:1])
+  wide = {'emb_dim': 96, 'num_encoder_layers': 1, 'num_decoder_layers': 1}
+  result = bench_train.bench_size('tiny', 'ar', batch_size=2, length=8, steps=1,
+                                  dtype='float32', partitioner=partitioner, dropout_rate=0.0,
+                                  network_overrides=wide)
+  model = builders.build_model(models.EncoderDecoderModel, vocabulary='bible',
+                               task_feature_lengths={'inputs': 8, 'targets': 8},
+                               network={'size': 'tiny', 'overrides': wide})
+  assert model.network_config.emb_dim == 96
+  assert result.model_flops == pytest.approx(bench_train.model_flops_per_step(model, 2, 8, 8))
+  with pytest.raises(SystemExit):
+    bench_train.main(['--network={emb_dim: 128}'])
+  assert "--network='{emb_dim: 128}' is not JSON" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    bench_train.main(['--network=[1]'])
+  assert 'must be a JSON object of T5Config fields' in capsys.readouterr().err

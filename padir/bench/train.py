@@ -2,11 +2,11 @@ r"""Training speed: tokens/s and model FLOPs utilisation (MFU) against a measure
 
   python -m padir.bench train --sizes=tiny,small --batch_size=16 --length=64 --steps=5 \
       [--objective=padir|ar] [--dtype=float32|bfloat16] [--profile] \
-      [--output=benchmarks/results/train.md]
+      [--network='{"emb_dim": 128, ...}'] [--output=benchmarks/results/train.md]
 
 For each size it builds the model as ``padir.builders.build_model`` does (shipped 'bible'
-vocabulary, 8k pieces), compiles the real sharded train step (`padir.trainer.Trainer`, Adafactor)
-on all local devices, times ``--steps`` steps on synthetic full-length batches after one warm-up
+vocabulary, 8k pieces; ``--network`` overrides fields of every size's preset), compiles the
+real sharded train step (`padir.trainer.Trainer`, Adafactor) on all local devices, times ``--steps`` steps on synthetic full-length batches after one warm-up
 step, and reports:
 
 * tokens/s: (source + target) tokens per second, all positions real (no padding);
@@ -32,10 +32,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -138,9 +139,11 @@ class Result:
 def bench_size(size: str, objective: str, batch_size: int, length: int, steps: int,
                dtype: str, partitioner: partitioning.Partitioner,
                dropout_rate: float = 0.1, padir_stages: int = 2,
-               profile: bool = False) -> Result:
+               profile: bool = False,
+               network_overrides: Mapping[str, Any] | None = None) -> Result:
   model_cls = models.PadirModel if objective == 'padir' else models.EncoderDecoderModel
-  network = {'size': size, 'overrides': {'dtype': dtype, 'dropout_rate': dropout_rate}}
+  network = {'size': size, 'overrides': {**(network_overrides or {}), 'dtype': dtype,
+                                         'dropout_rate': dropout_rate}}
   # padir_stages defaults to the 2 unrolled stages of objectives/padir.gin
   kwargs = {'num_train_stages': padir_stages} if objective == 'padir' else {}
   model = builders.build_model(model_cls, vocabulary='bible',
@@ -194,7 +197,8 @@ def _report(results: list[Result], peak: float, args: argparse.Namespace, comman
       f'({peak.flops_per_cpu_sec / 1e9:.1f} GFLOP per CPU second)',
       f'- batch {args.batch_size} x {args.length} source + {args.length} target tokens, '
       f'Adafactor, dropout {args.dropout_rate}; PaDIR with {args.padir_stages} unrolled '
-      'decoder stages', '',
+      'decoder stages' + (f'; network overrides {args.network}' if args.network != '{}' else ''),
+      '',
       '| size | objective | params | s/step (fastest) | tokens/s | model GFLOP/step | '
       'XLA GFLOP/step | MFU (wall) | MFU (CPU time) | compile s |',
       '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
@@ -230,7 +234,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help='also profile the step: kernel time per source function '
                            '(padir.bench.ops), e.g. the loss against the output projection')
   parser.add_argument('--output', default=None, help='also write the markdown report here')
+  parser.add_argument('--network', default='{}',
+                      help='JSON of T5Config fields that override every size\'s preset, e.g. '
+                      '\'{"emb_dim": 128, "mlp_dim": 256, "head_dim": 32, "num_encoder_layers": '
+                      '3, "num_decoder_layers": 3}\' (the quickstart\'s network with --sizes=tiny)')
   args = parser.parse_args(argv)
+  try:
+    network_overrides = json.loads(args.network)
+  except json.JSONDecodeError as err:
+    parser.error(f'--network={args.network!r} is not JSON ({err}); give an object such as '
+                 '\'{"emb_dim": 128}\'.')
+  if not isinstance(network_overrides, dict):
+    parser.error(f'--network={args.network!r} must be a JSON object of T5Config fields, such as '
+                 '\'{"emb_dim": 128}\'.')
   command = 'python -m padir.bench train ' + ' '.join(argv if argv is not None else sys.argv[1:])
   partitioner = partitioning.Partitioner((-1, 1, 1), devices=jax.local_devices())
   peak = measure_matmul_peak(args.matmul_size, args.dtype)
@@ -242,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       if objective not in ('padir', 'ar'):
         parser.error(f'--objectives: unknown {objective!r} (padir, ar)')
       r = bench_size(size, objective, args.batch_size, args.length, args.steps, args.dtype,
-                     partitioner, args.dropout_rate, args.padir_stages, args.profile)
+                     partitioner, args.dropout_rate, args.padir_stages, args.profile,
+                     network_overrides)
       print(f'{size} {objective}: {r.seconds_per_step:.3f} s/step, {r.tokens_per_sec:,.0f} '
             f'tokens/s, MFU {100 * r.mfu(peak):.1f}% wall, {100 * r.mfu_cpu(peak):.1f}% CPU time '
             '(against the peak measured so far)')
