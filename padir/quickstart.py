@@ -35,7 +35,8 @@ On the embedded Bible corpus (Spanish -> English), one command:
 
 On a CPU with two cores or more (``QuickstartConfig.concurrent_training``), student_raw trains
 alongside the teacher's second leg and student_scratch alongside student_distilled, each in a
-process pinned to half of the cores (`padir.workers`): small models keep the cores busier so.
+process pinned to half of the cores (`padir.quickstart_pairs`, `padir.workers`): small models
+keep the cores busier so.
 
 Every stage shows a progress bar with an ETA and leaves a marker in ``OUTPUT_DIR/stages/``
 when it finishes; rerunning the same command skips finished stages and resumes the current one
@@ -74,6 +75,7 @@ from padir import decoding
 from padir import errors
 from padir import gin_utils
 from padir import quickstart_eval as qs_eval
+from padir import quickstart_pairs
 from padir import quickstart_results
 from padir import summaries
 from padir import workers
@@ -145,7 +147,7 @@ class TrainDisplay:
                                 refresh=False)
 
 
-def _latest_step(model_dir: str) -> int:
+def latest_step(model_dir: str) -> int:
   if not os.path.isdir(model_dir):
     return 0
   steps = [int(d) for d in os.listdir(model_dir) if d.isdigit()]
@@ -179,9 +181,9 @@ class Quickstart:
     self.progress = progress
     # on_step(stage, step, metrics) after every training step (a worker process reports it).
     self.on_step: Callable[[str, int, Mapping[str, float] | None], Any] | None = None
-    self._compiling: compile_time.CompileTimer | None = None  # the running stage's
+    self.compiling: compile_time.CompileTimer | None = None  # the running stage's
     self._concurrent_with: str | None = None  # run_stage's argument while the stage runs
-    self._requested: set[str] = set(STAGES)  # the stages this invocation runs
+    self.requested_stages: set[str] = set(STAGES)  # the stages this invocation runs
     self.print = print_fn
     self.lengths = dict(config.feature_lengths)
 
@@ -387,17 +389,24 @@ class Quickstart:
       jax.config.update('jax_compilation_cache_dir', None)
       cc.reset_cache()
 
+  @contextlib.contextmanager
+  def compiling_setup(self):
+    """The run's persistent compilation cache and its decoders' XLA options (`run` and its
+    worker processes)."""
+    with self.compilation_cache(), decoding.compiler_options(
+        xla_backend_optimization_level=self.cfg.decoder_optimization_level):
+      yield
+
   def run(self, stages: Sequence[str] = STAGES) -> dict[str, str]:
     """Runs (or resumes) the stages; returns the report's paths."""
     os.makedirs(self.out, exist_ok=True)
     self.check_config()
-    with self.compilation_cache(), decoding.compiler_options(
-        xla_backend_optimization_level=self.cfg.decoder_optimization_level):
+    with self.compiling_setup():
       return self._run(stages)
 
   def _run(self, stages: Sequence[str]) -> dict[str, str]:
     start = time.time()
-    self._requested = set(stages)
+    self.requested_stages = set(stages)
     for number, name in enumerate(STAGES, 1):
       if name not in stages:
         continue
@@ -439,10 +448,10 @@ class Quickstart:
     self._concurrent_with = concurrent_with
     try:
       with compile_time.CompileTimer() as compiling:
-        self._compiling = compiling
+        self.compiling = compiling
         result = getattr(self, f'_stage_{name}')()
     finally:
-      self._compiling = None
+      self.compiling = None
       self._concurrent_with = None
     seconds = time.time() - began
     if name == 'report':
@@ -519,7 +528,7 @@ class Quickstart:
                 self.stage_bindings(stage) if bindings is None else bindings)
     model = stage_model()
     model_dir = self.path(stage)
-    with self.bar(steps, stage, 'step', initial=min(_latest_step(model_dir), steps)) as bar:
+    with self.bar(steps, stage, 'step', initial=min(latest_step(model_dir), steps)) as bar:
 
       display = TrainDisplay(bar, self.progress, lambda line: self.say(bar, line))
 
@@ -531,7 +540,7 @@ class Quickstart:
       result = train_lib.train(print_fn=display.print, step_callback=on_step)
     if result.stopped_by_signal:
       name = 'Ctrl-C' if result.stop_signal == signal.SIGINT else 'SIGTERM'
-      raise _Stopped(f'{stage} stopped by {name} at step {result.step}; rerun to resume.',
+      raise Stopped(f'{stage} stopped by {name} at step {result.step}; rerun to resume.',
                      128 + int(result.stop_signal or signal.SIGTERM))
     return {
         'step': result.step,
@@ -549,70 +558,11 @@ class Quickstart:
     }
 
   def trains_alongside(self, stage: str) -> bool:
-    """Whether ``stage`` trains alongside its partner now, in two pinned worker processes.
+    """Whether ``stage`` trains alongside its partner now (`padir.quickstart_pairs`)."""
+    return quickstart_pairs.trains_alongside(self, stage)
 
-    The partners start from the same checkpoint and do not wait for each other: the teacher's
-    second leg and ``student_raw`` (both from ``teacher_start``), ``student_distilled`` and
-    ``student_scratch`` (both on the distilled data). Only with ``concurrent_training``, on
-    CPU cores that `padir.workers.cpu_shares` can split, when this invocation runs the
-    partner's stage and it has not finished.
-    """
-    partner = _PARTNERS.get(stage)
-    if (partner is None or not self.cfg.concurrent_training or partner not in self._requested
-        or self.stage_result(partner) is not None):
-      return False
-    if stage == 'teacher' and (self.cfg.student_start_steps is None or
-                               not self.cfg.raw_ablation):
-      return False
-    if stage == 'student_distilled' and not (self.cfg.scratch_ablation and
-                                             self.cfg.student_init == 'teacher'):
-      return False
-    return workers.cpu_shares(2) is not None
-
-  def _alongside(self, method: str, stage: str, partner: str) -> dict[str, Any]:
-    """``getattr(self, method)()`` (training ``stage``) and the ``partner`` stage at once.
-
-    Each runs in a worker process on half of the cores (`padir.workers.run_pinned`); the
-    partner writes its own marker. Returns the method's result; its compilation counts in the
-    running stage's.
-    """
-    spec = {'config': self.cfg.to_json(), 'output_dir': self.out, 'gin_files': self.gin_files,
-            'gin_bindings': self.gin_bindings, 'gin_search_paths': self.gin_search_paths}
-    totals = {stage: self.cfg.teacher_steps - (self.cfg.student_start_steps or 0)
-                     if stage == 'teacher' else self.cfg.student_steps,
-              partner: self.cfg.student_steps}
-    with contextlib.ExitStack() as stack:
-      displays = {}
-      for name, total in totals.items():
-        bar = stack.enter_context(self.bar(total, name, 'step',
-                                           initial=min(_latest_step(self.path(name)), total)))
-        displays[name] = TrainDisplay(bar, self.progress,
-                                      functools.partial(self._say_as, bar, name))
-
-      def on_message(name: str, kind: str, payload: Any) -> None:
-        if kind == 'line':
-          displays[name].print(payload)
-        elif kind == 'step':
-          displays[name].on_step(*payload)
-
-      try:
-        main, other = workers.run_pinned(
-            [workers.Job(stage, _worker_job, (spec, method, ())),
-             workers.Job(partner, _worker_job, (spec, 'run_stage', (partner, stage)))],
-            on_message)
-      except workers.JobStopped as err:
-        raise _Stopped(f'{stage} and {partner} stopped by '
-                       f'{"Ctrl-C" if err.signum == signal.SIGINT else "SIGTERM"}; rerun to '
-                       'resume.', 128 + err.signum) from err
-    for outcome in (main, other):
-      if 'stopped' in outcome:
-        raise _Stopped(outcome['stopped'], outcome['code'])
-    if self._compiling is not None:
-      self._compiling.absorb(main['compile'])
-    return main['result']
-
-  def _say_as(self, bar: Any, name: str, line: str) -> None:
-    self.say(bar, f'  [{name}] {line}')
+  def _set_aside_stale_scratch(self) -> None:
+    quickstart_pairs.set_aside_stale_scratch(self)
 
   def _stage_teacher(self) -> dict[str, Any]:
     start = self.cfg.student_start_steps
@@ -628,7 +578,8 @@ class Quickstart:
     if self.trains_alongside('teacher'):
       self.print('  student_raw starts from there too: it trains alongside the teacher, each '
                  'in a process on half of the CPU cores (QuickstartConfig.concurrent_training).')
-      result = self._alongside('_train_teacher_leg', 'teacher', 'student_raw')
+      result = quickstart_pairs.train_alongside(self, '_train_teacher_leg', 'teacher',
+                                                 'student_raw')
     else:
       result = self._train_teacher_leg()
     # The teacher's step counter restarted with its second leg: count both legs.
@@ -649,8 +600,8 @@ class Quickstart:
     if self.trains_alongside('student_distilled'):
       self.print('  student_scratch trains alongside, on the distilled data, each in a process '
                  'on half of the CPU cores (QuickstartConfig.concurrent_training).')
-      return self._alongside('_train_student_distilled', 'student_distilled',
-                             'student_scratch')
+      return quickstart_pairs.train_alongside(self, '_train_student_distilled',
+                                              'student_distilled', 'student_scratch')
     return self._train_student_distilled()
 
   def _train_student_distilled(self) -> dict[str, Any]:
@@ -671,27 +622,6 @@ class Quickstart:
     self.student_model('student_scratch')
     return self._train('student_scratch', self.cfg.student_gin_files, data,
                        self.cfg.student_steps)
-
-  def _set_aside_stale_scratch(self) -> None:
-    """Sets aside a ``student_scratch`` trained on other data than the main student's.
-
-    Trained alongside ``student_distilled``, the scratch student learns from the distilled
-    data before the select stage has chosen; when it chose the human references, the scratch
-    student is moved to ``student_scratch_on_distilled`` (nothing is deleted) and retrained.
-    """
-    marker = self.stage_result('student_scratch')
-    if marker is None or not self.selects_data or self.stage_result('select') is None:
-      return
-    wanted = os.path.relpath(self.student_data('student_scratch'), self.out)
-    if os.path.normpath(marker['result'].get('data', '')).endswith(wanted):
-      return
-    aside, suffix = self.path('student_scratch_on_distilled'), 1
-    while os.path.exists(aside) or os.path.exists(aside + '.json'):
-      aside, suffix = self.path(f'student_scratch_on_distilled.{suffix}'), suffix + 1
-    shutil.move(self.path('student_scratch'), aside)
-    shutil.move(self.path('stages', 'student_scratch.json'), aside + '.json')
-    self.print(f'  student_scratch learnt from the distilled data, but the select stage chose '
-               f'the human references: moved to {os.path.basename(aside)}, trained again.')
 
   def _stage_student_ablations(self) -> dict[str, Any]:
     self._check_data_chosen('student_ablations')
@@ -760,37 +690,7 @@ _STAGE_TEXT = {
 }
 
 
-# The training stage each stage may train alongside (Quickstart.trains_alongside).
-_PARTNERS = {'teacher': 'student_raw', 'student_distilled': 'student_scratch'}
-
-
-def _worker_job(spec: Mapping[str, Any], method: str, args: Sequence[Any],
-                emit: workers.Emit) -> dict[str, Any]:
-  """A worker process of `Quickstart._alongside`: ``Quickstart.<method>(*args)`` there.
-
-  Returns ``{'result': ..., 'compile': summary}``, or ``{'stopped': message, 'code': n}`` when
-  a signal stopped the training (its checkpoint is saved).
-  """
-  gin_utils._register_search_paths(spec['gin_search_paths'])  # pylint: disable=protected-access
-  config = load_config(spec['gin_files'], spec['gin_bindings'])
-  if config.to_json() != spec['config']:
-    raise ValueError('The worker process parsed another QuickstartConfig than its parent '
-                     f'from the same gin: {config.to_json()} vs {spec["config"]}.')
-  run = Quickstart(config, spec['output_dir'], spec['gin_files'], spec['gin_bindings'],
-                   progress=False, print_fn=lambda line: emit('line', line),
-                   gin_search_paths=spec['gin_search_paths'])
-  run.on_step = lambda stage, step, metrics: emit('step', (step, dict(metrics or {})))
-  try:
-    with run.compilation_cache(), decoding.compiler_options(
-        xla_backend_optimization_level=config.decoder_optimization_level), \
-        compile_time.CompileTimer() as compiling:
-      result = getattr(run, method)(*args)
-  except _Stopped as err:
-    return {'stopped': str(err), 'code': err.code}
-  return {'result': result, 'compile': compiling.summary()}
-
-
-class _Stopped(RuntimeError):
+class Stopped(RuntimeError):
   """A stage stopped on SIGTERM or Ctrl-C after saving its state."""
 
   def __init__(self, message: str, code: int = SIGTERM_EXIT_CODE):
@@ -847,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Quickstart(config, flags.output_dir, gin_files, gin_args.gin_bindings,
                      progress=not flags.no_progress, gin_search_paths=gin_args.gin_search_paths)
     run.run(stages)
-  except _Stopped as err:
+  except Stopped as err:
     print(f'padir quickstart: {err}', file=sys.stderr)
     return err.code
   except KeyboardInterrupt:

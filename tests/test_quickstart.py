@@ -356,9 +356,9 @@ def test_trains_alongside_only_partners_that_are_still_to_train(tmp_path, monkey
   run = quickstart.Quickstart(config, str(tmp_path), [], [], progress=False)
   assert run.trains_alongside('teacher') and run.trains_alongside('student_distilled')
   assert not run.trains_alongside('student_raw') and not run.trains_alongside('select')
-  run._requested = {'teacher', 'student_distilled'}  # pylint: disable=protected-access
+  run.requested_stages = {'teacher', 'student_distilled'}
   assert not run.trains_alongside('teacher') and not run.trains_alongside('student_distilled')
-  run._requested = set(quickstart.STAGES)  # pylint: disable=protected-access
+  run.requested_stages = set(quickstart.STAGES)
   os.makedirs(run.path('stages'))
   quickstart.qs_eval.write_json(run.path('stages', 'student_raw.json'), {'seconds': 1.0})
   assert not run.trains_alongside('teacher')  # already trained
