@@ -83,15 +83,31 @@ def train_alongside(run: Any, method: str, stage: str, partner: str) -> dict[str
            workers.Job(partner, _worker_job, (spec, 'run_stage', (partner, stage)))],
           on_message)
     except workers.JobStopped as err:
-      how = 'Ctrl-C' if err.signum == signal.SIGINT else 'SIGTERM'
-      raise quickstart.Stopped(f'{stage} and {partner} stopped by {how}; rerun to resume.',
-                               128 + err.signum) from err
+      raise quickstart.Stopped(stopped_message(err, (stage, partner)), 128 + err.signum) from err
   for outcome in (main, other):
     if 'stopped' in outcome:
       raise quickstart.Stopped(outcome['stopped'], outcome['code'])
   if run.compiling is not None:
     run.compiling.absorb(main['compile'])
   return main['result']
+
+
+def stopped_message(err: workers.JobStopped, stages: Sequence[str]) -> str:
+  """What a signal during a pair of ``stages`` stopped, naming only the unfinished ones.
+
+  A stage whose worker returned a result without ``'stopped'`` had finished training (its
+  final checkpoint is saved; a rerun finds it done).
+  """
+  how = 'Ctrl-C' if err.signum == signal.SIGINT else 'SIGTERM'
+  done = [s for s in stages
+          if isinstance(err.finished.get(s), Mapping) and 'stopped' not in err.finished[s]]
+  cut = [s for s in stages if s not in done]
+  if not cut:
+    return f'{" and ".join(stages)} finished, then {how} arrived; rerun to go on.'
+  text = f'{" and ".join(cut)} stopped by {how}'
+  if done:
+    text += f' ({" and ".join(done)} had finished)'
+  return text + '; rerun to resume.'
 
 
 def set_aside_stale_scratch(run: Any) -> None:

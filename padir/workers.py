@@ -22,7 +22,7 @@ import os
 import queue as queue_lib
 import signal
 import traceback
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
@@ -52,11 +52,14 @@ class JobStopped(RuntimeError):
 
   Attributes:
     signum: the signal the parent received.
+    finished: job name -> return value, for the jobs that returned (before or after the
+      signal reached them; a job that handles SIGTERM by saving and returning is one).
   """
 
-  def __init__(self, message: str, signum: int):
+  def __init__(self, message: str, signum: int, finished: Mapping[str, Any] | None = None):
     super().__init__(message)
     self.signum = signum
+    self.finished = dict(finished or {})
 
 
 def cpu_shares(num_jobs: int) -> list[set[int]] | None:
@@ -169,7 +172,7 @@ def run_pinned(jobs: Sequence[Job], on_message: Callable[[str, str, Any], None],
         process.join()
     messages.close()
   if stopped:  # a job that a signal interrupted outside its own handling may have raised
-    raise JobStopped(f'stopped by signal {stopped[0]}', stopped[0])
+    raise JobStopped(f'stopped by signal {stopped[0]}', stopped[0], results)
   if errors:
     raise JobError('\n'.join(f'{name} failed in its worker process: '
                               f'{text.strip().splitlines()[-1]}\n{text.strip()}'

@@ -94,3 +94,20 @@ def test_sigterm_in_the_parent_stops_every_job_cleanly():
   assert stopped.value.signum == signal.SIGTERM
   assert time.time() - start < 30  # the jobs stopped on the forwarded signal, not the deadline
   assert signal.getsignal(signal.SIGTERM) == before  # the parent's handler is restored
+  assert stopped.value.finished == {'a': {'stopped': True}, 'b': {'stopped': True}}
+
+
+@needs_two_cores
+def test_a_signal_after_one_job_returned_keeps_that_jobs_result():
+  seen = []
+
+  def on_message(name, kind, payload):
+    seen.append(name)
+    if len(seen) == 2:  # 'a' has returned or is about to; 'b' waits for the signal
+      threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+  with pytest.raises(workers.JobStopped) as stopped:
+    workers.run_pinned([workers.Job('a', _report_cores, ('quick',)),
+                        workers.Job('b', _wait_for_sigterm)], on_message)
+  assert stopped.value.finished['a']['tag'] == 'quick'
+  assert stopped.value.finished['b'] == {'stopped': True}
