@@ -112,7 +112,7 @@ def warmup_linear_schedule(peak_value: float, warmup_steps: int, decay_steps: in
 
 
 def linear_cooldown(schedule: float | Schedule, total_steps: int,
-                    cooldown_steps: int) -> Schedule:
+                    cooldown_steps: int, warmup_steps: int = 0) -> Schedule:
   """``schedule`` times ``min(1, (total_steps - step) / cooldown_steps)``.
 
   The rate is unchanged until ``total_steps - cooldown_steps``, then falls linearly and reaches 0
@@ -120,16 +120,24 @@ def linear_cooldown(schedule: float | Schedule, total_steps: int,
   the run's ``TRAIN_STEPS``: a run continued to more steps then cools down at its new end. A run
   shorter than ``cooldown_steps`` cools down over all its steps; ``cooldown_steps=0`` leaves
   ``schedule`` as it is (a checkpoint that others continue at the full rate).
+  ``warmup_steps`` > 0 also ramps the rate up linearly over the first steps (step ``s`` gets
+  ``(s + 1) / warmup_steps`` of it), the warm-up of warmup-stable-decay.
   """
   schedule = _as_schedule(schedule)
   _positive('linear_cooldown.total_steps', total_steps)
   _positive('linear_cooldown.cooldown_steps', cooldown_steps, allow_zero=True)
-  if cooldown_steps == 0:
+  _positive('linear_cooldown.warmup_steps', warmup_steps, allow_zero=True)
+  if cooldown_steps == 0 and warmup_steps == 0:
     return schedule
-  span = float(min(cooldown_steps, total_steps))
+  span = float(min(cooldown_steps, total_steps)) if cooldown_steps else None
 
   def scaled(step):
-    return schedule(step) * jnp.clip((total_steps - step) / span, 0.0, 1.0)
+    factor = 1.0
+    if span is not None:
+      factor = jnp.clip((total_steps - step) / span, 0.0, 1.0)
+    if warmup_steps:
+      factor = factor * jnp.minimum(1.0, (step + 1.0) / warmup_steps)
+    return schedule(step) * factor
   return scaled
 
 

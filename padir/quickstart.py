@@ -90,6 +90,7 @@ SIGTERM_EXIT_CODE = 143
 
 # The gin parameter whose value each training stage's record keeps (the report lists it).
 COOLDOWN_BINDING = 'padir.optimizers.linear_cooldown.cooldown_steps'
+WARMUP_BINDING = 'padir.optimizers.linear_cooldown.warmup_steps'
 
 
 def bound_value(name: str) -> Any:
@@ -545,6 +546,7 @@ class Quickstart:
     return {
         'step': result.step,
         'cooldown_steps': bound_value(COOLDOWN_BINDING),
+        'warmup_steps': bound_value(WARMUP_BINDING) or 0,
         'train_metrics': result.train_metrics,
         'eval_metrics': result.eval_metrics,
         'params': _count_params(result.state.params),

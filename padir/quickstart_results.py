@@ -192,6 +192,9 @@ def _setup(run: Any, data: Mapping[str, Any], bench: Mapping[str, Any]) -> dict[
         models[stage]['learning-rate cooldown'] = (
             _cooldown_text(cooldown)
             + ('' if first_leg is None else f' (first leg: {_cooldown_text(first_leg, True)})'))
+      if r.get('warmup_steps'):
+        models[stage]['learning-rate warm-up'] = (
+            f'linear from 0 over the first {_steps_text(r["warmup_steps"])}')
   setup['models'] = models
   choice = distill.get('choice', {})
   setup['distillation'] = (

@@ -44,12 +44,22 @@ def test_linear_cooldown_scales_the_last_steps_to_zero():
   np.testing.assert_allclose(_values(none, [0, 999, 1000]), [0.01, 0.01, 0.01], rtol=1e-5)
 
 
+def test_linear_cooldown_with_a_warmup_ramps_up_then_holds_then_cools_down():
+  base = optimizers.rsqrt_schedule(1.0, warmup_steps=10_000)  # 0.01 throughout
+  wsd = optimizers.linear_cooldown(base, total_steps=1000, cooldown_steps=100, warmup_steps=50)
+  np.testing.assert_allclose(_values(wsd, [0, 24, 49, 500, 950, 1000]),
+                             [0.0002, 0.005, 0.01, 0.01, 0.005, 0.0], rtol=1e-5, atol=1e-9)
+  ramp = optimizers.linear_cooldown(0.5, total_steps=10, cooldown_steps=0, warmup_steps=4)
+  np.testing.assert_allclose(_values(ramp, [0, 3, 9]), [0.125, 0.5, 0.5], rtol=1e-6)
+
+
 @pytest.mark.parametrize('make, message', [
     (lambda: optimizers.warmup_cosine_schedule(1.0, 10, 10), 'must exceed'),
     (lambda: optimizers.rsqrt_schedule(warmup_steps=0), 'positive'),
     (lambda: optimizers.adamw(-1.0), 'positive'),
     (lambda: optimizers.adafactor(max_grad_norm=0.0), 'positive'),
     (lambda: optimizers.linear_cooldown(1.0, total_steps=10, cooldown_steps=-1), 'non-negative'),
+    (lambda: optimizers.linear_cooldown(1.0, 10, 0, warmup_steps=-5), 'warmup_steps'),
 ])
 def test_bad_settings_fail_clearly(make, message):
   with pytest.raises(ValueError, match=message):
