@@ -129,15 +129,15 @@ def linear_cooldown(schedule: float | Schedule, total_steps: int,
   _positive('linear_cooldown.warmup_steps', warmup_steps, allow_zero=True)
   if cooldown_steps == 0 and warmup_steps == 0:
     return schedule
-  span = float(min(cooldown_steps, total_steps)) if cooldown_steps else None
+  span = float(min(cooldown_steps, total_steps))
 
   def scaled(step):
-    factor = 1.0
-    if span is not None:
-      factor = jnp.clip((total_steps - step) / span, 0.0, 1.0)
+    rate = schedule(step)
+    if cooldown_steps:
+      rate = rate * jnp.clip((total_steps - step) / span, 0.0, 1.0)
     if warmup_steps:
-      factor = factor * jnp.minimum(1.0, (step + 1.0) / warmup_steps)
-    return schedule(step) * factor
+      rate = rate * jnp.minimum(1.0, (step + 1.0) / warmup_steps)
+    return rate
   return scaled
 
 

@@ -99,8 +99,7 @@ def stopped_message(err: workers.JobStopped, stages: Sequence[str]) -> str:
   final checkpoint is saved; a rerun finds it done).
   """
   how = 'Ctrl-C' if err.signum == signal.SIGINT else 'SIGTERM'
-  done = [s for s in stages
-          if isinstance(err.finished.get(s), Mapping) and 'stopped' not in err.finished[s]]
+  done = [s for s in stages if s in err.finished and 'stopped' not in err.finished[s]]
   cut = [s for s in stages if s not in done]
   if not cut:
     return f'{" and ".join(stages)} finished, then {how} arrived; rerun to go on.'
