@@ -389,7 +389,8 @@ def sequence_log_prob(fns: Any, params: Any, encoder_tokens: Array, targets: Arr
 
 
 def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
-                        candidates: Array) -> Array:
+                        candidates: Array, proposals: bool = False
+                        ) -> Array | tuple[Array, Array, Array]:
   """Teacher-forced log-likelihood of N candidates per source: [B, N] float32.
 
   The sources are encoded once and their states shared by the candidates (scoring
@@ -402,9 +403,13 @@ def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
     candidates: [B, N, W] int32 tokens up to EOS, pad after (any width W up to the
       network's longest target: a causal decoder scores position i from positions <= i, so
       the pad on the right changes nothing).
+    proposals: also return, at every position, the AR model's own most likely token given
+      the candidate's tokens before it, and that token's log-probability (read from the
+      same logits: no extra pass).
 
   Returns:
-    [B, N] sums of log p(token) over the non-pad candidate tokens.
+    [B, N] sums of log p(token) over the non-pad candidate tokens; with ``proposals`` the
+    tuple (sums, proposed tokens [B, N, W] int32, their log-probabilities [B, N, W]).
   """
   batch, n, width = candidates.shape
   encoded = fns.encode(params, encoder_tokens)  # [B, S, E]
@@ -414,19 +419,28 @@ def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
   flat = candidates.reshape(batch * n, width)
   inputs = jnp.pad(flat[:, :-1], ((0, 0), (1, 0)))  # shifted right, as in training
   logits = fns.decode_logits(params, encoded, encoder_tokens, inputs)  # [B*N, W, V]
-  lp = sampling.log_prob_of(logits, flat)
-  return jnp.sum(jnp.where(flat > 0, lp, 0.0), axis=1).reshape(batch, n)
+  if not proposals:
+    lp = sampling.log_prob_of(logits, flat)
+    return jnp.sum(jnp.where(flat > 0, lp, 0.0), axis=1).reshape(batch, n)
+  best, log_z = sampling.greedy_choice(logits)  # [B*N, W] each
+  logits = logits.astype(jnp.float32)
+  picked = jnp.take_along_axis(logits, flat[..., None], axis=-1)[..., 0]
+  best_logit = jnp.take_along_axis(logits, best[..., None], axis=-1)[..., 0]
+  scores = jnp.sum(jnp.where(flat > 0, picked - log_z, 0.0), axis=1).reshape(batch, n)
+  return (scores, best.reshape(batch, n, width),
+          (best_logit - log_z).reshape(batch, n, width))
 
 
 def make_reranker(fns: Any):
-  """``reranker(params, encoder_tokens [B, S], candidates [B, N, W]) -> [B, N]``.
+  """``reranker(params, encoder_tokens [B, S], candidates [B, N, W], proposals=False)``.
 
-  The AR model's teacher-forced log-likelihood (`candidate_log_probs`), for
+  The AR model's teacher-forced log-likelihood [B, N] (`candidate_log_probs`; with
+  ``proposals`` also its own next-token choices), for
   `padir.refine_decoding.refine_decode`'s ``reranker``.
   """
 
-  def reranker(params, encoder_tokens, candidates):
-    return candidate_log_probs(fns, params, encoder_tokens, candidates)
+  def reranker(params, encoder_tokens, candidates, proposals=False):
+    return candidate_log_probs(fns, params, encoder_tokens, candidates, proposals)
 
   return reranker
 

@@ -25,7 +25,7 @@ DATA_STUDENTS = ('student_distilled', 'student_raw')
 # The QuickstartConfig fields that make up the select stage's grid (`padir.selection.grid`).
 SELECT_GRID_FIELDS = ('select_rules', 'select_iterations', 'select_length_beams',
                       'select_rerank', 'select_stutter', 'select_prune', 'select_collapse',
-                      'select_avoid_repeats', 'select_length_offsets')
+                      'select_avoid_repeats', 'select_length_offsets', 'select_teacher_fix')
 DATA_TEXT = {'student_distilled': 'distilled targets', 'student_raw': 'human references'}
 
 def _bindings_by_name(value: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -86,14 +86,16 @@ class QuickstartConfig:
       the AR teacher for ``student_steps`` on the main student's data (``ar_matched``): the
       students have trained ``teacher_steps + student_steps`` steps, and this AR model as many.
     select_rules, select_iterations, select_length_beams, select_rerank, select_stutter,
-      select_prune, select_collapse, select_avoid_repeats, select_length_offsets: the grid of
-      PaDIR decoding settings
+      select_prune, select_collapse, select_avoid_repeats, select_length_offsets,
+      select_teacher_fix: the grid of PaDIR decoding settings
       tried on the validation split (`padir.selection.grid`; ``select_prune``: passes after
       which only the best length candidate goes on, 0 = none; ``select_collapse``: merge
       adjacent repeated tokens of the output, `RefineConfig.collapse_repeats`;
       ``select_avoid_repeats``: a proposal equal to its neighbour's takes its runner-up,
       `RefineConfig.avoid_repeats`; ``select_length_offsets``: tokens added to each predicted
-      length, `RefineConfig.length_offset`).
+      length, `RefineConfig.length_offset`; ``select_teacher_fix``: with re-ranking, the
+      teacher replaces output tokens it proposes otherwise above this probability, 0 = off,
+      `RefineConfig.teacher_fix_threshold`).
     select_margin: the chosen setting is the fastest within this many BLEU of the teacher on
       validation, else the best.
     select_examples: validation sentences used for the choice (None: all).
@@ -167,6 +169,7 @@ class QuickstartConfig:
   select_collapse: tuple[bool, ...] = (False,)
   select_avoid_repeats: tuple[bool, ...] = (False,)
   select_length_offsets: tuple[int, ...] = (0,)
+  select_teacher_fix: tuple[float, ...] = (0.0,)
   select_margin: float = 1.0
   select_examples: int | None = None
   extra_ablations: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -229,6 +232,10 @@ class QuickstartConfig:
     if any(not isinstance(o, int) or isinstance(o, bool) for o in self.select_length_offsets):
       raise ValueError(f'QuickstartConfig.select_length_offsets={self.select_length_offsets} '
                        'must be integers (tokens added to each predicted length).')
+    if any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f < 1
+           for f in self.select_teacher_fix):
+      raise ValueError(f'QuickstartConfig.select_teacher_fix={self.select_teacher_fix} must be '
+                       'probabilities in [0, 1) (0 = the teacher fixes no token).')
     if any(not isinstance(p, int) or p < 0 for p in self.select_prune):
       raise ValueError(f'QuickstartConfig.select_prune={self.select_prune} must be integers '
                        '>= 0 (0 = no pruning).')

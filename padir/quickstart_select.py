@@ -299,7 +299,8 @@ def select(run: Any) -> dict[str, Any]:
                             cfg.select_rerank, cfg.select_stutter, cfg.select_prune,
                             candidates_per_length=cfg.refine.top_k_lengths * cfg.refine.restarts,
                             collapse=cfg.select_collapse, avoid=cfg.select_avoid_repeats,
-                            length_offsets=cfg.select_length_offsets)
+                            length_offsets=cfg.select_length_offsets,
+                            teacher_fix=cfg.select_teacher_fix)
   padir_decoder = _Decoders(run, student, teacher, t_params)
   decoders = {TEACHER: padir_decoder.teacher()}
   for stage in students:
@@ -350,6 +351,8 @@ def write_decoding_file(model_dir: str, setting: selection.DecodeSetting,
     value['length_offset'] = setting.length_offset
   if setting.rerank:
     value['rerank_model_dir'] = os.path.join('..', teacher_dir_name)
+  if setting.teacher_fix:
+    value['teacher_fix_threshold'] = setting.teacher_fix
   path = os.path.join(model_dir, interactive.DECODING_FILE)
   qs_eval.write_json(path, value)
   return path
@@ -389,8 +392,11 @@ def ablations(run: Any) -> list[dict[str, Any]]:
     # The re-ranker needs every candidate finished, so it replaces pruning.
     variants.append((f'teacher re-ranking {"off" if best.rerank else "on"}' +
                      (' (instead of length pruning)' if best.prune else ''), 'rerank',
-                     padir_decoder(dataclasses.replace(best, rerank=not best.rerank, prune=0),
-                                   s_params)))
+                     padir_decoder(dataclasses.replace(best, rerank=not best.rerank, prune=0,
+                                                       teacher_fix=0.0), s_params)))
+  if best.teacher_fix:
+    variants.append(('the teacher fixes no token (re-ranking only)', 'teacher_fix',
+                     padir_decoder(dataclasses.replace(best, teacher_fix=0.0), s_params)))
   if best.prune:
     variants.append(('no length pruning (every candidate runs every pass)', 'prune',
                      padir_decoder(dataclasses.replace(best, prune=0), s_params)))

@@ -70,6 +70,14 @@ class RefineConfig:
       confidence). Parallel passes otherwise write one word into several neighbouring
       positions ("the the"), which a merge of repeats can only delete, leaving the output
       short. Greedy decoding only (``temperature`` 0).
+    teacher_fix_threshold: after the candidates are chosen, the AR re-ranker (the teacher)
+      replaces each token of the output where its own most likely next piece, given the
+      output's tokens before it, is another one with probability above this (0 = off). The
+      re-ranker's teacher-forced pass over the candidates already holds those choices, so
+      the first round costs no extra pass. Needs the re-ranker; EOS and pad are never
+      replaced, and only real pieces are written.
+    teacher_fix_rounds: rounds of such fixes; each round after the first is one more
+      teacher-forced pass over the output (its earlier fixes change what the teacher reads).
   """
 
   num_iterations: int = 4
@@ -96,11 +104,14 @@ class RefineConfig:
   allow_untrained_update: bool = False
   collapse_repeats: bool = False
   avoid_repeats: bool = False
+  teacher_fix_threshold: float = 0.0
+  teacher_fix_rounds: int = 1
 
   def __post_init__(self):
     if isinstance(self.canvas_buckets, list):
       object.__setattr__(self, 'canvas_buckets', tuple(self.canvas_buckets))
-    for name in ('num_iterations', 'top_k_lengths', 'length_beam', 'restarts'):
+    for name in ('num_iterations', 'top_k_lengths', 'length_beam', 'restarts',
+                 'teacher_fix_rounds'):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f'RefineConfig.{name}={value!r} must be an integer >= 1.')
@@ -133,6 +144,11 @@ class RefineConfig:
       raise ValueError(f'RefineConfig.avoid_repeats=True replaces a repeat by the second most '
                        f'likely token, which is defined for greedy decoding only; it cannot be '
                        f'combined with temperature={self.temperature} (set one of them off).')
+    if (isinstance(self.teacher_fix_threshold, bool) or
+        not isinstance(self.teacher_fix_threshold, (int, float)) or
+        not 0.0 <= self.teacher_fix_threshold < 1.0):
+      raise ValueError(f'RefineConfig.teacher_fix_threshold={self.teacher_fix_threshold!r} must '
+                       'be a probability in [0, 1) (0 = the teacher fixes no token).')
     if any(not isinstance(b, int) or b < 1 for b in self.canvas_buckets):
       raise ValueError(f'RefineConfig.canvas_buckets={self.canvas_buckets} must hold '
                        'positive integers.')
@@ -141,6 +157,11 @@ class RefineConfig:
   def num_candidates(self) -> int:
     """Candidates per source: top_k_lengths * length_beam * restarts."""
     return self.top_k_lengths * self.length_beam * self.restarts
+
+  @property
+  def teacher_fixes(self) -> bool:
+    """Whether the AR re-ranker fixes tokens of the output (``teacher_fix_threshold`` > 0)."""
+    return self.teacher_fix_threshold > 0
 
   @property
   def prunes(self) -> bool:

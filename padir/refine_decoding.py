@@ -460,6 +460,30 @@ def collapse_repeats(tokens: Array, ids: SpecialIds) -> tuple[Array, Array]:
   return kept, jnp.sum(repeat, axis=1, dtype=jnp.int32)
 
 
+def teacher_fix(tokens: Array, proposed: Array, proposed_log_prob: Array, threshold: float,
+                ids: SpecialIds) -> tuple[Array, Array]:
+  """Replaces output tokens where the AR teacher confidently proposes another real piece.
+
+  Args:
+    tokens: [B, L] int32 outputs: pieces up to the first EOS, pad after.
+    proposed: [B, L] int32 the teacher's most likely token at each position, given the
+      output's tokens before it (teacher forcing).
+    proposed_log_prob: [B, L] float32 its log-probability.
+    threshold: a proposal replaces the token when its probability exceeds this.
+    ids: special ids (pad, EOS and the range of real pieces).
+
+  Returns:
+    (tokens [B, L], replaced [B] int32 tokens replaced per row). EOS and pad are never
+    replaced, and only real pieces are written, so every output keeps its length.
+  """
+  lo, hi = ids.random_token_range
+  real = (tokens != ids.pad) & (tokens != ids.eos)
+  replace = (real & (proposed != tokens) & (proposed >= lo) & (proposed < hi) &
+             (proposed_log_prob > math.log(threshold)))
+  return (jnp.where(replace, proposed, tokens).astype(tokens.dtype),
+          jnp.sum(replace, axis=1, dtype=jnp.int32))
+
+
 def _pad_width(x: Array, width: int, axis: int) -> Array:
   extra = width - x.shape[axis]
   if extra == 0:
@@ -510,7 +534,10 @@ def refine_decode(fns: Any,
       AR model), used instead of the candidates' own log-probabilities (CMLM's external
       re-ranker). W is the canvas width the candidates were refined at (a
       ``canvas_buckets`` width or ``max_length``); they hold tokens up to EOS, pad after. Not
-      run when there is one candidate per source (it could not change the output).
+      run when there is one candidate per source (it could not change the output), unless
+      ``config.teacher_fix_threshold`` > 0: then it is called with ``proposals=True`` and
+      returns ``(log-likelihoods [B, N], its own most likely tokens [B, N, W], their
+      log-probabilities [B, N, W])``, with which it fixes the output (`teacher_fix`).
     reranker_params: parameters passed to the reranker.
 
   Returns:
@@ -519,7 +546,8 @@ def refine_decode(fns: Any,
     candidate), ``candidate_iterations`` [B, N], ``candidate_lengths`` [B, N] (canvas lengths),
     ``best_candidate`` [B] (with ``prune_after``, the candidate kept after that pass; the
     others' scores, iterations and tokens are those of that pass); with
-    ``collapse_repeats``, ``repeats_removed`` [B]; optionally ``candidates``
+    ``collapse_repeats``, ``repeats_removed`` [B]; with ``teacher_fix_threshold``,
+    ``teacher_fixes`` [B] (tokens the teacher replaced); optionally ``candidates``
     [B, N, L], ``history_tokens`` and ``history_confidence`` [B, N, T, L].
   """
   if config.canvas_init is None:
@@ -527,6 +555,11 @@ def refine_decode(fns: Any,
   config.check_width(max_length, ids)
   batch = encoder_tokens.shape[0]
   n_cand = config.num_candidates
+  if config.teacher_fixes and reranker is None:
+    raise ValueError(f'RefineConfig.teacher_fix_threshold={config.teacher_fix_threshold} has '
+                     'the AR teacher fix tokens, but no re-ranker was given: decode with the '
+                     "teacher (a model dir's decoding.json rerank_model_dir, rerank_model=) or "
+                     'set teacher_fix_threshold=0.')
   if reranker is not None and config.prunes:
     raise ValueError(f'RefineConfig.prune_after={config.prune_after} keeps one candidate per '
                      'source before the end, so a re-ranker would have nothing to choose '
@@ -563,14 +596,21 @@ def refine_decode(fns: Any,
   flat_keys = cand_keys.reshape(-1, 2)
 
   rerank = reranker is not None and n_cand > 1  # one candidate: nothing to re-rank
+  fix = config.teacher_fixes
 
   def run(width: int) -> dict[str, Array]:
     res = _refine_width(fns, params, encoded_rep, enc_rep, cross_kv, flat_len, flat_keys,
                         width, config, ids)
-    if rerank:  # at the canvas width: the candidates end within it
-      res['log_prob'] = reranker(reranker_params, encoder_tokens,
-                                 res['tokens'].reshape(batch, n_cand, width)
-                                 ).reshape(-1).astype(jnp.float32)
+    cands = res['tokens'].reshape(batch, n_cand, width)
+    if fix:  # one teacher-forced pass scores the candidates and proposes its own tokens
+      log_prob, proposed, proposed_lp = reranker(reranker_params, encoder_tokens, cands,
+                                                 proposals=True)
+      res['proposed'] = _pad_width(proposed.reshape(-1, width), max_length, 1)
+      res['proposed_lp'] = _pad_width(proposed_lp.reshape(-1, width), max_length, 1)
+    elif rerank:  # at the canvas width: the candidates end within it
+      log_prob = reranker(reranker_params, encoder_tokens, cands)
+    if rerank:
+      res['log_prob'] = log_prob.reshape(-1).astype(jnp.float32)
     for name in ('tokens',):
       res[name] = _pad_width(res[name], max_length, 1)
     for name in ('hist_tokens', 'hist_conf'):
@@ -601,6 +641,20 @@ def refine_decode(fns: Any,
       candidate_lengths=cand_len,
       best_candidate=best.astype(jnp.int32),
   )
+  if fix:
+    def pick(x: Array) -> Array:  # [B * N, L] -> the best candidate's row [B, L]
+      return jnp.take_along_axis(x.reshape(batch, n_cand, max_length), best[:, None, None],
+                                 axis=1)[:, 0]
+
+    tokens, fixed = teacher_fix(tokens, pick(res['proposed']), pick(res['proposed_lp']),
+                                config.teacher_fix_threshold, ids)
+    for _ in range(config.teacher_fix_rounds - 1):
+      _, proposed, proposed_lp = reranker(reranker_params, encoder_tokens, tokens[:, None],
+                                          proposals=True)
+      tokens, more = teacher_fix(tokens, proposed[:, 0], proposed_lp[:, 0],
+                                 config.teacher_fix_threshold, ids)
+      fixed = fixed + more
+    aux['teacher_fixes'] = fixed
   if config.collapse_repeats:
     tokens, aux['repeats_removed'] = collapse_repeats(tokens, ids)
   if config.return_all_candidates:

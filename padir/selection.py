@@ -49,6 +49,9 @@ class DecodeSetting:
       (`RefineConfig.avoid_repeats`).
     length_offset: tokens added to each length the length head predicts
       (`RefineConfig.length_offset`).
+    teacher_fix: the re-ranking teacher replaces output tokens where it proposes another
+      piece with a probability above this (`RefineConfig.teacher_fix_threshold`; 0 = off).
+      Needs ``rerank``.
   """
   rule: str = 'mask_predict'
   iterations: int = 4
@@ -59,11 +62,15 @@ class DecodeSetting:
   collapse_repeats: bool = False
   avoid_repeats: bool = False
   length_offset: int = 0
+  teacher_fix: float = 0.0
 
   def __post_init__(self):
     if self.rerank and self.prune:
       raise ValueError(f'DecodeSetting(rerank=True, prune={self.prune}): the re-ranker needs '
                        'every length candidate finished; use one or the other.')
+    if self.teacher_fix and not self.rerank:
+      raise ValueError(f'DecodeSetting(teacher_fix={self.teacher_fix}) needs the teacher in '
+                       'the decoder: set rerank=True, or teacher_fix=0.')
 
   @property
   def name(self) -> str:
@@ -72,7 +79,8 @@ class DecodeSetting:
             f'{f"_prune{self.prune}" if self.prune else ""}'
             f'{"_collapse" if self.collapse_repeats else ""}'
             f'{"_norepeat" if self.avoid_repeats else ""}'
-            f'{f"_len{self.length_offset:+d}" if self.length_offset else ""}')
+            f'{f"_len{self.length_offset:+d}" if self.length_offset else ""}'
+            f'{f"_fix{self.teacher_fix:g}" if self.teacher_fix else ""}')
 
   @property
   def label(self) -> str:
@@ -81,19 +89,22 @@ class DecodeSetting:
                               (f'best length kept after pass {self.prune}', self.prune),
                               ('repeats avoided', self.avoid_repeats),
                               ('repeats merged', self.collapse_repeats),
-                              (f'lengths {self.length_offset:+d}', self.length_offset)) if on]
+                              (f'lengths {self.length_offset:+d}', self.length_offset),
+                              (f'teacher fixes tokens (p > {self.teacher_fix:g})',
+                               self.teacher_fix)) if on]
     return (f'{self.rule}, {self.iterations} it., length beam {self.length_beam}' +
             ''.join(f', {e}' for e in extras))
 
   def refine_config(self, base: RefineConfig) -> RefineConfig:
     """``base`` with this setting's rule, passes, length beam, pruning, stutter removal,
-    merging of repeats, avoiding them and length offset."""
+    merging of repeats, avoiding them, length offset and the teacher's fixes."""
     remask = RemaskConfig(rule=self.rule, stutter=self.stutter)
     return dataclasses.replace(base, num_iterations=self.iterations,
                                length_beam=self.length_beam, remask=remask,
                                prune_after=self.prune, collapse_repeats=self.collapse_repeats,
                                avoid_repeats=self.avoid_repeats,
-                               length_offset=self.length_offset)
+                               length_offset=self.length_offset,
+                               teacher_fix_threshold=self.teacher_fix)
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -108,22 +119,26 @@ def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence
          candidates_per_length: int = 1,
          collapse: Sequence[bool] = (False,),
          avoid: Sequence[bool] = (False,),
-         length_offsets: Sequence[int] = (0,)) -> list[DecodeSetting]:
+         length_offsets: Sequence[int] = (0,),
+         teacher_fix: Sequence[float] = (0.0,)) -> list[DecodeSetting]:
   """Every combination, without duplicates.
 
   One pass is the same under every rule, so it is kept once; re-ranking and pruning need two
   candidates or more (``length_beam * candidates_per_length``, the latter = top-k lengths x
   restarts), so a single-candidate setting is kept without them; pruning needs a pass after
-  it and is not combined with re-ranking (which needs every candidate finished).
+  it and is not combined with re-ranking (which needs every candidate finished). The
+  teacher's fixes come with re-ranking (the same teacher-forced pass), so a setting without
+  re-ranking is kept without them.
   """
   out, seen = [], set()
-  for rule, t, b, r, p, s, c, a, o in itertools.product(
-      rules, iterations, length_beams, rerank, prune, stutter, collapse, avoid, length_offsets):
+  for rule, t, b, r, p, s, c, a, o, f in itertools.product(
+      rules, iterations, length_beams, rerank, prune, stutter, collapse, avoid, length_offsets,
+      teacher_fix):
     many = b * candidates_per_length > 1
     if p and not (many and not r and p < t):
       continue
     setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many, s and t > 1, p, c,
-                            a, o)
+                            a, o, f if r and many else 0.0)
     key = dataclasses.replace(setting, rule='*') if t == 1 else setting
     if key not in seen:
       seen.add(key)

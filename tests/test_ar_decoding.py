@@ -103,6 +103,17 @@ def test_candidate_log_probs_encode_once_and_ignore_the_width(tiny):
   # Cut to a narrower canvas that still holds every candidate: the same scores.
   np.testing.assert_allclose(score(params, sources, jnp.asarray(cands[:, :, :8])), want,
                              rtol=1e-5)
+  # With proposals: the same scores, and at every position the full forward pass's own most
+  # likely token given the candidate's tokens before it, with its log-probability.
+  sums, proposed, proposed_lp = jax.jit(ad.make_reranker(fns), static_argnums=3)(
+      params, sources, jnp.asarray(cands), True)
+  np.testing.assert_allclose(sums, want, rtol=1e-5)
+  for n in range(3):
+    targets = jnp.asarray(cands[:, n])
+    lp = jax.nn.log_softmax(
+        fns.full_logits(params, sources, jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))), -1)
+    np.testing.assert_array_equal(proposed[:, n], jnp.argmax(lp, -1))
+    np.testing.assert_allclose(proposed_lp[:, n], jnp.max(lp, -1), rtol=1e-5, atol=1e-6)
 
 
 def test_beam_search_scores_are_consistent(tiny):

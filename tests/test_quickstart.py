@@ -143,6 +143,12 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   # The default grid avoids repeats in each pass (quickstart.gin); the ablation undoes it.
   assert all(c['setting']['avoid_repeats'] for c in selection['candidates'])
   assert 'repeats not avoided in each pass' in labels
+  # Where the teacher re-ranks it also fixes tokens (quickstart.gin); the ablation undoes it.
+  assert all(c['setting']['teacher_fix'] == (0.7 if c['setting']['rerank'] else 0.0)
+             for c in selection['candidates'])
+  assert any(c['setting']['rerank'] for c in selection['candidates'])
+  assert ('the teacher fixes no token (re-ranking only)' in labels) == bool(
+      selection['chosen']['teacher_fix'])
   assert "slot_head: padir.builders.network_config.length_head = 'slot'" in labels
   slot = _load(os.path.join(out, 'stages', 'student_ablations.json'))['result']
   assert slot['student_slot_head']['step'] == 2
@@ -251,6 +257,7 @@ def test_its_models_translate_with_the_chosen_decoding(run):
     assert ('rerank_model_dir' in saved) == chosen['rerank']
     assert saved.get('prune_after', 0) == chosen['prune']
     assert saved.get('avoid_repeats', False) == chosen['avoid_repeats']
+    assert saved.get('teacher_fix_threshold', 0.0) == chosen['teacher_fix']
   for stage in ('teacher', 'student_distilled', 'student_raw'):
     model_dir = os.path.join(out, stage)
     assert f'--model_dir={model_dir}' in md

@@ -165,6 +165,64 @@ def test_reranker_and_sum_scoring_pick_candidates():
   assert not calls and np.all(np.asarray(aux['scores']) != -lengths.min(1))
 
 
+def test_teacher_fix_replaces_confident_proposals_of_real_pieces_only():
+  tokens = jnp.array([[5, 6, 7, 1, 0], [8, 9, 1, 0, 0]], jnp.int32)
+  proposed = jnp.array([[30, 6, 50, 4, 4], [4, 3, 4, 4, 4]], jnp.int32)
+  log_p = jnp.log(jnp.array([[0.9, 0.9, 0.9, 0.9, 0.9], [0.6, 0.8, 0.9, 0.9, 0.9]]))
+  fixed, count = rd.teacher_fix(tokens, proposed, log_p, 0.7, IDS)
+  # Row 0: 5 -> 30; 6 is proposed as it is; 50 is no real piece; EOS and pad stay.
+  # Row 1: 0.6 is below the threshold; 9 -> 3; EOS and pad stay.
+  np.testing.assert_array_equal(fixed, [[30, 6, 7, 1, 0], [8, 3, 1, 0, 0]])
+  np.testing.assert_array_equal(count, [1, 1])
+
+
+class ShiftingTeacher:
+  """A fake AR re-ranker: prefers short candidates and proposes token + 1 at position 0 with
+  probability 0.9 and at position 1 with probability 0.5 (and each token as it is elsewhere)."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, params, enc, candidates, proposals=False):
+    del params, enc
+    self.calls.append((candidates.shape, proposals))
+    scores = -jnp.sum(candidates > 0, axis=2).astype(jnp.float32)
+    if not proposals:
+      return scores
+    pos = jnp.arange(candidates.shape[2])
+    proposed = jnp.where(pos < 2, candidates + 1, candidates)
+    prob = jnp.where(pos == 0, 0.9, jnp.where(pos == 1, 0.5, 0.99))
+    return scores, proposed, jnp.log(jnp.broadcast_to(prob, candidates.shape))
+
+
+@pytest.mark.parametrize('length_beam', [1, 3])
+def test_the_teacher_fixes_the_chosen_output_from_its_re_ranking_pass(length_beam):
+  config = rd.RefineConfig(num_iterations=2, canvas_init='mask', length_beam=length_beam,
+                           teacher_fix_threshold=0.7)
+  plain, plain_aux = _decode(CopyOracle(), dataclasses.replace(config, teacher_fix_threshold=0),
+                             reranker=ShiftingTeacher())
+  teacher = ShiftingTeacher()
+  tokens, aux = _decode(CopyOracle(), config, reranker=teacher)
+  # One teacher-forced pass over every candidate; it re-ranks only when there are several.
+  assert teacher.calls == [((3, length_beam, L), True)]
+  np.testing.assert_allclose(aux['scores'], plain_aux['scores'])
+  np.testing.assert_array_equal(aux['best_candidate'], plain_aux['best_candidate'])
+  want = np.asarray(plain).copy()
+  want[:, 0] += 1  # only position 0 is proposed above 0.7
+  np.testing.assert_array_equal(tokens, want)
+  np.testing.assert_array_equal(aux['teacher_fixes'], [1, 1, 1])
+  # A second round reads the fixed output (one candidate per source) and fixes it again.
+  teacher = ShiftingTeacher()
+  again, aux = _decode(CopyOracle(), dataclasses.replace(config, teacher_fix_rounds=2),
+                       reranker=teacher)
+  assert teacher.calls[1] == ((3, 1, L), True)
+  np.testing.assert_array_equal(np.asarray(again)[:, 0], np.asarray(tokens)[:, 0] + 1)
+  np.testing.assert_array_equal(np.asarray(again)[:, 1:], np.asarray(tokens)[:, 1:])
+  np.testing.assert_array_equal(aux['teacher_fixes'], [2, 2, 2])
+  with pytest.raises(ValueError, match='no re-ranker was given'):
+    _decode(CopyOracle(), config)
+
+
 def test_given_lengths_and_errors():
   config = rd.RefineConfig(num_iterations=1, canvas_init='mask')
   tokens, aux = _decode(CopyOracle(), config, lengths=jnp.array([3, 3, 3]))
@@ -196,6 +254,9 @@ def test_given_lengths_and_errors():
     (dict(canvas_buckets=(0, 4)), 'canvas_buckets'),
     (dict(prune_after=-1), 'prune_after'),
     (dict(length_offset=0.5), 'length_offset'),
+    (dict(teacher_fix_threshold=1.0), 'teacher_fix_threshold'),
+    (dict(teacher_fix_threshold=-0.1), 'teacher_fix_threshold'),
+    (dict(teacher_fix_rounds=0), 'teacher_fix_rounds'),
 ])
 def test_config_validation(kwargs, match):
   with pytest.raises(ValueError, match=match):

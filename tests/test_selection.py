@@ -44,6 +44,11 @@ def test_grid_keeps_one_single_pass_setting_per_beam_and_reranker():
                            length_offsets=(0, 1))
   assert [(s.iterations, s.length_offset) for s in offsets] == [
       (1, 0), (1, 1), (2, 0), (2, 1)]
+  # The teacher's fixes come with re-ranking only (the same pass); elsewhere they are dropped.
+  fixes = selection.grid(('mask_predict',), (2,), (1, 3), (False, True), (False,),
+                         teacher_fix=(0.0, 0.7))
+  assert [(s.length_beam, s.rerank, s.teacher_fix) for s in fixes] == [
+      (1, False, 0.0), (3, False, 0.0), (3, True, 0.0), (3, True, 0.7)]
 
 
 def test_setting_builds_the_refine_config_and_round_trips():
@@ -75,6 +80,15 @@ def test_setting_builds_the_refine_config_and_round_trips():
   assert not setting.refine_config(RefineConfig(length_offset=2)).length_offset
   assert longer.name.endswith('_len+1') and 'lengths +1' in longer.label
   assert selection.DecodeSetting.from_json(longer.to_json()) == longer
+  fixing = selection.DecodeSetting('mask_predict', 4, 5, rerank=True, teacher_fix=0.7)
+  assert fixing.refine_config(RefineConfig()).teacher_fix_threshold == 0.7
+  assert not setting.refine_config(RefineConfig(teacher_fix_threshold=0.5)).teacher_fixes
+  assert fixing.name.endswith('_fix0.7') and 'teacher fixes tokens (p > 0.7)' in fixing.label
+  assert selection.DecodeSetting.from_json(fixing.to_json()) == fixing
+  with pytest.raises(ValueError, match='needs the teacher in the decoder'):
+    selection.DecodeSetting('mask_predict', 4, 5, teacher_fix=0.7)
+  assert not selection.DecodeSetting.from_json(
+      {k: v for k, v in longer.to_json().items() if k != 'teacher_fix'}).teacher_fix
   # Records written before the fields existed read as neither merging nor avoiding.
   old = {k: v for k, v in pruned.to_json().items()
          if k not in ('collapse_repeats', 'avoid_repeats')}
@@ -182,6 +196,15 @@ def test_decoder_optimization_level_is_checked():
   for bad in (4, -1, 1.0, '1'):
     with pytest.raises(ValueError, match='decoder_optimization_level'):
       quickstart_config.QuickstartConfig(decoder_optimization_level=bad)
+
+
+def test_select_teacher_fix_is_checked():
+  from padir import quickstart_config  # pylint: disable=g-import-not-at-top
+  assert quickstart_config.QuickstartConfig(select_teacher_fix=[0, 0.7]).select_teacher_fix == (
+      0, 0.7)
+  for bad in ((1.0,), (True,), ('0.7',), (-0.5,)):
+    with pytest.raises(ValueError, match='select_teacher_fix'):
+      quickstart_config.QuickstartConfig(select_teacher_fix=bad)
 
 
 def test_select_length_offsets_are_checked():

@@ -129,7 +129,7 @@ def test_the_reranker_can_be_switched_off_per_call(models, tmp_path):
   reranked_dir = str(tmp_path / 'padir')
   shutil.copytree(models['padir'], reranked_dir)
   with open(os.path.join(reranked_dir, interactive.DECODING_FILE), 'w', encoding='utf-8') as f:
-    f.write('{"length_beam": 3, "rerank_model_dir": "%s"}'
+    f.write('{"length_beam": 3, "rerank_model_dir": "%s", "teacher_fix_threshold": 0.01}'
             % os.path.relpath(models['ar'], reranked_dir))
   reranked = padir.load(reranked_dir)
   assert reranked.reranker is not None
@@ -144,6 +144,15 @@ def test_the_reranker_can_be_switched_off_per_call(models, tmp_path):
     reranked.translate(sources, rerank_model_dir=None)
   with pytest.raises(ValueError, match='has no AR reranker'):
     plain.translate(sources, rerank=True)
+  # The teacher's fixes need the teacher: off with it (from decoding.json), refused if asked.
+  ids = reranked._encode(sources, reranked.feature_lengths['inputs'])  # pylint: disable=protected-access
+  assert reranked.decode_ids(ids)[1]['teacher_fixes'].shape == (3,)
+  assert 'teacher_fixes' not in reranked.decode_ids(ids, rerank=False)[1]
+  with pytest.raises(ValueError, match='rerank=False leaves it out'):
+    reranked.translate(sources, rerank=False, teacher_fix_threshold=0.5)
+  with pytest.raises(ValueError, match='has none'):
+    plain.translate(sources, teacher_fix_threshold=0.5)
+  assert translate.main([f'--model_dir={models["ar"]}', '--teacher_fix_threshold=0.5']) == 1
   stdout = io.StringIO()
   assert translate.run([f'--model_dir={reranked_dir}', '--no_rerank'],
                        stdin=io.StringIO('\n'.join(sources) + '\n'), stdout=stdout) == 0
