@@ -43,7 +43,7 @@ when it finishes; rerunning the same command skips finished stages and resumes t
 (training from its last checkpoint, distillation from its last saved chunk, evaluation from its
 last finished system). A rerun with a different configuration in the same directory is refused.
 
-Configuration is gin: ``gin/runs/quickstart.gin`` (CPU-sized defaults, about 31 minutes
+Configuration is gin: ``gin/runs/quickstart.gin`` (CPU-sized defaults, about 32 minutes
 measured on two cores) is always read first; ``--gin_file`` files and ``--gin.NAME=VALUE``
 bindings come after it, e.g. ``--gin_file=gin/experiments/quickstart_small.gin`` (T5.1.1
 small, for a GPU) or ``--gin.TEACHER_STEPS=3000``. Each training stage parses its experiment gin

@@ -226,7 +226,8 @@ def fixed_length_decoders(ar_model: Any, padir_model: Any, preset: str, output_l
   The AR decoder runs ``output_length`` greedy steps (EOS forbidden before, cache of that
   width); the PaDIR decoders run every one of their passes (no early stop) over canvases of
   that length. Both keep the trained models' other settings (vocabulary, special ids,
-  positional attention, length beam, remasking).
+  positional attention, length beam, remasking); there is no teacher at that size, so the
+  PaDIR decoders neither re-rank nor take the teacher's fixes.
 
   Returns:
     (name -> decoder, name -> number of parameters).
@@ -247,7 +248,8 @@ def fixed_length_decoders(ar_model: Any, padir_model: Any, preset: str, output_l
                                   ar_params)}
   for t in iterations:
     config = dataclasses.replace(refine, num_iterations=t, early_stop=False,
-                                 return_history=False, canvas_buckets=())
+                                 return_history=False, canvas_buckets=(),
+                                 teacher_fix_threshold=0.0)
     lengths = np.full((1, config.top_k_lengths), output_length, np.int32)
     decoders[f'padir_t{t}'] = batch1(refine_decoder(nar, config, output_length), nar_params,
                                      lengths)

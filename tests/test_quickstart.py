@@ -476,6 +476,29 @@ def test_ablations_of_a_pruned_choice(run, tmp_path):
   assert 'teacher re-ranking on (instead of length pruning)' in labels
 
 
+def test_a_choice_with_teacher_fixes_is_ablated_and_benchmarked(run, tmp_path):
+  """A setting whose teacher fixes tokens: the ablation switches the fixes off, and the
+  benchmark times it (the small random-weight networks have no teacher, so no fixes)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  out, _ = run
+  copy = str(tmp_path / 'run')
+  shutil.copytree(out, copy)
+  marker = os.path.join(copy, 'stages', 'select.json')
+  record = _load(marker)
+  result = record['result']
+  fixing = [c for c in result['candidates'] if c['setting']['teacher_fix']]
+  result.update(chosen=fixing[0]['setting'], chosen_name=fixing[0]['name'],
+                student=fixing[0]['student'])
+  quickstart.qs_eval.write_json(marker, record)
+  for stage in ('ablations', 'benchmark'):
+    os.remove(os.path.join(copy, 'stages', f'{stage}.json'))
+  assert quickstart.main(FLAGS + [f'--output_dir={copy}', '--stages=ablations,benchmark']) == 0
+  labels = [a['label'] for a in _load(os.path.join(copy, 'stages', 'ablations.json'))['result']]
+  assert 'the teacher fixes no token (re-ranking only)' in labels
+  bench = _load(os.path.join(copy, 'stages', 'benchmark.json'))['result']
+  assert bench['small']['latency_ms'] and bench['latency_ms']
+
+
 def test_students_start_where_the_teachers_first_leg_ends(tmp_path):
   split = quickstart.Quickstart(quickstart.QuickstartConfig(teacher_steps=10,
                                                             student_start_steps=4),
