@@ -391,7 +391,9 @@ def ablations(run: Any) -> list[dict[str, Any]]:
   if best.refine_config(run.cfg.refine).num_candidates > 1:  # else re-ranking changes nothing
     # The re-ranker needs every candidate finished, so it replaces pruning.
     variants.append((f'teacher re-ranking {"off" if best.rerank else "on"}' +
-                     (' (instead of length pruning)' if best.prune else ''), 'rerank',
+                     (' (instead of length pruning)' if best.prune else '') +
+                     (' (and with it the teacher\'s fixes)' if best.teacher_fix else ''),
+                     'rerank',
                      padir_decoder(dataclasses.replace(best, rerank=not best.rerank, prune=0,
                                                        teacher_fix=0.0), s_params)))
   if best.teacher_fix:

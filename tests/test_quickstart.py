@@ -455,9 +455,9 @@ def test_the_teacher_beam_row_uses_the_best_validation_beam():
   assert quickstart_eval.teacher_beam(run) == (ARConfig(method='beam', beam_size=8), False)
 
 
-def test_ablations_of_a_pruned_choice(run, tmp_path):
-  """A setting chosen with length pruning: its ablations switch pruning off, and re-ranking
-  (which needs every candidate finished) replaces pruning instead of joining it."""
+def _rerun_with_choice(run, tmp_path, pick, stages):
+  """A copy of the run whose select stage chose the first candidate ``pick(setting)`` accepts,
+  with ``stages`` run again on it: the copy's dir."""
   import shutil  # pylint: disable=g-import-not-at-top
   out, _ = run
   copy = str(tmp_path / 'run')
@@ -465,12 +465,19 @@ def test_ablations_of_a_pruned_choice(run, tmp_path):
   marker = os.path.join(copy, 'stages', 'select.json')
   record = _load(marker)
   result = record['result']
-  pruned = [c for c in result['candidates'] if c['setting']['prune']]
-  result.update(chosen=pruned[0]['setting'], chosen_name=pruned[0]['name'],
-                student=pruned[0]['student'])
+  chosen = next(c for c in result['candidates'] if pick(c['setting']))
+  result.update(chosen=chosen['setting'], chosen_name=chosen['name'], student=chosen['student'])
   quickstart.qs_eval.write_json(marker, record)
-  os.remove(os.path.join(copy, 'stages', 'ablations.json'))
-  assert quickstart.main(FLAGS + [f'--output_dir={copy}', '--stages=ablations']) == 0
+  for stage in stages:
+    os.remove(os.path.join(copy, 'stages', f'{stage}.json'))
+  assert quickstart.main(FLAGS + [f'--output_dir={copy}', f'--stages={",".join(stages)}']) == 0
+  return copy
+
+
+def test_ablations_of_a_pruned_choice(run, tmp_path):
+  """A setting chosen with length pruning: its ablations switch pruning off, and re-ranking
+  (which needs every candidate finished) replaces pruning instead of joining it."""
+  copy = _rerun_with_choice(run, tmp_path, lambda s: s['prune'], ('ablations',))
   labels = [a['label'] for a in _load(os.path.join(copy, 'stages', 'ablations.json'))['result']]
   assert 'no length pruning (every candidate runs every pass)' in labels
   assert 'teacher re-ranking on (instead of length pruning)' in labels
@@ -479,22 +486,11 @@ def test_ablations_of_a_pruned_choice(run, tmp_path):
 def test_a_choice_with_teacher_fixes_is_ablated_and_benchmarked(run, tmp_path):
   """A setting whose teacher fixes tokens: the ablation switches the fixes off, and the
   benchmark times it (the small random-weight networks have no teacher, so no fixes)."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  out, _ = run
-  copy = str(tmp_path / 'run')
-  shutil.copytree(out, copy)
-  marker = os.path.join(copy, 'stages', 'select.json')
-  record = _load(marker)
-  result = record['result']
-  fixing = [c for c in result['candidates'] if c['setting']['teacher_fix']]
-  result.update(chosen=fixing[0]['setting'], chosen_name=fixing[0]['name'],
-                student=fixing[0]['student'])
-  quickstart.qs_eval.write_json(marker, record)
-  for stage in ('ablations', 'benchmark'):
-    os.remove(os.path.join(copy, 'stages', f'{stage}.json'))
-  assert quickstart.main(FLAGS + [f'--output_dir={copy}', '--stages=ablations,benchmark']) == 0
+  copy = _rerun_with_choice(run, tmp_path, lambda s: s['teacher_fix'],
+                            ('ablations', 'benchmark'))
   labels = [a['label'] for a in _load(os.path.join(copy, 'stages', 'ablations.json'))['result']]
   assert 'the teacher fixes no token (re-ranking only)' in labels
+  assert "teacher re-ranking off (and with it the teacher's fixes)" in labels
   bench = _load(os.path.join(copy, 'stages', 'benchmark.json'))['result']
   assert bench['small']['latency_ms'] and bench['latency_ms']
 
