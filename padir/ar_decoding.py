@@ -420,15 +420,15 @@ def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
   inputs = jnp.pad(flat[:, :-1], ((0, 0), (1, 0)))  # shifted right, as in training
   logits = fns.decode_logits(params, encoded, encoder_tokens, inputs)  # [B*N, W, V]
   if not proposals:
-    lp = sampling.log_prob_of(logits, flat)
+    lp = sampling.log_prob_of(logits, flat)  # [B*N, W]
     return jnp.sum(jnp.where(flat > 0, lp, 0.0), axis=1).reshape(batch, n)
+  # The argmax and the log-normaliser from one chunked reduction; both log-probabilities
+  # are a picked logit minus it.
   best, log_z = sampling.greedy_choice(logits)  # [B*N, W] each
-  logits = logits.astype(jnp.float32)
-  picked = jnp.take_along_axis(logits, flat[..., None], axis=-1)[..., 0]
-  best_logit = jnp.take_along_axis(logits, best[..., None], axis=-1)[..., 0]
-  scores = jnp.sum(jnp.where(flat > 0, picked - log_z, 0.0), axis=1).reshape(batch, n)
-  return (scores, best.reshape(batch, n, width),
-          (best_logit - log_z).reshape(batch, n, width))
+  lp, best_lp = (jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0].astype(jnp.float32)
+                 - log_z for t in (flat, best))
+  scores = jnp.sum(jnp.where(flat > 0, lp, 0.0), axis=1).reshape(batch, n)
+  return scores, best.reshape(batch, n, width), best_lp.reshape(batch, n, width)
 
 
 def make_reranker(fns: Any):
