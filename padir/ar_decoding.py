@@ -389,8 +389,8 @@ def sequence_log_prob(fns: Any, params: Any, encoder_tokens: Array, targets: Arr
 
 
 def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
-                        candidates: Array, proposals: bool = False
-                        ) -> Array | tuple[Array, Array, Array]:
+                        candidates: Array, proposals: bool = False,
+                        encoded: Array | None = None) -> Array | tuple[Array, Array, Array]:
   """Teacher-forced log-likelihood of N candidates per source: [B, N] float32.
 
   The sources are encoded once and their states shared by the candidates (scoring
@@ -406,13 +406,16 @@ def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
     proposals: also return, at every position, the AR model's own most likely token given
       the candidate's tokens before it, and that token's log-probability (read from the
       same logits: no extra pass).
+    encoded: the sources' encoder states [B, S, E] (``fns.encode``) when the caller has
+      them already; else they are computed here.
 
   Returns:
     [B, N] sums of log p(token) over the non-pad candidate tokens; with ``proposals`` the
     tuple (sums, proposed tokens [B, N, W] int32, their log-probabilities [B, N, W]).
   """
   batch, n, width = candidates.shape
-  encoded = fns.encode(params, encoder_tokens)  # [B, S, E]
+  if encoded is None:
+    encoded = fns.encode(params, encoder_tokens)  # [B, S, E]
   if n > 1:
     encoded = jnp.repeat(encoded, n, axis=0)
     encoder_tokens = jnp.repeat(encoder_tokens, n, axis=0)
@@ -432,16 +435,20 @@ def candidate_log_probs(fns: Any, params: Any, encoder_tokens: Array,
 
 
 def make_reranker(fns: Any):
-  """``reranker(params, encoder_tokens [B, S], candidates [B, N, W], proposals=False)``.
+  """``reranker(params, encoder_tokens [B, S], candidates [B, N, W], proposals=False,
+  encoded=None)``.
 
   The AR model's teacher-forced log-likelihood [B, N] (`candidate_log_probs`; with
   ``proposals`` also its own next-token choices), for
-  `padir.refine_decoding.refine_decode`'s ``reranker``.
+  `padir.refine_decoding.refine_decode`'s ``reranker``. ``reranker.encode(params,
+  encoder_tokens)`` gives the encoder states that ``encoded=`` takes, so that several passes
+  over the same sources encode them once.
   """
 
-  def reranker(params, encoder_tokens, candidates, proposals=False):
-    return candidate_log_probs(fns, params, encoder_tokens, candidates, proposals)
+  def reranker(params, encoder_tokens, candidates, proposals=False, encoded=None):
+    return candidate_log_probs(fns, params, encoder_tokens, candidates, proposals, encoded)
 
+  reranker.encode = fns.encode
   return reranker
 
 

@@ -312,14 +312,18 @@ class LoadedModel:
     config = self.model.decoding_config(config) if self.is_padir else config
     with_teacher = self.reranker is not None and rerank is not False
     if getattr(config, 'teacher_fixes', False) and not with_teacher:
-      if decoding.get('teacher_fix_threshold'):
-        raise ValueError(f'teacher_fix_threshold={decoding["teacher_fix_threshold"]} needs the '
+      # Fixes the caller asked for (a threshold, or more than one round) are refused.
+      asked = [f'{k}={decoding[k]}' for k, off in (('teacher_fix_threshold', 0),
+                                                    ('teacher_fix_rounds', 1))
+               if decoding.get(k, off) != off]
+      if asked:
+        raise ValueError(f'{", ".join(asked)} needs the '
                          'AR teacher in the decoder, but '
                          + ('rerank=False leaves it out.' if self.reranker is not None else
                             f'{self!r} has none (name one with rerank_model_dir in the dir\'s '
                             'decoding.json).'))
       # The dir's decoding.json asks for the teacher's fixes; without the teacher, none.
-      config = dataclasses.replace(config, teacher_fix_threshold=0.0)
+      config = dataclasses.replace(config, teacher_fix_threshold=0.0, teacher_fix_rounds=1)
     return config, with_teacher
 
   # ------------------------------------------------------------------ the API

@@ -25,7 +25,8 @@ DATA_STUDENTS = ('student_distilled', 'student_raw')
 # The QuickstartConfig fields that make up the select stage's grid (`padir.selection.grid`).
 SELECT_GRID_FIELDS = ('select_rules', 'select_iterations', 'select_length_beams',
                       'select_rerank', 'select_stutter', 'select_prune', 'select_collapse',
-                      'select_avoid_repeats', 'select_length_offsets', 'select_teacher_fix')
+                      'select_avoid_repeats', 'select_length_offsets', 'select_teacher_fix',
+                      'select_teacher_fix_rounds')
 DATA_TEXT = {'student_distilled': 'distilled targets', 'student_raw': 'human references'}
 
 def _bindings_by_name(value: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -87,7 +88,7 @@ class QuickstartConfig:
       students have trained ``teacher_steps + student_steps`` steps, and this AR model as many.
     select_rules, select_iterations, select_length_beams, select_rerank, select_stutter,
       select_prune, select_collapse, select_avoid_repeats, select_length_offsets,
-      select_teacher_fix: the grid of PaDIR decoding settings
+      select_teacher_fix, select_teacher_fix_rounds: the grid of PaDIR decoding settings
       tried on the validation split (`padir.selection.grid`; ``select_prune``: passes after
       which only the best length candidate goes on, 0 = none; ``select_collapse``: merge
       adjacent repeated tokens of the output, `RefineConfig.collapse_repeats`;
@@ -95,7 +96,8 @@ class QuickstartConfig:
       `RefineConfig.avoid_repeats`; ``select_length_offsets``: tokens added to each predicted
       length, `RefineConfig.length_offset`; ``select_teacher_fix``: with re-ranking, the
       teacher replaces output tokens it proposes otherwise above this probability, 0 = off,
-      `RefineConfig.teacher_fix_threshold`).
+      `RefineConfig.teacher_fix_threshold`; ``select_teacher_fix_rounds``: rounds of those
+      fixes, each after the first one more teacher pass, `RefineConfig.teacher_fix_rounds`).
     select_margin: the chosen setting is the fastest within this many BLEU of the teacher on
       validation, else the best.
     select_examples: validation sentences used for the choice (None: all).
@@ -170,6 +172,7 @@ class QuickstartConfig:
   select_avoid_repeats: tuple[bool, ...] = (False,)
   select_length_offsets: tuple[int, ...] = (0,)
   select_teacher_fix: tuple[float, ...] = (0.0,)
+  select_teacher_fix_rounds: tuple[int, ...] = (1,)
   select_margin: float = 1.0
   select_examples: int | None = None
   extra_ablations: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -236,6 +239,11 @@ class QuickstartConfig:
            for f in self.select_teacher_fix):
       raise ValueError(f'QuickstartConfig.select_teacher_fix={self.select_teacher_fix} must be '
                        'probabilities in [0, 1) (0 = the teacher fixes no token).')
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+           for n in self.select_teacher_fix_rounds):
+      raise ValueError(f'QuickstartConfig.select_teacher_fix_rounds='
+                       f'{self.select_teacher_fix_rounds} must be integers >= 1 (rounds of the '
+                       'teacher\'s fixes).')
     if any(not isinstance(p, int) or p < 0 for p in self.select_prune):
       raise ValueError(f'QuickstartConfig.select_prune={self.select_prune} must be integers '
                        '>= 0 (0 = no pruning).')

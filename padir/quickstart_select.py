@@ -300,7 +300,8 @@ def select(run: Any) -> dict[str, Any]:
                             candidates_per_length=cfg.refine.top_k_lengths * cfg.refine.restarts,
                             collapse=cfg.select_collapse, avoid=cfg.select_avoid_repeats,
                             length_offsets=cfg.select_length_offsets,
-                            teacher_fix=cfg.select_teacher_fix)
+                            teacher_fix=cfg.select_teacher_fix,
+                            teacher_fix_rounds=cfg.select_teacher_fix_rounds)
   padir_decoder = _Decoders(run, student, teacher, t_params)
   decoders = {TEACHER: padir_decoder.teacher()}
   for stage in students:
@@ -353,6 +354,8 @@ def write_decoding_file(model_dir: str, setting: selection.DecodeSetting,
     value['rerank_model_dir'] = os.path.join('..', teacher_dir_name)
   if setting.teacher_fix:
     value['teacher_fix_threshold'] = setting.teacher_fix
+  if setting.teacher_fix_rounds > 1:
+    value['teacher_fix_rounds'] = setting.teacher_fix_rounds
   path = os.path.join(model_dir, interactive.DECODING_FILE)
   qs_eval.write_json(path, value)
   return path
@@ -395,10 +398,16 @@ def ablations(run: Any) -> list[dict[str, Any]]:
                      (' (and with it the teacher\'s fixes)' if best.teacher_fix else ''),
                      'rerank',
                      padir_decoder(dataclasses.replace(best, rerank=not best.rerank, prune=0,
-                                                       teacher_fix=0.0), s_params)))
+                                                       teacher_fix=0.0, teacher_fix_rounds=1),
+                                   s_params)))
   if best.teacher_fix:
     variants.append(('the teacher fixes no token (re-ranking only)', 'teacher_fix',
-                     padir_decoder(dataclasses.replace(best, teacher_fix=0.0), s_params)))
+                     padir_decoder(dataclasses.replace(best, teacher_fix=0.0,
+                                                       teacher_fix_rounds=1), s_params)))
+  if best.teacher_fix_rounds > 1:
+    variants.append((f'the teacher fixes in one round (not {best.teacher_fix_rounds})',
+                     'teacher_fix_rounds',
+                     padir_decoder(dataclasses.replace(best, teacher_fix_rounds=1), s_params)))
   if best.prune:
     variants.append(('no length pruning (every candidate runs every pass)', 'prune',
                      padir_decoder(dataclasses.replace(best, prune=0), s_params)))

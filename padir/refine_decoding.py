@@ -537,7 +537,10 @@ def refine_decode(fns: Any,
       run when there is one candidate per source (it could not change the output), unless
       ``config.teacher_fix_threshold`` > 0: then it is called with ``proposals=True`` and
       returns ``(log-likelihoods [B, N], its own most likely tokens [B, N, W], their
-      log-probabilities [B, N, W])``, with which it fixes the output (`teacher_fix`).
+      log-probabilities [B, N, W])``, with which it fixes the output (`teacher_fix`). A
+      reranker with an ``encode(reranker_params, encoder_tokens) -> states`` attribute (as
+      `padir.ar_decoding.make_reranker`'s has) and an ``encoded=`` keyword encodes the
+      sources once for every round of fixes.
     reranker_params: parameters passed to the reranker.
 
   Returns:
@@ -597,6 +600,10 @@ def refine_decode(fns: Any,
 
   rerank = reranker is not None and n_cand > 1  # one candidate: nothing to re-rank
   fix = config.teacher_fixes
+  # With rounds of fixes the teacher's encoder states serve every one of its passes.
+  teacher_kw: dict[str, Any] = {}
+  if fix and config.teacher_fix_rounds > 1 and hasattr(reranker, 'encode'):
+    teacher_kw['encoded'] = reranker.encode(reranker_params, encoder_tokens)  # [B, S, E]
 
   def run(width: int) -> dict[str, Array]:
     res = _refine_width(fns, params, encoded_rep, enc_rep, cross_kv, flat_len, flat_keys,
@@ -604,7 +611,7 @@ def refine_decode(fns: Any,
     cands = res['tokens'].reshape(batch, n_cand, width)
     if fix:  # one teacher-forced pass scores the candidates and proposes its own tokens
       log_prob, proposed, proposed_lp = reranker(reranker_params, encoder_tokens, cands,
-                                                 proposals=True)
+                                                 proposals=True, **teacher_kw)
       res['proposed'] = _pad_width(proposed.reshape(-1, width), max_length, 1)
       res['proposed_lp'] = _pad_width(proposed_lp.reshape(-1, width), max_length, 1)
     elif rerank:  # at the canvas width: the candidates end within it
@@ -650,7 +657,7 @@ def refine_decode(fns: Any,
                                 config.teacher_fix_threshold, ids)
     for _ in range(config.teacher_fix_rounds - 1):
       _, proposed, proposed_lp = reranker(reranker_params, encoder_tokens, tokens[:, None],
-                                          proposals=True)
+                                          proposals=True, **teacher_kw)
       tokens, more = teacher_fix(tokens, proposed[:, 0], proposed_lp[:, 0],
                                  config.teacher_fix_threshold, ids)
       fixed = fixed + more

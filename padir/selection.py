@@ -52,6 +52,9 @@ class DecodeSetting:
     teacher_fix: the re-ranking teacher replaces output tokens where it proposes another
       piece with a probability above this (`RefineConfig.teacher_fix_threshold`; 0 = off).
       Needs ``rerank``.
+    teacher_fix_rounds: rounds of those fixes (`RefineConfig.teacher_fix_rounds`); each
+      round after the first is one more teacher-forced pass over the output. Needs
+      ``teacher_fix`` when above 1.
   """
   rule: str = 'mask_predict'
   iterations: int = 4
@@ -63,6 +66,7 @@ class DecodeSetting:
   avoid_repeats: bool = False
   length_offset: int = 0
   teacher_fix: float = 0.0
+  teacher_fix_rounds: int = 1
 
   def __post_init__(self):
     if self.rerank and self.prune:
@@ -71,6 +75,14 @@ class DecodeSetting:
     if self.teacher_fix and not self.rerank:
       raise ValueError(f'DecodeSetting(teacher_fix={self.teacher_fix}) needs the teacher in '
                        'the decoder: set rerank=True, or teacher_fix=0.')
+    if (isinstance(self.teacher_fix_rounds, bool) or not isinstance(self.teacher_fix_rounds, int)
+        or self.teacher_fix_rounds < 1):
+      raise ValueError(f'DecodeSetting(teacher_fix_rounds={self.teacher_fix_rounds!r}) must be '
+                       'an integer >= 1.')
+    if self.teacher_fix_rounds > 1 and not self.teacher_fix:
+      raise ValueError(f'DecodeSetting(teacher_fix_rounds={self.teacher_fix_rounds}) repeats '
+                       'the teacher\'s fixes, but teacher_fix=0 turns them off: set teacher_fix '
+                       '(e.g. 0.7) or teacher_fix_rounds=1.')
 
   @property
   def name(self) -> str:
@@ -80,7 +92,8 @@ class DecodeSetting:
             f'{"_collapse" if self.collapse_repeats else ""}'
             f'{"_norepeat" if self.avoid_repeats else ""}'
             f'{f"_len{self.length_offset:+d}" if self.length_offset else ""}'
-            f'{f"_fix{self.teacher_fix:g}" if self.teacher_fix else ""}')
+            f'{f"_fix{self.teacher_fix:g}" if self.teacher_fix else ""}'
+            f'{f"x{self.teacher_fix_rounds}" if self.teacher_fix_rounds > 1 else ""}')
 
   @property
   def label(self) -> str:
@@ -90,10 +103,14 @@ class DecodeSetting:
                               ('repeats avoided', self.avoid_repeats),
                               ('repeats merged', self.collapse_repeats),
                               (f'lengths {self.length_offset:+d}', self.length_offset),
-                              (f'teacher fixes tokens (p > {self.teacher_fix:g})',
-                               self.teacher_fix)) if on]
+                              (f'teacher fixes tokens (p > {self.teacher_fix:g}'
+                               f'{self._rounds_label})', self.teacher_fix)) if on]
     return (f'{self.rule}, {self.iterations} it., length beam {self.length_beam}' +
             ''.join(f', {e}' for e in extras))
+
+  @property
+  def _rounds_label(self) -> str:
+    return f', {self.teacher_fix_rounds} rounds' if self.teacher_fix_rounds > 1 else ''
 
   def refine_config(self, base: RefineConfig) -> RefineConfig:
     """``base`` with this setting's rule, passes, length beam, pruning, stutter removal,
@@ -104,7 +121,8 @@ class DecodeSetting:
                                prune_after=self.prune, collapse_repeats=self.collapse_repeats,
                                avoid_repeats=self.avoid_repeats,
                                length_offset=self.length_offset,
-                               teacher_fix_threshold=self.teacher_fix)
+                               teacher_fix_threshold=self.teacher_fix,
+                               teacher_fix_rounds=self.teacher_fix_rounds)
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -120,7 +138,8 @@ def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence
          collapse: Sequence[bool] = (False,),
          avoid: Sequence[bool] = (False,),
          length_offsets: Sequence[int] = (0,),
-         teacher_fix: Sequence[float] = (0.0,)) -> list[DecodeSetting]:
+         teacher_fix: Sequence[float] = (0.0,),
+         teacher_fix_rounds: Sequence[int] = (1,)) -> list[DecodeSetting]:
   """Every combination, without duplicates.
 
   One pass is the same under every rule, so it is kept once; re-ranking and pruning need two
@@ -128,17 +147,18 @@ def grid(rules: Sequence[str], iterations: Sequence[int], length_beams: Sequence
   restarts), so a single-candidate setting is kept without them; pruning needs a pass after
   it and is not combined with re-ranking (which needs every candidate finished). The
   teacher's fixes come with re-ranking (the same teacher-forced pass), so a setting without
-  re-ranking is kept without them.
+  re-ranking is kept without them, and rounds of fixes come only with the fixes.
   """
   out, seen = [], set()
-  for rule, t, b, r, p, s, c, a, o, f in itertools.product(
+  for rule, t, b, r, p, s, c, a, o, f, n in itertools.product(
       rules, iterations, length_beams, rerank, prune, stutter, collapse, avoid, length_offsets,
-      teacher_fix):
+      teacher_fix, teacher_fix_rounds):
     many = b * candidates_per_length > 1
     if p and not (many and not r and p < t):
       continue
+    fix = f if r and many else 0.0
     setting = DecodeSetting(rules[0] if t == 1 else rule, t, b, r and many, s and t > 1, p, c,
-                            a, o, f if r and many else 0.0)
+                            a, o, fix, n if fix else 1)
     key = dataclasses.replace(setting, rule='*') if t == 1 else setting
     if key not in seen:
       seen.add(key)

@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--teacher_fix_threshold', type=float, default=None,
                       help='PaDIR with an AR re-ranker: it replaces output tokens where it '
                       'proposes another piece with a probability above this (0: off)')
+  parser.add_argument('--teacher_fix_rounds', type=int, default=None,
+                      help='PaDIR with the teacher fixing tokens: rounds of fixes, each after '
+                      'the first one more teacher pass over the output (1: one round)')
   parser.add_argument('--keep_repeats', action='store_true',
                       help="PaDIR: do not merge adjacent repeated tokens, even when the dir's "
                       'decoding.json asks for it (collapse_repeats)')
@@ -85,7 +88,8 @@ def decoding_options(flags: argparse.Namespace, is_padir: bool) -> dict[str, Any
   """The decoding overrides the flags ask for; PaDIR-only and AR-only flags are checked."""
   padir_only = {'iterations': flags.iterations, 'length_beam': flags.length_beam,
                 'prune_after': flags.prune_after, 'length_offset': flags.length_offset,
-                'rule': flags.rule, 'teacher_fix_threshold': flags.teacher_fix_threshold}
+                'rule': flags.rule, 'teacher_fix_threshold': flags.teacher_fix_threshold,
+                'teacher_fix_rounds': flags.teacher_fix_rounds}
   if not is_padir:
     given = [f'--{k}' for k, v in padir_only.items() if v is not None]
     given += [f'--{k}' for k in ('show_refinement', 'no_rerank', 'keep_repeats',

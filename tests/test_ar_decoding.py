@@ -108,6 +108,11 @@ def test_candidate_log_probs_encode_once_and_ignore_the_width(tiny):
   sums, proposed, proposed_lp = jax.jit(ad.make_reranker(fns), static_argnums=3)(
       params, sources, jnp.asarray(cands), True)
   np.testing.assert_allclose(sums, want, rtol=1e-5)
+  # Encoder states computed once (reranker.encode) and passed in: the same scores.
+  reranker = ad.make_reranker(fns)
+  encoded = reranker.encode(params, sources)
+  np.testing.assert_allclose(reranker(params, sources, jnp.asarray(cands), encoded=encoded),
+                             want, rtol=1e-5)
   for n in range(3):
     targets = jnp.asarray(cands[:, n])
     lp = jax.nn.log_softmax(

@@ -146,6 +146,8 @@ def test_every_stage_runs_and_the_report_has_its_fields(run):
   # Where the teacher re-ranks it also fixes tokens (quickstart.gin); the ablation undoes it.
   assert all(c['setting']['teacher_fix'] == (0.7 if c['setting']['rerank'] else 0.0)
              for c in selection['candidates'])
+  assert all(c['setting']['teacher_fix_rounds'] == (2 if c['setting']['teacher_fix'] else 1)
+             for c in selection['candidates'])
   assert any(c['setting']['rerank'] for c in selection['candidates'])
   assert ('the teacher fixes no token (re-ranking only)' in labels) == bool(
       selection['chosen']['teacher_fix'])
@@ -258,6 +260,7 @@ def test_its_models_translate_with_the_chosen_decoding(run):
     assert saved.get('prune_after', 0) == chosen['prune']
     assert saved.get('avoid_repeats', False) == chosen['avoid_repeats']
     assert saved.get('teacher_fix_threshold', 0.0) == chosen['teacher_fix']
+    assert saved.get('teacher_fix_rounds', 1) == chosen['teacher_fix_rounds']
   for stage in ('teacher', 'student_distilled', 'student_raw'):
     model_dir = os.path.join(out, stage)
     assert f'--model_dir={model_dir}' in md
@@ -490,6 +493,7 @@ def test_a_choice_with_teacher_fixes_is_ablated_and_benchmarked(run, tmp_path):
                             ('ablations', 'benchmark'))
   labels = [a['label'] for a in _load(os.path.join(copy, 'stages', 'ablations.json'))['result']]
   assert 'the teacher fixes no token (re-ranking only)' in labels
+  assert 'the teacher fixes in one round (not 2)' in labels
   assert "teacher re-ranking off (and with it the teacher's fixes)" in labels
   bench = _load(os.path.join(copy, 'stages', 'benchmark.json'))['result']
   assert bench['small']['latency_ms'] and bench['latency_ms']

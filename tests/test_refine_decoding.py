@@ -195,6 +195,25 @@ class ShiftingTeacher:
     return scores, proposed, jnp.log(jnp.broadcast_to(prob, candidates.shape))
 
 
+class EncodingTeacher(ShiftingTeacher):
+  """`ShiftingTeacher` with an ``encode`` of its own: records how often it encodes and which
+  calls were given the encoded sources."""
+
+  def __init__(self):
+    super().__init__()
+    self.encodes = 0
+    self.encoded = []
+
+  def encode(self, params, enc):
+    del params
+    self.encodes += 1
+    return enc
+
+  def __call__(self, params, enc, candidates, proposals=False, encoded=None):
+    self.encoded.append(encoded is not None)
+    return super().__call__(params, enc, candidates, proposals)
+
+
 @pytest.mark.parametrize('length_beam', [1, 3])
 def test_the_teacher_fixes_the_chosen_output_from_its_re_ranking_pass(length_beam):
   config = rd.RefineConfig(num_iterations=2, canvas_init='mask', length_beam=length_beam,
@@ -219,6 +238,12 @@ def test_the_teacher_fixes_the_chosen_output_from_its_re_ranking_pass(length_bea
   np.testing.assert_array_equal(np.asarray(again)[:, 0], np.asarray(tokens)[:, 0] + 1)
   np.testing.assert_array_equal(np.asarray(again)[:, 1:], np.asarray(tokens)[:, 1:])
   np.testing.assert_array_equal(aux['teacher_fixes'], [2, 2, 2])
+  # A teacher that can encode the sources on its own does so once for all its passes.
+  teacher = EncodingTeacher()
+  once, _ = _decode(CopyOracle(), dataclasses.replace(config, teacher_fix_rounds=2),
+                    reranker=teacher)
+  np.testing.assert_array_equal(once, again)
+  assert teacher.encodes == 1 and teacher.encoded == [True, True]
   with pytest.raises(ValueError, match='no re-ranker was given'):
     _decode(CopyOracle(), config)
 

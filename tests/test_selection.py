@@ -1,5 +1,6 @@
 """Tests for padir.selection: the grid of decoding settings and the validation choice."""
 
+import dataclasses
 import numpy as np
 import pytest
 
@@ -49,6 +50,11 @@ def test_grid_keeps_one_single_pass_setting_per_beam_and_reranker():
                          teacher_fix=(0.0, 0.7))
   assert [(s.length_beam, s.rerank, s.teacher_fix) for s in fixes] == [
       (1, False, 0.0), (3, False, 0.0), (3, True, 0.0), (3, True, 0.7)]
+  # Rounds of fixes come with the fixes only.
+  rounds = selection.grid(('mask_predict',), (2,), (1, 3), (True,), (False,),
+                          teacher_fix=(0.0, 0.7), teacher_fix_rounds=(1, 2))
+  assert [(s.length_beam, s.teacher_fix, s.teacher_fix_rounds) for s in rounds] == [
+      (1, 0.0, 1), (3, 0.0, 1), (3, 0.7, 1), (3, 0.7, 2)]
 
 
 def test_setting_builds_the_refine_config_and_round_trips():
@@ -87,6 +93,18 @@ def test_setting_builds_the_refine_config_and_round_trips():
   assert selection.DecodeSetting.from_json(fixing.to_json()) == fixing
   with pytest.raises(ValueError, match='needs the teacher in the decoder'):
     selection.DecodeSetting('mask_predict', 4, 5, teacher_fix=0.7)
+  twice = dataclasses.replace(fixing, teacher_fix_rounds=2)
+  assert twice.refine_config(RefineConfig()).teacher_fix_rounds == 2
+  assert fixing.refine_config(RefineConfig(teacher_fix_rounds=3)).teacher_fix_rounds == 1
+  assert twice.name.endswith('_fix0.7x2') and '(p > 0.7, 2 rounds)' in twice.label
+  assert selection.DecodeSetting.from_json(twice.to_json()) == twice
+  with pytest.raises(ValueError, match='teacher_fix=0 turns them off'):
+    dataclasses.replace(twice, teacher_fix=0.0)
+  for bad in (0, 1.5, True):
+    with pytest.raises(ValueError, match='must be an integer >= 1'):
+      dataclasses.replace(fixing, teacher_fix_rounds=bad)
+  assert selection.DecodeSetting.from_json(
+      {k: v for k, v in fixing.to_json().items() if k != 'teacher_fix_rounds'}) == fixing
   assert not selection.DecodeSetting.from_json(
       {k: v for k, v in longer.to_json().items() if k != 'teacher_fix'}).teacher_fix
   # Records written before the fields existed read as neither merging nor avoiding.
@@ -205,6 +223,11 @@ def test_select_teacher_fix_is_checked():
   for bad in ((1.0,), (True,), ('0.7',), (-0.5,)):
     with pytest.raises(ValueError, match='select_teacher_fix'):
       quickstart_config.QuickstartConfig(select_teacher_fix=bad)
+  assert quickstart_config.QuickstartConfig(
+      select_teacher_fix_rounds=[1, 2]).select_teacher_fix_rounds == (1, 2)
+  for bad in ((0,), (True,), (1.5,), ()):
+    with pytest.raises(ValueError, match='select_teacher_fix_rounds'):
+      quickstart_config.QuickstartConfig(select_teacher_fix_rounds=bad)
 
 
 def test_select_length_offsets_are_checked():

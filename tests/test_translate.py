@@ -152,7 +152,13 @@ def test_the_reranker_can_be_switched_off_per_call(models, tmp_path):
     reranked.translate(sources, rerank=False, teacher_fix_threshold=0.5)
   with pytest.raises(ValueError, match='has none'):
     plain.translate(sources, teacher_fix_threshold=0.5)
+  with pytest.raises(ValueError, match='teacher_fix_rounds=2 needs the AR teacher'):
+    reranked.translate(sources, rerank=False, teacher_fix_rounds=2)
+  assert reranked.translate(sources, rerank=False, teacher_fix_rounds=1) == plain.translate(
+      sources, length_beam=3)
+  assert reranked.decode_ids(ids, teacher_fix_rounds=2)[1]['teacher_fixes'].shape == (3,)
   assert translate.main([f'--model_dir={models["ar"]}', '--teacher_fix_threshold=0.5']) == 1
+  assert translate.main([f'--model_dir={models["ar"]}', '--teacher_fix_rounds=2']) == 1
   stdout = io.StringIO()
   assert translate.run([f'--model_dir={reranked_dir}', '--no_rerank'],
                        stdin=io.StringIO('\n'.join(sources) + '\n'), stdout=stdout) == 0
