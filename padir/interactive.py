@@ -323,7 +323,7 @@ class LoadedModel:
                             f'{self!r} has none (name one with rerank_model_dir in the dir\'s '
                             'decoding.json).'))
       # The dir's decoding.json asks for the teacher's fixes; without the teacher, none.
-      config = dataclasses.replace(config, teacher_fix_threshold=0.0, teacher_fix_rounds=1)
+      config = config.without_teacher_fixes()
     return config, with_teacher
 
   # ------------------------------------------------------------------ the API

@@ -55,13 +55,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import functools
 import os
-import re
 import shutil
-import signal
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -77,31 +74,14 @@ from padir import gin_utils
 from padir import quickstart_eval as qs_eval
 from padir import quickstart_pairs
 from padir import quickstart_results
-from padir import summaries
+from padir import quickstart_train as qs_train
 from padir import workers
 from padir.quickstart_config import DATA_STUDENTS, STAGES, TEACHER_START, QuickstartConfig
+from padir.quickstart_train import Stopped
 
 DEFAULT_OUTPUT_DIR = 'padir_quickstart'
 DEFAULT_GIN_FILE = 'gin/runs/quickstart.gin'
 CACHE_DIR = 'jax_cache'  # under the output dir (QuickstartConfig.compilation_cache)
-_STEP_LINE = re.compile(r'^step (\d+)/(\d+) \| (.*)$')
-SIGTERM_EXIT_CODE = 143
-
-
-# The gin parameter whose value each training stage's record keeps (the report lists it).
-COOLDOWN_BINDING = 'padir.optimizers.linear_cooldown.cooldown_steps'
-WARMUP_BINDING = 'padir.optimizers.linear_cooldown.warmup_steps'
-
-
-def bound_value(name: str) -> Any:
-  """The value gin binds to ``name`` now (a macro reference resolved); None when unbound."""
-  try:
-    value = gin.query_parameter(name)
-  except (ValueError, KeyError):
-    return None
-  if isinstance(value, gin.config.ConfigurableReference):
-    return value.scoped_configurable_fn() if value.configurable.name.endswith('macro') else None
-  return value
 
 
 def stage_model(model: Any = gin.REQUIRED) -> Any:
@@ -110,49 +90,6 @@ def stage_model(model: Any = gin.REQUIRED) -> Any:
 
 
 stage_model = gin_utils.configurable(stage_model, module='padir.quickstart')
-
-
-def _count_params(params: Any) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
-
-
-class TrainDisplay:
-  """Shows a training stage: a progress bar fed by `padir.train`'s step callback.
-
-  With ``progress`` the bar advances at every step and shows the logged loss and accuracies;
-  the trainer's own step lines are then dropped (the bar has them) and its other lines are
-  written above the bar. Without ``progress`` every line is printed as is.
-  """
-
-  _SHOWN = summaries.METRIC_LABELS[:3]  # loss, accuracy, length accuracy
-
-  def __init__(self, bar: Any, progress: bool, say: Callable[[str], Any]):
-    self._bar = bar
-    self._progress = progress
-    self._say = say
-
-  def print(self, line: str) -> None:
-    """The trainer's ``print_fn``."""
-    if self._progress and _STEP_LINE.match(line):
-      return
-    self._say(line)
-
-  def on_step(self, step: int, metrics: Mapping[str, float] | None) -> None:
-    """The trainer's ``step_callback``."""
-    if not self._progress:
-      return
-    self._bar.update(step - self._bar.n)
-    if metrics:
-      self._bar.set_postfix_str(' | '.join(
-          f'{label} {metrics[key]:.4g}' for key, label in self._SHOWN if key in metrics),
-                                refresh=False)
-
-
-def latest_step(model_dir: str) -> int:
-  if not os.path.isdir(model_dir):
-    return 0
-  steps = [int(d) for d in os.listdir(model_dir) if d.isdigit()]
-  return max(steps, default=0)
 
 
 def machine_speed(size: int = 2048) -> float:
@@ -524,40 +461,9 @@ class Quickstart:
              steps: int, bindings: Sequence[str] | None = None) -> dict[str, Any]:
     """Trains ``stage`` (its dir, data and steps); ``bindings`` replace the stage's own
     (`stage_bindings`) when given."""
-    from padir import train as train_lib  # pylint: disable=g-import-not-at-top
     self._parse(base_files, self._stage_macros(stage, data_dir, steps),
                 self.stage_bindings(stage) if bindings is None else bindings)
-    model = stage_model()
-    model_dir = self.path(stage)
-    with self.bar(steps, stage, 'step', initial=min(latest_step(model_dir), steps)) as bar:
-
-      display = TrainDisplay(bar, self.progress, lambda line: self.say(bar, line))
-
-      def on_step(step: int, metrics: Mapping[str, float] | None) -> None:
-        display.on_step(step, metrics)
-        if self.on_step is not None:
-          self.on_step(stage, step, metrics)
-
-      result = train_lib.train(print_fn=display.print, step_callback=on_step)
-    if result.stopped_by_signal:
-      name = 'Ctrl-C' if result.stop_signal == signal.SIGINT else 'SIGTERM'
-      raise Stopped(f'{stage} stopped by {name} at step {result.step}; rerun to resume.',
-                     128 + int(result.stop_signal or signal.SIGTERM))
-    return {
-        'step': result.step,
-        'cooldown_steps': bound_value(COOLDOWN_BINDING),
-        'warmup_steps': bound_value(WARMUP_BINDING) or 0,
-        'train_metrics': result.train_metrics,
-        'eval_metrics': result.eval_metrics,
-        'params': _count_params(result.state.params),
-        'model': type(model).__name__,
-        'network': {k: v for k, v in dataclasses.asdict(model.network_config).items()
-                    if k in ('emb_dim', 'num_heads', 'head_dim', 'mlp_dim',
-                             'num_encoder_layers', 'num_decoder_layers', 'dropout_rate',
-                             'positional_attention', 'vocab_size', 'max_target_length')},
-        'data': data_dir,
-        'init_from': self.init_dir(stage),
-    }
+    return qs_train.train_stage(self, stage, stage_model(), data_dir, steps)
 
   def trains_alongside(self, stage: str) -> bool:
     """Whether ``stage`` trains alongside its partner now (`padir.quickstart_pairs`)."""
@@ -690,14 +596,6 @@ _STAGE_TEXT = {
     'benchmark': 'timing batch-1 decoding',
     'report': 'writing the report',
 }
-
-
-class Stopped(RuntimeError):
-  """A stage stopped on SIGTERM or Ctrl-C after saving its state."""
-
-  def __init__(self, message: str, code: int = SIGTERM_EXIT_CODE):
-    super().__init__(message)
-    self.code = code
 
 
 def load_config(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> QuickstartConfig:

@@ -247,9 +247,8 @@ def fixed_length_decoders(ar_model: Any, padir_model: Any, preset: str, output_l
   decoders = {'ar_greedy': batch1(ar_greedy_decoder(ar, output_length, output_length),
                                   ar_params)}
   for t in iterations:
-    config = dataclasses.replace(refine, num_iterations=t, early_stop=False,
-                                 return_history=False, canvas_buckets=(),
-                                 teacher_fix_threshold=0.0)
+    config = dataclasses.replace(refine.without_teacher_fixes(), num_iterations=t,
+                                 early_stop=False, return_history=False, canvas_buckets=())
     lengths = np.full((1, config.top_k_lengths), output_length, np.int32)
     decoders[f'padir_t{t}'] = batch1(refine_decoder(nar, config, output_length), nar_params,
                                      lengths)

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from padir import compile_time
 from padir import gin_utils
+from padir import quickstart_train as qs_train
 from padir import workers
 
 # The training stage each stage may train alongside.
@@ -56,7 +57,6 @@ def train_alongside(run: Any, method: str, stage: str, partner: str) -> dict[str
   writes its own marker. Returns the method's result; its compilation counts in the running
   stage's.
   """
-  from padir import quickstart  # pylint: disable=g-import-not-at-top  (it imports this module)
   cfg = run.cfg
   spec = {'config': cfg.to_json(), 'output_dir': run.out, 'gin_files': run.gin_files,
           'gin_bindings': run.gin_bindings, 'gin_search_paths': run.gin_search_paths}
@@ -67,8 +67,8 @@ def train_alongside(run: Any, method: str, stage: str, partner: str) -> dict[str
     displays = {}
     for name, total in totals.items():
       bar = stack.enter_context(run.bar(total, name, 'step', initial=min(
-          quickstart.latest_step(run.path(name)), total)))
-      displays[name] = quickstart.TrainDisplay(
+          qs_train.latest_step(run.path(name)), total)))
+      displays[name] = qs_train.TrainDisplay(
           bar, run.progress, lambda line, bar=bar, name=name: run.say(bar, f'  [{name}] {line}'))
 
     def on_message(name: str, kind: str, payload: Any) -> None:
@@ -83,10 +83,10 @@ def train_alongside(run: Any, method: str, stage: str, partner: str) -> dict[str
            workers.Job(partner, _worker_job, (spec, 'run_stage', (partner, stage)))],
           on_message)
     except workers.JobStopped as err:
-      raise quickstart.Stopped(stopped_message(err, (stage, partner)), 128 + err.signum) from err
+      raise qs_train.Stopped(stopped_message(err, (stage, partner)), 128 + err.signum) from err
   for outcome in (main, other):
     if 'stopped' in outcome:
-      raise quickstart.Stopped(outcome['stopped'], outcome['code'])
+      raise qs_train.Stopped(outcome['stopped'], outcome['code'])
   if run.compiling is not None:
     run.compiling.absorb(main['compile'])
   return main['result']
@@ -152,6 +152,6 @@ def _worker_job(spec: Mapping[str, Any], method: str, args: Sequence[Any],
   try:
     with run.compiling_setup(), compile_time.CompileTimer() as compiling:
       result = getattr(run, method)(*args)
-  except quickstart.Stopped as err:
+  except qs_train.Stopped as err:
     return {'stopped': str(err), 'code': err.code}
   return {'result': result, 'compile': compiling.summary()}

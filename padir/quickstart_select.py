@@ -397,13 +397,12 @@ def ablations(run: Any) -> list[dict[str, Any]]:
                      (' (instead of length pruning)' if best.prune else '') +
                      (' (and with it the teacher\'s fixes)' if best.teacher_fix else ''),
                      'rerank',
-                     padir_decoder(dataclasses.replace(best, rerank=not best.rerank, prune=0,
-                                                       teacher_fix=0.0, teacher_fix_rounds=1),
+                     padir_decoder(dataclasses.replace(best.without_teacher_fixes(),
+                                                       rerank=not best.rerank, prune=0),
                                    s_params)))
   if best.teacher_fix:
     variants.append(('the teacher fixes no token (re-ranking only)', 'teacher_fix',
-                     padir_decoder(dataclasses.replace(best, teacher_fix=0.0,
-                                                       teacher_fix_rounds=1), s_params)))
+                     padir_decoder(best.without_teacher_fixes(), s_params)))
   if best.teacher_fix_rounds > 1:
     variants.append((f'the teacher fixes in one round (not {best.teacher_fix_rounds})',
                      'teacher_fix_rounds',

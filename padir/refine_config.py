@@ -163,6 +163,10 @@ class RefineConfig:
     """Whether the AR re-ranker fixes tokens of the output (``teacher_fix_threshold`` > 0)."""
     return self.teacher_fix_threshold > 0
 
+  def without_teacher_fixes(self) -> 'RefineConfig':
+    """This config with the teacher's fixes off (threshold 0, one round)."""
+    return dataclasses.replace(self, teacher_fix_threshold=0.0, teacher_fix_rounds=1)
+
   @property
   def prunes(self) -> bool:
     """Whether ``prune_after`` takes effect: several candidates and a pass after it."""

@@ -104,13 +104,15 @@ class DecodeSetting:
                               ('repeats merged', self.collapse_repeats),
                               (f'lengths {self.length_offset:+d}', self.length_offset),
                               (f'teacher fixes tokens (p > {self.teacher_fix:g}'
-                               f'{self._rounds_label})', self.teacher_fix)) if on]
+                               + (f', {self.teacher_fix_rounds} rounds'
+                                  if self.teacher_fix_rounds > 1 else '') + ')',
+                               self.teacher_fix)) if on]
     return (f'{self.rule}, {self.iterations} it., length beam {self.length_beam}' +
             ''.join(f', {e}' for e in extras))
 
-  @property
-  def _rounds_label(self) -> str:
-    return f', {self.teacher_fix_rounds} rounds' if self.teacher_fix_rounds > 1 else ''
+  def without_teacher_fixes(self) -> 'DecodeSetting':
+    """This setting with the teacher's fixes off (threshold 0, one round)."""
+    return dataclasses.replace(self, teacher_fix=0.0, teacher_fix_rounds=1)
 
   def refine_config(self, base: RefineConfig) -> RefineConfig:
     """``base`` with this setting's rule, passes, length beam, pruning, stutter removal,
